@@ -1,0 +1,260 @@
+"""Bandit benchmark: LinUCB select+update throughput on one core, and simulated CTR / regret.
+
+    .venv/bin/python benchmarks/bandit.py [--quick] [--out bggen_data/bench/bandit.png]
+
+1. Throughput with d = 34 (default_schema) and 3 arms, numpy/BLAS pinned to one thread and the
+   process pinned to one CPU: ours vs a straightforward per-arm numpy LinUCB (same maths) and
+   mabwiser (predict + partial_fit per event), side by side.
+2. Simulation on the realistic click model (CTR 0.5%-8%): random, UCB1, the best fixed theme
+   (the ceiling of any context-free policy), LinUCB, LinUCB on 4 replicas merging deltas, and
+   the oracle.  A table of cumulative CTR / regret and a PNG.
+"""
+import os
+
+for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_v] = "1"
+
+import argparse  # noqa: E402
+import math  # noqa: E402
+import platform  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from bggen_assets.core.bandit import (  # noqa: E402
+    ClickModel, LinUCB, OraclePolicy, RandomPolicy, SimResult, UCB1, default_schema, simulate,
+    simulate_replicas,
+)
+
+ARMS = ("1", "2", "3")
+
+
+class NaiveLinUCB:
+    """The textbook loop: per arm A^-1 and b as separate arrays, theta at select time."""
+
+    def __init__(self, arms, dim, alpha=1.0):
+        self.arms = tuple(arms)
+        self.alpha = alpha
+        self.Ainv = {a: np.eye(dim) for a in arms}
+        self.b = {a: np.zeros(dim) for a in arms}
+        self.A = {a: np.eye(dim) for a in arms}
+
+    def select(self, x, rng=None):
+        best, arm = -math.inf, None
+        for a in self.arms:
+            Ainv = self.Ainv[a]
+            s = (Ainv @ self.b[a]) @ x + self.alpha * math.sqrt(x @ Ainv @ x)
+            if s > best:
+                best, arm = s, a
+        return arm
+
+    def update(self, arm, x, reward):
+        Ainv = self.Ainv[arm]
+        v = Ainv @ x
+        self.Ainv[arm] = Ainv - np.outer(v, v) / (1.0 + v @ x)
+        self.A[arm] += np.outer(x, x)
+        self.b[arm] += reward * x
+
+
+def _throughput(pol, X, R, reps):
+    """Best-of-reps rates for select, update, select+update."""
+    n = len(X)
+    rows = [X[i] for i in range(n)]
+    rl = R.tolist()
+    best = {"select": 0.0, "update": 0.0, "select+update": 0.0}
+    for _ in range(reps):
+        select, update = pol.select, pol.update
+        t = time.perf_counter()
+        for x in rows:
+            select(x)
+        best["select"] = max(best["select"], n / (time.perf_counter() - t))
+        arms = [pol.arms[i % len(pol.arms)] for i in range(n)]
+        t = time.perf_counter()
+        for a, x, r in zip(arms, rows, rl):
+            update(a, x, r)
+        best["update"] = max(best["update"], n / (time.perf_counter() - t))
+        t = time.perf_counter()
+        for x, r in zip(rows, rl):
+            update(select(x), x, r)
+        best["select+update"] = max(best["select+update"], n / (time.perf_counter() - t))
+    return best
+
+
+def _mabwiser_rate(X, R, n):
+    from mabwiser.mab import MAB, LearningPolicy
+
+    mab = MAB(list(ARMS), LearningPolicy.LinUCB(alpha=1.0, l2_lambda=1.0), seed=0)
+    mab.fit(list(ARMS), [0.0] * len(ARMS), X[: len(ARMS)])
+    t = time.perf_counter()
+    for i in range(n):
+        x = X[i: i + 1]
+        a = mab.predict(x)
+        mab.partial_fit([a], [R[i]], x)
+    return n / (time.perf_counter() - t)
+
+
+def bench_throughput(quick):
+    schema = default_schema()
+    d = schema.dim
+    model = ClickModel.synthetic(schema, ARMS, seed=0)
+    rng = np.random.default_rng(0)
+    n = 20_000 if quick else 100_000
+    X = model.sample_contexts(n, rng)
+    R = (rng.random(n) < 0.03).astype(float)
+    reps = 2 if quick else 3
+
+    feats = [{"country": "de", "gender": "female", "device": "mobile", "subcategory": "shoes",
+              "colour": "red", "aspect": "wide", "size": "small"}] * 20_000
+    t = time.perf_counter()
+    for f in feats:
+        schema.encode(f)
+    enc_rate = len(feats) / (time.perf_counter() - t)
+
+    ours = _throughput(LinUCB(ARMS, d, alpha=1.0, seed=0), X, R, reps)
+    naive = _throughput(NaiveLinUCB(ARMS, d), X[: n // 4], R[: n // 4], reps)
+    mw = _mabwiser_rate(X, R, 300 if quick else 1000)
+
+    print(f"\n## Throughput (one core, d={d}, {len(ARMS)} arms, {n:,} events, best of {reps})")
+    print(f"| {'implementation':32s} | {'select/s':>10s} | {'update/s':>10s} | {'select+update/s':>15s} |")
+    print(f"|{'-' * 34}|{'-' * 12}|{'-' * 12}|{'-' * 17}|")
+    for name, r in (("bggen LinUCB", ours), ("naive numpy LinUCB", naive)):
+        print(f"| {name:32s} | {r['select']:10,.0f} | {r['update']:10,.0f} | {r['select+update']:15,.0f} |")
+    print(f"| {'mabwiser 2.7 predict+partial_fit':32s} | {'':>10s} | {'':>10s} | {mw:15,.0f} |")
+    print(f"\nselect+update: {ours['select+update']:,.0f}/s = "
+          f"{1e6 / ours['select+update']:.1f} us per event; "
+          f"{ours['select+update'] / naive['select+update']:.1f}x the naive loop, "
+          f"{ours['select+update'] / mw:.0f}x mabwiser; target >= 50,000/s: "
+          f"{'PASS' if ours['select+update'] >= 50_000 else 'FAIL'}")
+    print(f"ContextSchema.encode: {enc_rate:,.0f}/s")
+    return ours
+
+
+def _best_fixed(model, n, seed):
+    """Cumulative arrays for the single theme with the best average CTR on these users."""
+    rng = np.random.default_rng(seed)
+    X = model.sample_contexts(n, rng)
+    C = model.ctr(X)
+    U = rng.random(n)
+    k = int(np.argmax(C.mean(axis=0)))
+    p = C[:, k]
+    best = C.max(axis=1)
+    return SimResult(np.cumsum(U < p).astype(float), np.cumsum(p), np.cumsum(best),
+                     np.cumsum(best - p), np.full(n, k))
+
+
+def bench_simulation(quick, out):
+    n = 20_000 if quick else 200_000
+    seeds = [0] if quick else [0, 1, 2]
+    d = default_schema().dim
+    policies = {
+        "random": lambda m, s: simulate(RandomPolicy(ARMS, seed=s), n, s, m),
+        "UCB1 (c=sqrt 2)": lambda m, s: simulate(UCB1(ARMS, seed=s), n, s, m),
+        "best fixed theme": lambda m, s: _best_fixed(m, n, s),
+        "LinUCB (alpha=1)": lambda m, s: simulate(LinUCB(ARMS, d, alpha=1.0, seed=s), n, s, m),
+        "LinUCB, 4 replicas": lambda m, s: simulate_replicas(
+            lambda: LinUCB(ARMS, d, alpha=1.0, seed=s), n, s, m, replicas=4, sync_every=1000),
+        "oracle": lambda m, s: simulate(OraclePolicy(m), n, s, m),
+    }
+    res = {k: [] for k in policies}
+    secs = {k: 0.0 for k in policies}
+    for s in seeds:
+        model = ClickModel.synthetic(default_schema(), ARMS, seed=s)
+        for name, run in policies.items():
+            t = time.perf_counter()
+            res[name].append(run(model, s))
+            secs[name] += time.perf_counter() - t
+
+    checkpoints = [c for c in (1_000, 10_000, 50_000, 200_000) if c <= n]
+    rnd_ctr = np.mean([r.expected[-1] / n for r in res["random"]])
+    print(f"\n## Simulation: realistic click model (CTR 0.5%-8%), {len(ARMS)} themes, d={d}, "
+          f"n={n:,} impressions, mean of seeds {seeds}")
+    hdr = " | ".join(f"CTR@{c // 1000}k" for c in checkpoints)
+    print("CTR = mean true click probability of the themes shown so far (cumulative); clicks = "
+          "sampled clicks / impressions at the end")
+    print(f"| {'policy':20s} | {hdr} | clicks | regret@{n // 1000}k | uplift vs random | s/run |")
+    print(f"|{'-' * 22}|" + "|".join("-" * (len(f'CTR@{c // 1000}k') + 2) for c in checkpoints)
+          + f"|--------|{'-' * (len(f'regret@{n // 1000}k') + 2)}|{'-' * 18}|-------|")
+    for name, rs in res.items():
+        ctrs = " | ".join(
+            f"{np.mean([r.expected[c - 1] / c for r in rs]) * 100:>{len(f'CTR@{c // 1000}k') - 1}.2f}%"
+            for c in checkpoints)
+        reg = np.mean([r.regret[-1] for r in rs])
+        up = np.mean([r.expected[-1] / n for r in rs]) / rnd_ctr - 1
+        clk = np.mean([r.clicks[-1] / n for r in rs]) * 100
+        print(f"| {name:20s} | {ctrs} | {clk:5.2f}% | {reg:{len(f'regret@{n // 1000}k')}.0f} | {up * 100:+15.1f}% | "
+              f"{secs[name] / len(seeds):5.1f} |")
+    lin = np.mean([r.regret[-1] for r in res["LinUCB (alpha=1)"]])
+    ucb = np.mean([r.regret[-1] for r in res["UCB1 (c=sqrt 2)"]])
+    rr = np.mean([r.regret[-1] for r in res["random"]])
+    print(f"\nLinUCB regret = {lin / rr:.2f}x random, {lin / ucb:.2f}x UCB1 "
+          f"(regret = expected clicks lost vs the oracle)")
+    _plot(res, n, seeds, out)
+
+
+def _k(v, _pos=None):
+    return f"{v / 1000:g}k" if v >= 1000 else f"{v:g}"
+
+
+def _plot(res, n, seeds, out):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    styles = {
+        "random": ("tab:gray", "-"), "UCB1 (c=sqrt 2)": ("tab:orange", "-"),
+        "best fixed theme": ("tab:brown", ":"), "LinUCB (alpha=1)": ("tab:blue", "-"),
+        "LinUCB, 4 replicas": ("tab:cyan", "--"), "oracle": ("black", "--"),
+    }
+    t = np.arange(1, n + 1)
+    start = min(2000, n // 10)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5.2), dpi=110)
+    for name, rs in res.items():
+        col, ls = styles[name]
+        ctr = np.mean([r.expected for r in rs], axis=0) / t * 100
+        reg = np.mean([r.regret for r in rs], axis=0)
+        ax1.plot(t[start:], ctr[start:], color=col, ls=ls, lw=2, label=name)
+        ax2.plot(t, reg, color=col, ls=ls, lw=2, label=name)
+    ax1.set_title("Cumulative CTR (true CTR of the themes shown)")
+    ax1.set_xlabel("impressions")
+    ax1.set_ylabel("expected clicks / impressions (%), from 2k on")
+    ax1.set_xscale("log")
+    ax1.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(_k))
+    ax1.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax2.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(_k))
+    ax2.set_title("Cumulative regret vs the oracle")
+    ax2.set_xlabel("impressions")
+    ax2.set_ylabel("expected clicks lost")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+    ax2.legend(loc="upper left", fontsize=9)
+    fig.suptitle(f"Theme bandits on a simulated click model: 3 themes, d=34 one-hot context, "
+                 f"mean of {len(seeds)} seed(s)", fontsize=11)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    print(f"\nplot: {out}")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="short run")
+    ap.add_argument("--out", type=Path, default=Path("bggen_data/bench/bandit.png"), help="plot PNG path")
+    args = ap.parse_args(argv)
+    cpu = None
+    if hasattr(os, "sched_setaffinity"):
+        cpu = sorted(os.sched_getaffinity(0))[0]
+        os.sched_setaffinity(0, {cpu})
+    print(f"# bandit benchmark  python {platform.python_version()}, numpy {np.__version__}, "
+          f"pinned to cpu {cpu}, BLAS threads 1, {'quick' if args.quick else 'full'} run")
+    bench_throughput(args.quick)
+    bench_simulation(args.quick, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

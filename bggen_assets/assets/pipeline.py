@@ -1,0 +1,171 @@
+"""The five partitioned assets. Each is a thin wrapper over a function in `bggen_assets.steps`:
+it reads the partition, calls the step, and reports metadata and quality checks.
+"""
+
+from collections import Counter
+
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    Backoff,
+    Failure,
+    MetadataValue,
+    Output,
+    RetryPolicy,
+    asset,
+)
+
+from resources.creative_config import CreativeConfig
+from resources.generator import GeneratorResource
+from resources.masker import MaskerResource
+from resources.metadata_db import MetadataDB
+from resources.miss_queue import MissQueue
+from resources.object_store import ObjectStore
+
+from .. import steps
+from ..core.feeds import ConfigError, FeedError
+from ..partitions import merchant_category, split_key
+
+GROUP = "bggen"
+# Generation runs are tagged so the run coordinator can cap how many share the GPUs.
+GPU_TAGS = {"bggen/gpu": "generation"}
+TRANSIENT_RETRY = RetryPolicy(max_retries=2, delay=2.0, backoff=Backoff.EXPONENTIAL)
+
+
+def _partition(context: AssetExecutionContext) -> tuple[str, str]:
+    return split_key(context.partition_key)
+
+
+@asset(partitions_def=merchant_category, group_name=GROUP, io_manager_key="manifest_io_manager",
+       check_specs=[AssetCheckSpec("feed_rows_usable", asset="catalog")],
+       description="The merchant feed's rows of this category, normalised; images copied into the store by content hash.")
+def catalog(context: AssetExecutionContext, creative_config: CreativeConfig, store: ObjectStore, metadata_db: MetadataDB):
+    merchant, category = _partition(context)
+    try:
+        manifest = steps.catalog_step(creative_config, store, metadata_db, merchant, category, context.log.warning)
+    except (FeedError, ConfigError) as exc:
+        raise Failure(description=str(exc)) from exc
+    rejected = manifest["rejected"]
+    yield Output(
+        manifest,
+        metadata={
+            "products": len(manifest["products"]),
+            "rejected": len(rejected),
+            "snapshot_key": manifest["snapshot_key"],
+            "rejections": MetadataValue.md(_table(rejected, ["product_id", "line", "reason"])),
+        },
+    )
+    yield AssetCheckResult(
+        check_name="feed_rows_usable",
+        passed=not rejected,
+        severity=AssetCheckSeverity.WARN,
+        metadata={"rejected": len(rejected), "reasons": MetadataValue.json(rejected[:50])},
+    )
+
+
+@asset(partitions_def=merchant_category, group_name=GROUP, io_manager_key="manifest_io_manager",
+       check_specs=[AssetCheckSpec("mask_coverage_sane", asset="product_masks")],
+       description="Per product: binary mask, tight bbox, method, score; stored once per image hash and masker.")
+def product_masks(context: AssetExecutionContext, catalog: dict, masker: MaskerResource, store: ObjectStore, metadata_db: MetadataDB):
+    manifest = steps.masks_step(catalog, masker, store, metadata_db, context.log.warning)
+    products = manifest["products"]
+    coverage = [p["coverage"] for p in products.values()]
+    methods = Counter(p["method"] for p in products.values())
+    yield Output(
+        manifest,
+        metadata={
+            "masked": len(products),
+            "computed": manifest["computed"],
+            "reused": manifest["reused"],
+            "skipped": len(manifest["rejected"]),
+            "methods": MetadataValue.json(dict(methods)),
+            "skipped_products": MetadataValue.md(_table(manifest["rejected"], ["product_id", "reason"])),
+        },
+    )
+    bad = [pid for pid, p in products.items() if not 0.01 <= p["coverage"] <= 0.95]
+    yield AssetCheckResult(
+        check_name="mask_coverage_sane",
+        passed=not bad and not manifest["rejected"],
+        severity=AssetCheckSeverity.WARN,
+        metadata={
+            "min_coverage": min(coverage, default=0.0),
+            "max_coverage": max(coverage, default=0.0),
+            "out_of_range": MetadataValue.json(bad),
+            "skipped": MetadataValue.json(manifest["rejected"][:50]),
+        },
+    )
+
+
+@asset(partitions_def=merchant_category, group_name=GROUP, io_manager_key="manifest_io_manager",
+       description="Per product: the (bucket, prompt) canvases to generate for the merchant's placements, plus pending misses.")
+def bucket_plans(context: AssetExecutionContext, catalog: dict, product_masks: dict, creative_config: CreativeConfig,
+                 miss_queue: MissQueue):
+    merchant, category = _partition(context)
+    try:
+        plan = steps.plans_step(catalog, product_masks, creative_config, miss_queue, merchant, category)
+    except ConfigError as exc:
+        raise Failure(description=str(exc)) from exc
+    n = len(plan["items"])
+    return Output(
+        plan,
+        metadata={
+            "placement_requests": plan["requests"],
+            "generations": n,
+            "reduction": round(plan["requests"] / n, 2) if n else 0.0,
+            "from_misses": len(plan["miss_keys"]),
+            "bucket_ratio": plan["bucket_ratio"],
+        },
+    )
+
+
+@asset(partitions_def=merchant_category, group_name=GROUP, io_manager_key="manifest_io_manager",
+       op_tags=GPU_TAGS, retry_policy=TRANSIENT_RETRY,
+       check_specs=[AssetCheckSpec("product_fidelity", asset="generated_backgrounds")],
+       description="Per (product, bucket, prompt, model): the composited canvas, content-addressed: a rerun makes only what is missing.")
+def generated_backgrounds(context: AssetExecutionContext, bucket_plans: dict, product_masks: dict, masker: MaskerResource,
+                          generator: GeneratorResource, store: ObjectStore, metadata_db: MetadataDB):
+    gate = None
+    if generator.gated:
+        from ..gating import gate_for
+
+        gate = gate_for(generator, context.log.info)
+    manifest = steps.generate_step(bucket_plans, product_masks, masker, generator, store, metadata_db, context.log.info, gate)
+    yield Output(
+        manifest,
+        metadata={"generated": manifest["generated"], "reused": manifest["reused"], "generator": manifest["generator_id"][:200]},
+    )
+    fidelity = steps.fidelity_step(bucket_plans, manifest, product_masks, masker, store)
+    yield AssetCheckResult(
+        check_name="product_fidelity",
+        passed=fidelity["max_abs_diff"] == 0,
+        metadata={"checked": fidelity["checked"], "max_abs_diff": fidelity["max_abs_diff"],
+                  "failures": MetadataValue.json(fidelity["failures"])},
+    )
+
+
+@asset(partitions_def=merchant_category, group_name=GROUP, io_manager_key="manifest_io_manager",
+       check_specs=[AssetCheckSpec("index_complete", asset="serving_index")],
+       description="(product, bucket, prompt) -> image key, canvas, product box; published atomically (new version, then pointer flip).")
+def serving_index(context: AssetExecutionContext, bucket_plans: dict, generated_backgrounds: dict, product_masks: dict,
+                  catalog: dict, store: ObjectStore, miss_queue: MissQueue):
+    pointer = steps.index_step(bucket_plans, generated_backgrounds, product_masks, catalog, store, miss_queue)
+    yield Output(pointer, metadata={"version": pointer["version"], "entries": pointer["entries"], "key": pointer["key"],
+                                    "misses_served": pointer["misses_served"]})
+    report = steps.index_completeness(bucket_plans, pointer, store)
+    yield AssetCheckResult(
+        check_name="index_complete",
+        passed=report["missing_count"] == 0 and report["absent_count"] == 0,
+        metadata={k: (MetadataValue.json(v) if isinstance(v, list) else v) for k, v in report.items()},
+    )
+
+
+def _table(rows: list[dict], cols: list[str]) -> str:
+    if not rows:
+        return "none"
+    head = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
+    return head + "\n".join("| " + " | ".join(str(r.get(c, "")).replace("|", "/") for c in cols) + " |" for r in rows[:100])
+
+
+pipeline_assets = [catalog, product_masks, bucket_plans, generated_backgrounds, serving_index]

@@ -1,0 +1,591 @@
+"""Product masking: the alpha channel when there is one, else a classical masker for catalog
+photos (product on a plain, gradient or lightly textured studio background), plus the checks
+that reject masks the pipeline must not use.
+
+Classical masker, step by step (all on a working copy whose long side is at most
+``WORK_SIDE`` px; the mask is brought back to the input size at the end, with a sub-pixel
+boundary taken from the upsampled evidence map):
+
+1. **Background model from the border.**  The outer strip of the image is sampled; a
+   quadratic surface in (x, y) is fitted per CIELAB channel with iterative outlier rejection
+   (so a product that touches one border, or a shadow reaching the border, does not bend it).
+   Uniform backgrounds and smooth linear/radial gradients are both predicted per pixel.
+2. **Adaptive tolerance.**  The robust noise of the border residuals (1.4826 × MAD) sets the
+   lightness and chroma tolerances (floors keep clean renders from over-segmenting).
+3. **Evidence map.**  Chroma distance, brightening and *strong* darkening count as product.
+   Mild, low-saturation darkening is what a soft shadow looks like and does not count unless
+   the region has texture/edges (local gradient above the background's own gradient noise).
+4. **Morphology** (open, close), **largest connected component**, **holes filled**.
+5. **GrabCut refinement** at reduced resolution on the object's bounding box: sure foreground =
+   eroded mask, sure background = outside the dilated mask, the band between is "probable"
+   (shadow-like pixels start as probable background).  GrabCut may flip pixels only where it is
+   confident (away from its own, coarser boundary); the fine boundary stays the evidence map's.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+__all__ = [
+    "MaskResult",
+    "MaskRejected",
+    "classical_mask",
+    "alpha_mask",
+    "validate_mask",
+    "mask_product",
+    "mask_bbox",
+    "borders_touched",
+    "refine_with_grabcut",
+    "largest_component",
+    "fill_holes",
+    "WORK_SIDE",
+]
+
+WORK_SIDE = 512          # long side of the working copy for the evidence map
+GRABCUT_SIDE = 128       # long side of the GrabCut crop (GrabCut costs ~1.5 µs/pixel/iteration)
+GRABCUT_ITERS = 2
+MIN_WORK_SIDE = 48       # tiny images are upsampled to at least this short side
+
+
+@dataclass(frozen=True, eq=False)
+class MaskResult:
+    """A product mask and how it was obtained."""
+
+    mask: np.ndarray                      # bool H×W, same size as the image
+    bbox: tuple[int, int, int, int]       # tight (x, y, w, h) of the mask
+    method: str                           # "alpha" | "classical" | "yolo"
+    score: float                          # confidence in [0, 1]
+    reason: str                           # why this method / result
+
+    @property
+    def fraction(self) -> float:
+        return float(self.mask.mean()) if self.mask.size else 0.0
+
+
+class MaskRejected(ValueError):
+    """The mask cannot be used; ``reason`` says why (also the exception message)."""
+
+    def __init__(self, reason: str, *, result: MaskResult | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.result = result
+
+
+# ----------------------------------------------------------------------------- helpers
+def mask_bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """Tight (x, y, w, h) of a boolean mask; (0, 0, 0, 0) when empty."""
+    if not mask.any():
+        return (0, 0, 0, 0)
+    x, y, w, h = cv2.boundingRect(mask.astype(np.uint8))
+    return (int(x), int(y), int(w), int(h))
+
+
+def borders_touched(mask: np.ndarray) -> int:
+    """How many of the four image borders (outermost row/column) the mask reaches."""
+    if mask.size == 0:
+        return 0
+    return int(mask[0, :].any()) + int(mask[-1, :].any()) + int(mask[:, 0].any()) + int(mask[:, -1].any())
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """Keep the largest 8-connected component."""
+    m = mask.astype(np.uint8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8)
+    if n <= 2:
+        return mask.astype(bool)
+    k = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    return labels == k
+
+
+def fill_holes(mask: np.ndarray, *, evidence: np.ndarray | None = None,
+               keep_open_min_frac: float = 0.004, keep_open_max_evidence: float = 0.5) -> np.ndarray:
+    """Fill background regions not connected to the image border.
+
+    With ``evidence`` (foreground evidence, >1 = product), a hole that is both sizeable
+    (>= ``keep_open_min_frac`` of the mask area) and looks like the background (mean evidence
+    below ``keep_open_max_evidence``) is a see-through hole (a handle, the gap between legs)
+    and stays open; everything else is filled.
+    """
+    h, w = mask.shape
+    m = np.zeros((h + 2, w + 2), np.uint8)
+    m[1:-1, 1:-1] = mask.astype(np.uint8)
+    ff = m.copy()
+    flood = np.zeros((h + 4, w + 4), np.uint8)
+    cv2.floodFill(ff, flood, (0, 0), 2)
+    filled = ff[1:-1, 1:-1] != 2
+    if evidence is None:
+        return filled
+    holes = (filled & ~mask.astype(bool)).astype(np.uint8)
+    if not holes.any():
+        return filled
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(holes, connectivity=4)
+    min_area = max(16.0, keep_open_min_frac * float(filled.sum()))
+    big = [i for i in range(1, n) if stats[i, cv2.CC_STAT_AREA] >= min_area]
+    if not big:
+        return filled
+    sums = np.bincount(labels.ravel(), weights=np.minimum(evidence, 2.0).ravel(), minlength=n)
+    for i in big:
+        if sums[i] / stats[i, cv2.CC_STAT_AREA] < keep_open_max_evidence:
+            filled[labels == i] = False
+    return filled
+
+
+def _disk(r: int) -> np.ndarray:
+    r = max(1, int(r))
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+
+
+def _resize_mask(mask: np.ndarray, w: int, h: int) -> np.ndarray:
+    if mask.shape == (h, w):
+        return mask.astype(bool)
+    f = cv2.resize(mask.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+    return f >= 0.5
+
+
+# ----------------------------------------------------------------------------- alpha
+def alpha_mask(image: np.ndarray) -> MaskResult | None:
+    """Mask from a real alpha channel (alpha >= 128); None when there is no usable alpha."""
+    if image.ndim != 3 or image.shape[2] != 4:
+        return None
+    a = image[:, :, 3]
+    lo, hi = int(a.min()), int(a.max())
+    if lo == hi:
+        return None
+    mask = a >= 128
+    semi = float(((a > 16) & (a < 240)).mean())
+    fg = max(float(mask.mean()), 1e-9)
+    score = float(np.clip(1.0 - semi / fg, 0.0, 1.0))
+    return MaskResult(mask=mask, bbox=mask_bbox(mask), method="alpha", score=score,
+                      reason="alpha channel present; mask = alpha >= 128")
+
+
+# ----------------------------------------------------------------------------- background
+def _poly_terms(u: np.ndarray, v: np.ndarray, order: int = 2) -> np.ndarray:
+    cols = [np.ones_like(u), u, v]
+    if order >= 2:
+        cols += [u * v, u * u, v * v]
+    if order >= 3:
+        cols += [u * u * u, u * u * v, u * v * v, v * v * v]
+    return np.stack(cols, axis=1)
+
+
+def _border_samples(h: int, w: int, bw: int, max_n: int = 3000) -> tuple[np.ndarray, np.ndarray]:
+    ys, xs = np.mgrid[0:h, 0:w]
+    sel = (ys < bw) | (ys >= h - bw) | (xs < bw) | (xs >= w - bw)
+    yy, xx = ys[sel], xs[sel]
+    if yy.size > max_n:
+        step = int(np.ceil(yy.size / max_n))
+        yy, xx = yy[::step], xx[::step]
+    return yy, xx
+
+
+@dataclass(frozen=True)
+class _Background:
+    pred: np.ndarray        # float32 H×W×3 predicted Lab background
+    sigma: np.ndarray       # float32 (3,) robust residual noise per Lab channel
+    outlier_frac: float     # share of border samples rejected as not-background
+    grad_noise: float       # robust gradient magnitude of the background (texture level)
+    hp_noise: float = 0.0   # median local high-pass energy of the background
+
+
+def _robust_fit(A: np.ndarray, vals: np.ndarray, iters: int, min_keep: float = 0.3):
+    keep = np.ones(len(vals), bool)
+    coef = None
+    for _ in range(iters + 1):
+        if keep.sum() < A.shape[1] * 4:
+            break
+        Ak = A[keep]
+        # normal equations: tiny (<=10 unknowns), far cheaper than lstsq's SVD
+        coef = np.linalg.solve(Ak.T @ Ak + 1e-9 * np.eye(A.shape[1]), Ak.T @ vals[keep])
+        rn = np.sqrt(((vals - A @ coef) ** 2).sum(1))
+        med = np.median(rn[keep])
+        mad = np.median(np.abs(rn[keep] - med)) * 1.4826 + 1e-6
+        new_keep = rn <= med + 3.5 * mad + 2.0
+        if new_keep.sum() < min_keep * len(vals):  # mostly not background: keep the best share
+            new_keep = rn <= np.quantile(rn, min_keep)
+        if np.array_equal(new_keep, keep):
+            break
+        keep = new_keep
+    if coef is None:
+        coef = np.zeros((A.shape[1], vals.shape[1]))
+        coef[0] = np.median(vals, axis=0)
+    return coef, keep
+
+
+def _predict(coef: np.ndarray, h: int, w: int, order: int) -> np.ndarray:
+    """Evaluate the surface on a coarse grid and resize (smooth: bilinear is exact enough)."""
+    gh, gw = min(h, 33), min(w, 33)
+    gu = (np.linspace(0.5, w - 0.5, gw) / w) - 0.5
+    gv = (np.linspace(0.5, h - 0.5, gh) / h) - 0.5
+    GU, GV = np.meshgrid(gu, gv)
+    grid = (_poly_terms(GU.ravel(), GV.ravel(), order) @ coef).reshape(gh, gw, 3).astype(np.float32)
+    return cv2.resize(grid, (w, h), interpolation=cv2.INTER_LINEAR) if (gh, gw) != (h, w) else grid
+
+
+def estimate_background(lab: np.ndarray, *, grad: np.ndarray | None = None,
+                        hp: np.ndarray | None = None,
+                        exclude: np.ndarray | None = None, order: int = 2,
+                        iters: int = 3) -> _Background:
+    """Fit a smooth Lab background surface, robustly.
+
+    Without ``exclude``: a quadratic fitted to the border strip.  With ``exclude`` (pixels
+    believed to be product, dilated): a cubic fitted to every other pixel of a sampling grid,
+    which follows vignettes and sweeps that a border-only fit cannot see.
+    """
+    h, w, _ = lab.shape
+    if exclude is None:
+        bw = max(2, int(round(0.012 * min(h, w))))
+        yy, xx = _border_samples(h, w, bw)
+    else:
+        step = max(1, int(np.sqrt(h * w / 3000)))
+        ys, xs = np.mgrid[step // 2:h:step, step // 2:w:step]
+        sel = ~exclude[ys, xs]
+        yy, xx = ys[sel], xs[sel]
+        if yy.size < 200:
+            return estimate_background(lab, grad=grad, hp=hp, order=2, iters=iters)
+    u = (xx.astype(np.float64) + 0.5) / w - 0.5
+    v = (yy.astype(np.float64) + 0.5) / h - 0.5
+    A = _poly_terms(u, v, order)
+    vals = lab[yy, xx].astype(np.float64)
+    coef, keep = _robust_fit(A, vals, iters)
+    res = vals[keep] - A[keep] @ coef
+    sigma = 1.4826 * np.median(np.abs(res - np.median(res, axis=0)), axis=0)
+    pred = _predict(coef, h, w, order)
+    grad_noise = 0.0
+    if grad is not None and keep.any():
+        gb = grad[yy[keep], xx[keep]]
+        grad_noise = float(np.median(gb) + 1.4826 * np.median(np.abs(gb - np.median(gb))))
+    hp_noise = 0.0
+    if keep.any():
+        if hp is None:
+            hp = _highpass(lab[:, :, 0])
+        hp_noise = float(np.median(hp[yy[keep], xx[keep]]))
+    return _Background(pred=pred, sigma=sigma.astype(np.float32),
+                       outlier_frac=float(1.0 - keep.mean()), grad_noise=grad_noise,
+                       hp_noise=hp_noise)
+
+
+def _highpass(L: np.ndarray) -> np.ndarray:
+    """Local high-pass energy: texture (a smooth ramp such as a soft shadow has little)."""
+    return cv2.blur(np.abs(L - cv2.GaussianBlur(L, (0, 0), 2.0)), (5, 5))
+
+
+def _gradient(L: np.ndarray) -> np.ndarray:
+    Lb = cv2.GaussianBlur(L, (3, 3), 0)
+    gx = cv2.Sobel(Lb, cv2.CV_32F, 1, 0, ksize=3)
+    gy = cv2.Sobel(Lb, cv2.CV_32F, 0, 1, ksize=3)
+    return cv2.magnitude(gx, gy)
+
+
+def _tolerances(bg: _Background) -> tuple[float, float]:
+    sL = float(bg.sigma[0])
+    sC = float(np.hypot(bg.sigma[1], bg.sigma[2]))
+    return max(9.0, 4.5 * sL), max(7.0, 4.5 * sC)
+
+
+def _evidence(lab: np.ndarray, bg: _Background, hp: np.ndarray | None = None
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Foreground evidence (>1 means product) and a shadow-candidate map, on the working copy.
+
+    Lab here is OpenCV's 8-bit scaling (L in 0..255, a/b offset by 128) as float32.
+    """
+    d = lab - bg.pred
+    dL = d[:, :, 0]
+    chroma = np.sqrt(d[:, :, 1] ** 2 + d[:, :, 2] ** 2)
+    tl, tc = _tolerances(bg)
+    Lbg = np.maximum(bg.pred[:, :, 0], 1.0)
+    # darkening up to this depth with low chroma may be a soft shadow
+    shadow_depth = np.maximum(tl * 1.5, 0.42 * Lbg)
+    ev = np.maximum(np.maximum(chroma / tc, dL / tl), -dL / shadow_depth)
+    shadow = (dL < -tl) & (ev <= 1.0)
+    if shadow.any() and hp is not None:
+        # texture inside shadow-like darkening means a grey product, not a shadow
+        tex = hp
+        gt = max(3.0, 4.0 * bg.hp_noise)
+        e_tex = np.where(shadow, tex / gt, 0.0).astype(np.float32)
+        ev = np.maximum(ev, e_tex)
+        shadow &= e_tex <= 1.0
+    return ev.astype(np.float32), shadow
+
+
+def _crisp_fraction(labels: np.ndarray, n: int, region: np.ndarray, outside: np.ndarray,
+                    crisp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per labelled component: rim pixel count (region pixels next to ``outside``) and the
+    share of them on a crisp edge."""
+    rim = region & cv2.dilate(outside.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    lab_r = labels[rim]
+    cnt = np.bincount(lab_r, minlength=n).astype(np.float64)
+    cr = np.bincount(lab_r, weights=crisp[rim].astype(np.float64), minlength=n)
+    return cnt, np.where(cnt > 0, cr / np.maximum(cnt, 1), 0.0)
+
+
+def _promote_crisp_shadows(ev: np.ndarray, shadow: np.ndarray, grad: np.ndarray,
+                           dL: np.ndarray, *, sharpness: float = 1.3) -> np.ndarray:
+    """Shadow-like regions whose outer rim is a sharp step are product (grey parts), not shadow.
+
+    A soft shadow fades out: at its rim the gradient is a small part of its depth.  A grey
+    product part ends in a step: the gradient there is about its whole depth or more (Sobel
+    of a step of height D after the 3×3 blur is ~3D).  Per connected shadow-like region, the
+    rim pixels (next to plain background) are sharp when the strongest gradient within 1 px
+    exceeds ``sharpness`` × the region's median depth; regions with most of the rim sharp
+    are promoted to product.
+    """
+    if not shadow.any():
+        return shadow
+    fg = ev > 1.0
+    n, labels = cv2.connectedComponents(shadow.astype(np.uint8), connectivity=8)
+    if n <= 1:
+        return shadow
+    depth = np.zeros(n)
+    lab_s = labels[shadow]
+    cnt_s = np.bincount(lab_s, minlength=n)
+    # a mean is cheaper than a median per component and close enough for a smooth region
+    depth = np.bincount(lab_s, weights=-dL[shadow], minlength=n) / np.maximum(cnt_s, 1)
+    gmax = cv2.dilate(grad, np.ones((3, 3), np.uint8))
+    crisp = gmax > sharpness * depth[labels]
+    near_fg = cv2.dilate(fg.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    cnt, frac = _crisp_fraction(labels, n, shadow, ~shadow & ~near_fg, crisp)
+    promote = (frac >= 0.5) & (cnt >= 8)
+    promote[0] = False
+    if promote.any():
+        sel = promote[labels]
+        ev[sel] = np.maximum(ev[sel], 1.01)
+        shadow = shadow & ~sel
+    return shadow
+
+
+def _select_component(mask: np.ndarray, crisp: np.ndarray) -> np.ndarray:
+    """Largest component, weighted by how crisp its outline is (soft blobs = background residue)."""
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    if n <= 2:
+        return mask.astype(bool)
+    area = stats[:, cv2.CC_STAT_AREA].astype(np.float64)
+    _, frac = _crisp_fraction(labels, n, mask.astype(bool), ~mask.astype(bool), crisp)
+    score = area * (0.1 + frac)
+    score[0] = -1.0
+    return labels == int(np.argmax(score))
+
+
+def _drop_small(mask: np.ndarray, min_area: int) -> np.ndarray:
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    if n <= 1:
+        return mask.astype(bool)
+    keep = stats[:, cv2.CC_STAT_AREA] >= min_area
+    keep[0] = False
+    return keep[labels]
+
+
+# ----------------------------------------------------------------------------- grabcut
+def refine_with_grabcut(rgb: np.ndarray, mask: np.ndarray, *, shadow: np.ndarray | None = None,
+                        side: int = GRABCUT_SIDE, iters: int = GRABCUT_ITERS,
+                        band: int = 3) -> np.ndarray | None:
+    """GrabCut on a reduced copy of the mask's bounding box (plus margin).
+
+    Returns a float32 map at ``rgb``'s size: 1 = GrabCut foreground, 0 = background (linear
+    interpolation of the coarse result, so values in between mark GrabCut's uncertain boundary),
+    or None when GrabCut cannot run (degenerate mask).
+    """
+    h, w = mask.shape
+    x, y, bw_, bh_ = mask_bbox(mask)
+    if bw_ < 4 or bh_ < 4:
+        return None
+    mx, my = max(4, bw_ // 8), max(4, bh_ // 8)
+    x0, y0 = max(0, x - mx), max(0, y - my)
+    x1, y1 = min(w, x + bw_ + mx), min(h, y + bh_ + my)
+    cw, ch = x1 - x0, y1 - y0
+    s = min(1.0, side / max(cw, ch))
+    gw, gh = max(8, int(round(cw * s))), max(8, int(round(ch * s)))
+    crop = np.ascontiguousarray(rgb[y0:y1, x0:x1, :3])
+    small = cv2.resize(crop, (gw, gh), interpolation=cv2.INTER_AREA) if (gw, gh) != (cw, ch) else crop
+    m_small = cv2.resize(mask[y0:y1, x0:x1].astype(np.float32), (gw, gh), interpolation=cv2.INTER_AREA) >= 0.5
+    if m_small.sum() < 4 or (~m_small).sum() < 4:
+        return None
+    m8 = m_small.astype(np.uint8)
+    sure_fg = cv2.erode(m8, _disk(band)).astype(bool)
+    maybe = cv2.dilate(m8, _disk(band)).astype(bool)
+    gc = np.full((gh, gw), cv2.GC_BGD, np.uint8)
+    gc[maybe] = cv2.GC_PR_BGD
+    gc[m_small] = cv2.GC_PR_FGD
+    if shadow is not None:
+        sh = cv2.resize(shadow[y0:y1, x0:x1].astype(np.float32), (gw, gh), interpolation=cv2.INTER_AREA) >= 0.5
+        gc[sh & maybe & ~sure_fg] = cv2.GC_PR_BGD
+    gc[sure_fg] = cv2.GC_FGD
+    if not (gc == cv2.GC_FGD).any() or not (gc == cv2.GC_BGD).any():
+        # too thin / too big to have both sure sets: keep the input (no refinement)
+        return None
+    bgd = np.zeros((1, 65), np.float64)
+    fgd = np.zeros((1, 65), np.float64)
+    try:
+        cv2.grabCut(small, gc, None, bgd, fgd, iters, cv2.GC_INIT_WITH_MASK)
+    except cv2.error:
+        return None
+    fg_small = ((gc == cv2.GC_FGD) | (gc == cv2.GC_PR_FGD)).astype(np.float32)
+    out = np.zeros((h, w), np.float32)
+    out[y0:y1, x0:x1] = cv2.resize(fg_small, (cw, ch), interpolation=cv2.INTER_LINEAR)
+    return out
+
+
+# ----------------------------------------------------------------------------- classical
+def _as_rgb_uint8(image: np.ndarray) -> np.ndarray:
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"image must be a numpy array, got {type(image).__name__}")
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    if image.ndim != 3 or image.shape[2] not in (3, 4):
+        raise ValueError(f"image must be H×W×3 (RGB) or H×W×4 (RGBA), got shape {image.shape}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"image must be uint8, got {image.dtype}")
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        raise ValueError(f"image is empty: shape {image.shape}")
+    return image
+
+
+def _coverage(mask: np.ndarray, ev: np.ndarray) -> np.ndarray:
+    """Estimated product coverage in [0, 1] per pixel: 1 inside, 0 outside, ev/local-ev at the edge."""
+    m8 = mask.astype(np.uint8)
+    k = _disk(1)
+    inner = cv2.erode(m8, k)
+    outer = cv2.dilate(m8, k)
+    band = (outer > inner)
+    frac = inner.astype(np.float32)
+    if band.any():
+        evc = np.minimum(ev, 8.0).astype(np.float32)
+        num = cv2.boxFilter(evc * inner, cv2.CV_32F, (7, 7), normalize=False)
+        den = cv2.boxFilter(inner.astype(np.float32), cv2.CV_32F, (7, 7), normalize=False)
+        loc = np.where(den > 0, num / np.maximum(den, 1e-6), 2.0)
+        loc = np.maximum(loc, 1.0)
+        cov = np.clip(evc / loc, 0.0, 1.0)
+        # pixels of the mask whose evidence is weak (grabcut additions, filled holes) keep
+        # their mask value at the edge when they sit inside it
+        frac[band] = cov[band]
+    return frac
+
+
+def classical_mask(image: np.ndarray, *, refine: bool = True, work_side: int = WORK_SIDE) -> MaskResult:
+    """Mask the product of a catalog photo (RGB or RGBA; a real alpha channel is used directly).
+
+    Never raises for a valid array: an unusable result (e.g. empty) comes back as such and
+    :func:`validate_mask` / :func:`mask_product` decide.
+    """
+    image = _as_rgb_uint8(image)
+    a = alpha_mask(image)
+    if a is not None:
+        return a
+    rgb = np.ascontiguousarray(image[:, :, :3])
+    H, W = rgb.shape[:2]
+
+    # working copy: long side <= work_side, short side >= MIN_WORK_SIDE
+    s = min(1.0, work_side / max(H, W))
+    if min(H, W) * s < MIN_WORK_SIDE:
+        s = MIN_WORK_SIDE / min(H, W)
+    ww, wh = max(1, int(round(W * s))), max(1, int(round(H * s)))
+    if (ww, wh) == (W, H):
+        work = rgb
+    else:
+        interp = cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR
+        work = cv2.resize(rgb, (ww, wh), interpolation=interp)
+
+    lab = cv2.cvtColor(work, cv2.COLOR_RGB2LAB).astype(np.float32)
+    grad = _gradient(lab[:, :, 0])
+    # pass 1: background from the border; pass 2: from every pixel pass 1 calls background
+    hp = _highpass(lab[:, :, 0])
+    bg1 = estimate_background(lab, grad=grad, hp=hp)
+    ev1, _ = _evidence(lab, bg1)
+    r_ex = max(2, int(round(min(ww, wh) / 128)))
+    exclude = cv2.dilate((ev1 > 0.6).astype(np.uint8), _disk(r_ex)).astype(bool)
+    bg = (estimate_background(lab, grad=grad, hp=hp, exclude=exclude, order=3)
+          if exclude.mean() < 0.85 else bg1)
+    ev, shadow = _evidence(lab, bg, hp)
+    crisp = grad > max(36.0, 4.0 * bg.grad_noise)
+    shadow = _promote_crisp_shadows(ev, shadow, grad, lab[:, :, 0] - bg.pred[:, :, 0])
+
+    thr = ev > 1.0
+    r = max(1, int(round(min(ww, wh) / 256)))
+    # "open": drop specks (small components) rather than eroding, so that thin but real
+    # evidence (a crisp outline around a low-contrast part) survives; then close small gaps
+    m8 = _drop_small(thr, max(8, int(2e-4 * ww * wh))).astype(np.uint8)
+    m8 = cv2.morphologyEx(m8, cv2.MORPH_CLOSE, _disk(r + 1))
+    coarse = m8.astype(bool)
+    if not coarse.any():
+        empty = np.zeros((H, W), bool)
+        return MaskResult(mask=empty, bbox=(0, 0, 0, 0), method="classical", score=0.0,
+                          reason="classical: nothing differs from the border-estimated background")
+    # for holes, shadow-like darkening is not "see-through background"
+    ev_hole = np.maximum(ev, shadow.astype(np.float32))
+    coarse = fill_holes(_select_component(coarse, crisp), evidence=ev_hole)
+
+    gc_note = "no grabcut"
+    agree = 1.0
+    if refine:
+        gcmap = refine_with_grabcut(work, coarse, shadow=shadow)
+        if gcmap is not None:
+            # GrabCut may drop pixels it is sure of; it may add only pixels that are not
+            # shadow-like (a grey product's colour model also fits its own shadow)
+            refined = (coarse & ~(gcmap < 0.05)) | ((gcmap > 0.95) & ~shadow)
+            if refined.any():
+                refined = fill_holes(largest_component(refined), evidence=ev_hole)
+                inter = float((refined & coarse).sum())
+                union = float((refined | coarse).sum())
+                agree = inter / union if union else 0.0
+                coarse = refined
+                gc_note = f"grabcut agreement {agree:.2f}"
+            else:
+                gc_note = "grabcut emptied the mask; threshold kept"
+
+    # Sub-pixel boundary: in a 1-px band around the mask, a mixed pixel's evidence is about
+    # (product share) x (the nearby product's evidence), so ev / local interior ev estimates
+    # the product's coverage of that pixel; the boundary sits where coverage crosses 1/2.
+    frac = _coverage(coarse, ev)
+    if (ww, wh) == (W, H):
+        full = frac >= 0.5
+    else:
+        frac_f = cv2.resize(frac, (W, H), interpolation=cv2.INTER_LINEAR if s < 1 else cv2.INTER_AREA)
+        full = frac_f >= 0.5
+    if full.any() and (ww, wh) == (W, H):
+        full = largest_component(full)   # (upscaled: one coarse component stays one, skip the cost)
+
+    # confidence: contrast of the evidence along the boundary x agreement with grabcut
+    edge = cv2.morphologyEx(coarse.astype(np.uint8), cv2.MORPH_GRADIENT, _disk(1)).astype(bool) & coarse
+    contrast = float(np.clip(np.median(ev[edge]) / 3.0, 0.0, 1.0)) if edge.any() else 0.0
+    noise_pen = float(np.clip(1.0 - bg1.outlier_frac, 0.0, 1.0))
+    score = float(np.clip((0.5 * contrast + 0.5 * agree) * (0.5 + 0.5 * noise_pen), 0.0, 1.0))
+    reason = (f"classical: border background model (noise L {bg.sigma[0]:.1f}, "
+              f"border outliers {bg1.outlier_frac:.0%}); {gc_note}")
+    if (ww, wh) != (W, H):
+        reason += f"; masked at {ww}x{wh}, upscaled to {W}x{H}" if s < 1 else f"; tiny image upsampled to {ww}x{wh}"
+    return MaskResult(mask=full, bbox=mask_bbox(full), method="classical", score=score, reason=reason)
+
+
+# ----------------------------------------------------------------------------- validation
+def validate_mask(mask: np.ndarray, *, min_fraction: float = 0.01, max_fraction: float = 0.95,
+                  max_borders_touched: int = 2) -> None:
+    """Raise :class:`MaskRejected` when the mask is unusable for compositing."""
+    if mask.ndim != 2:
+        raise MaskRejected(f"mask must be 2-D H×W, got shape {mask.shape}")
+    if mask.size == 0 or not mask.any():
+        raise MaskRejected("empty mask: no product pixels found")
+    frac = float(np.count_nonzero(mask)) / mask.size
+    if frac > max_fraction:
+        raise MaskRejected(
+            f"mask covers {frac:.1%} of the image (> {max_fraction:.0%}): the product fills the "
+            "frame or the background was not separated")
+    if frac < min_fraction:
+        raise MaskRejected(
+            f"mask covers {frac:.2%} of the image (< {min_fraction:.0%}): product too small or not found")
+    nb = borders_touched(mask)
+    if nb > max_borders_touched:
+        raise MaskRejected(
+            f"mask touches {nb} image borders (> {max_borders_touched}): cut-off product or "
+            "lifestyle photo (set allow_border_touch to accept)")
+
+
+def mask_product(image: np.ndarray, *, allow_border_touch: bool = False) -> MaskResult:
+    """Alpha or classical mask, validated; raises :class:`MaskRejected` with the reason."""
+    res = classical_mask(image)
+    try:
+        validate_mask(res.mask, max_borders_touched=4 if allow_border_touch else 2)
+    except MaskRejected as exc:
+        raise MaskRejected(f"{exc.reason} [{res.method}: {res.reason}]", result=res) from None
+    return res

@@ -1,0 +1,212 @@
+"""Serving: (merchant, product, W x H, prompt) -> image bytes cut from the bucket canvas.
+
+A hit crops and resizes the bucket canvas (decoded canvases are kept in a memory-bounded LRU). A
+miss records the miss for generation and answers at once with the fallback: the positioned product
+on a plain background. The published index of each partition is re-read when its pointer changes,
+so a new version is picked up without a restart.
+"""
+from __future__ import annotations
+
+import io
+import json
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Optional
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from resources.metadata_db import Miss
+from resources.object_store import ObjectNotFound
+
+from ..core.compositing import crop_placement, fallback_creative
+from ..core.geometry import CanvasLayout, Placement, bucket_for, place_product
+from ..core.keys import check_name
+
+FORMATS = {"jpeg": "image/jpeg", "webp": "image/webp", "png": "image/png"}
+
+
+class NotFound(LookupError):
+    """Unknown merchant, product or prompt (an API answers 404)."""
+
+
+@dataclass
+class Creative:
+    body: bytes
+    content_type: str
+    hit: bool
+    merchant: str
+    category: str
+    product_id: str
+    bucket_id: str
+    prompt_id: str
+    width: int
+    height: int
+    image_key: Optional[str] = None
+
+
+class LRUBytes:
+    """An LRU of decoded images bounded by their total size in bytes."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self.size = 0
+        self._items: OrderedDict[str, object] = OrderedDict()
+        self._sizes: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: str):
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def put(self, key: str, value, nbytes: int) -> None:
+        with self._lock:
+            if key in self._items or nbytes > self.max_bytes:
+                return
+            self._items[key] = value
+            self._sizes[key] = nbytes
+            self.size += nbytes
+            while self.size > self.max_bytes:
+                old, _ = self._items.popitem(last=False)
+                self.size -= self._sizes.pop(old)
+
+
+@dataclass
+class _Index:
+    pointer_key: str
+    version: int
+    doc: dict
+    checked_at: float
+
+
+class CreativeService:
+    def __init__(self, store, miss_queue, creative_config=None, cache_bytes: int = 512 * 2**20,
+                 index_ttl_s: float = 5.0, jpeg_quality: int = 88):
+        self.store = store
+        self.miss_queue = miss_queue
+        self.creative_config = creative_config
+        self.cache = LRUBytes(cache_bytes)
+        self.index_ttl_s = index_ttl_s
+        self.jpeg_quality = jpeg_quality
+        self._indexes: dict[tuple[str, str], _Index] = {}
+        self._categories: dict[str, tuple[float, list[str]]] = {}
+        self._placements: dict[str, list[Placement]] = {}
+        self._lock = threading.Lock()
+
+    # -- index -----------------------------------------------------------------------------------
+    def categories(self, merchant: str) -> list[str]:
+        check_name("merchant", merchant)
+        cached = self._categories.get(merchant)
+        if cached and time.monotonic() - cached[0] < self.index_ttl_s:
+            return cached[1]
+        cats = sorted({k.split("/")[2] for k in self.store.list_keys(f"index/{merchant}/") if k.endswith("/current.json")})
+        self._categories[merchant] = (time.monotonic(), cats)
+        return cats
+
+    def index(self, merchant: str, category: str) -> Optional[dict]:
+        key = (merchant, category)
+        now = time.monotonic()
+        current = self._indexes.get(key)
+        if current and now - current.checked_at < self.index_ttl_s:
+            return current.doc
+        try:
+            pointer = json.loads(self.store.get_bytes(f"index/{merchant}/{category}/current.json"))
+        except ObjectNotFound:
+            return None
+        if current and current.version == pointer["version"]:
+            current.checked_at = now
+            return current.doc
+        doc = json.loads(self.store.get_bytes(pointer["key"]))
+        with self._lock:
+            self._indexes[key] = _Index(pointer["key"], pointer["version"], doc, now)
+        return doc
+
+    def find_product(self, merchant: str, product_id: str) -> tuple[str, dict]:
+        for category in self.categories(merchant):
+            doc = self.index(merchant, category)
+            if doc and product_id in doc["products"]:
+                return category, doc
+        if not self.categories(merchant):
+            raise NotFound(f"unknown merchant {merchant!r} (no published index)")
+        raise NotFound(f"unknown product {product_id!r} for merchant {merchant!r}")
+
+    def default_placement(self, merchant: str, width: int, height: int) -> Placement:
+        """The merchant's configured fill and anchor for this size, else fill 0.8 centred."""
+        if self.creative_config is not None and merchant not in self._placements:
+            try:
+                self._placements[merchant] = self.creative_config.placements(merchant)
+            except Exception:  # a config problem must not break serving: fall back to defaults
+                self._placements[merchant] = []
+        for p in self._placements.get(merchant, []):
+            if (p.width, p.height) == (width, height):
+                return p
+        return Placement(width, height)
+
+    # -- images ----------------------------------------------------------------------------------
+    def _canvas(self, key: str) -> Image.Image:
+        img = self.cache.get(key)
+        if img is None:
+            img = Image.open(io.BytesIO(self.store.get_bytes(key)))
+            img.load()
+            img = img.convert("RGB")
+            self.cache.put(key, img, img.width * img.height * 3)
+        return img
+
+    def _cutout(self, key: str) -> np.ndarray:
+        arr = self.cache.get(key)
+        if arr is None:
+            data = np.frombuffer(self.store.get_bytes(key), np.uint8)
+            arr = cv2.cvtColor(cv2.imdecode(data, cv2.IMREAD_UNCHANGED), cv2.COLOR_BGRA2RGBA)
+            self.cache.put(key, arr, arr.nbytes)
+        return arr
+
+    def encode(self, img: Image.Image, fmt: str) -> bytes:
+        buf = io.BytesIO()
+        if fmt == "jpeg":
+            img.save(buf, "JPEG", quality=self.jpeg_quality)
+        elif fmt == "webp":
+            img.save(buf, "WEBP", quality=self.jpeg_quality, method=0)
+        elif fmt == "png":
+            img.save(buf, "PNG", compress_level=1)
+        else:
+            raise ValueError(f"unsupported format {fmt!r}; use one of {', '.join(FORMATS)}")
+        return buf.getvalue()
+
+    # -- serving ---------------------------------------------------------------------------------
+    def serve(self, merchant: str, product_id: str, width: int, height: int, prompt_id: Optional[str] = None,
+              fill: Optional[float] = None, anchor: Optional[tuple[float, float]] = None, fmt: str = "jpeg") -> Creative:
+        if fmt not in FORMATS:
+            raise ValueError(f"unsupported format {fmt!r}; use one of {', '.join(FORMATS)}")
+        category, doc = self.find_product(merchant, product_id)
+        base = self.default_placement(merchant, width, height)
+        placement = Placement(width, height, base.fill if fill is None else fill,
+                              *(anchor if anchor is not None else (base.anchor_x, base.anchor_y)))
+        if prompt_id is None:
+            prompt_id = doc["prompts"][0]
+        elif prompt_id not in doc["prompts"]:
+            raise NotFound(f"unknown prompt {prompt_id!r} for category {category!r}; known: {', '.join(doc['prompts'])}")
+        product = doc["products"][product_id]
+        bx, by, bw, bh = product["bbox"]
+        placed = place_product(bw, bh, placement)
+        bucket = bucket_for(placed, doc["bucket_ratio"])
+        entry = doc["entries"].get(f"{product_id}|{bucket.id}|{prompt_id}")
+        if entry is not None:
+            try:
+                canvas = self._canvas(entry["image_key"])
+            except ObjectNotFound:
+                entry = None  # index ahead of the store (should not happen): treat as a miss
+        if entry is not None:
+            layout = CanvasLayout(*entry["canvas"], *entry["product_box"])
+            img = crop_placement(canvas, layout, placed)
+            return Creative(self.encode(img, fmt), FORMATS[fmt], True, merchant, category, product_id, bucket.id,
+                            prompt_id, width, height, entry["image_key"])
+        self.miss_queue.record(Miss(merchant, category, product_id, bucket.id, prompt_id))
+        img = Image.fromarray(fallback_creative(self._cutout(product["cutout_key"]), placed))
+        return Creative(self.encode(img, fmt), FORMATS[fmt], False, merchant, category, product_id, bucket.id,
+                        prompt_id, width, height)

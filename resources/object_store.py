@@ -1,0 +1,197 @@
+"""Object stores: a local directory (embedded default) or S3 through dagster-aws's S3Resource.
+
+Both store whole objects atomically: a reader sees either the previous object or the new one,
+never a half-written file (local: write to a temp file, fsync, rename; S3: PUT is atomic).
+"""
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator, Optional
+
+from dagster import ConfigurableResource
+from dagster_aws.s3 import S3Resource
+from pydantic import PrivateAttr
+
+from bggen_assets.core.keys import check_key
+
+
+class ObjectNotFound(KeyError):
+    pass
+
+
+class ObjectStoreError(RuntimeError):
+    """The store could not be reached or refused an operation (message says which and why)."""
+
+
+class ObjectStore(ConfigurableResource):
+    """Interface shared by the stores. Keys are validated: no key is built from unchecked input."""
+
+    def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        raise NotImplementedError
+
+    def get_bytes(self, key: str) -> bytes:
+        raise NotImplementedError
+
+    def exists(self, key: str) -> bool:
+        raise NotImplementedError
+
+    def delete(self, key: str) -> None:
+        raise NotImplementedError
+
+    def list_keys(self, prefix: str) -> Iterator[str]:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+
+class LocalObjectStore(ObjectStore):
+    """Objects as files under `root`."""
+
+    root: str = "bggen_data/objects"
+
+    def _path(self, key: str) -> Path:
+        return Path(self.root) / check_key(key)
+
+    def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def get_bytes(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            raise ObjectNotFound(key) from None
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def list_keys(self, prefix: str) -> Iterator[str]:
+        base = Path(self.root)
+        start = base / prefix.rstrip("/") if prefix else base
+        if not start.exists():
+            return
+        for path in sorted(start.rglob("*") if start.is_dir() else [start]):
+            if path.is_file() and not path.name.startswith(".tmp-"):
+                yield path.relative_to(base).as_posix()
+
+    def describe(self) -> str:
+        return f"local:{Path(self.root).resolve()}"
+
+
+class S3ObjectStore(ObjectStore):
+    """Objects in an S3 bucket (AWS, SeaweedFS, MinIO: any endpoint_url through `s3`)."""
+
+    bucket: str
+    prefix: str = ""
+    s3: S3Resource
+    create_bucket: bool = False
+
+    _client = PrivateAttr(default=None)
+
+    def _c(self):
+        if self._client is None:
+            self._client = self.s3.get_client()
+            if self.create_bucket:
+                self._ensure_bucket()
+        return self._client
+
+    def _ensure_bucket(self) -> None:
+        from botocore.exceptions import ClientError
+
+        try:
+            self._client.head_bucket(Bucket=self.bucket)
+        except ClientError:
+            self._client.create_bucket(Bucket=self.bucket)
+
+    def _key(self, key: str) -> str:
+        check_key(key)
+        return f"{self.prefix.strip('/')}/{key}" if self.prefix.strip("/") else key
+
+    def _fail(self, op: str, key: str, exc: Exception) -> ObjectStoreError:
+        return ObjectStoreError(f"S3 {op} s3://{self.bucket}/{self._key(key)} failed: {exc}")
+
+    def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        try:
+            self._c().put_object(Bucket=self.bucket, Key=self._key(key), Body=data, ContentType=content_type)
+        except Exception as exc:  # botocore raises many types; callers need one clear error
+            raise self._fail("put", key, exc) from exc
+
+    def get_bytes(self, key: str) -> bytes:
+        from botocore.exceptions import ClientError
+
+        try:
+            return self._c().get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+                raise ObjectNotFound(key) from None
+            raise self._fail("get", key, exc) from exc
+        except Exception as exc:
+            raise self._fail("get", key, exc) from exc
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self._c().head_object(Bucket=self.bucket, Key=self._key(key))
+            return True
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+                return False
+            raise self._fail("head", key, exc) from exc
+        except Exception as exc:
+            raise self._fail("head", key, exc) from exc
+
+    def delete(self, key: str) -> None:
+        try:
+            self._c().delete_object(Bucket=self.bucket, Key=self._key(key))
+        except Exception as exc:
+            raise self._fail("delete", key, exc) from exc
+
+    def list_keys(self, prefix: str) -> Iterator[str]:
+        full = self._key(prefix) if prefix else self.prefix.strip("/")
+        strip = len(self.prefix.strip("/")) + 1 if self.prefix.strip("/") else 0
+        paginator = self._c().get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
+            for item in page.get("Contents", []):
+                yield item["Key"][strip:]
+
+    def describe(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix.strip('/')}"
+
+
+def object_store_from_env(data_dir: str, env: Optional[dict] = None) -> ObjectStore:
+    """BGGEN_STORE=local (default) or s3 with BGGEN_S3_BUCKET, BGGEN_S3_ENDPOINT_URL, AWS credentials."""
+    env = dict(os.environ if env is None else env)
+    kind = env.get("BGGEN_STORE", "local")
+    if kind == "local":
+        return LocalObjectStore(root=env.get("BGGEN_STORE_ROOT", os.path.join(data_dir, "objects")))
+    if kind == "s3":
+        if not env.get("BGGEN_S3_BUCKET"):
+            raise ValueError("BGGEN_STORE=s3 needs BGGEN_S3_BUCKET")
+        return S3ObjectStore(
+            bucket=env["BGGEN_S3_BUCKET"],
+            prefix=env.get("BGGEN_S3_PREFIX", ""),
+            create_bucket=env.get("BGGEN_S3_CREATE_BUCKET", "0") == "1",
+            s3=S3Resource(
+                endpoint_url=env.get("BGGEN_S3_ENDPOINT_URL") or None,
+                region_name=env.get("AWS_REGION", "us-east-1"),
+                aws_access_key_id=env.get("AWS_ACCESS_KEY_ID") or None,
+                aws_secret_access_key=env.get("AWS_SECRET_ACCESS_KEY") or None,
+            ),
+        )
+    raise ValueError(f"BGGEN_STORE must be 'local' or 's3', got {kind!r}")

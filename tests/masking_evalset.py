@@ -1,0 +1,268 @@
+"""A labelled evaluation set for product masking, built offline from images bundled with the
+scikit-image wheel (no pooch downloads: only files under ``skimage/data/`` are used).
+
+Each item is a "catalog photo": a product silhouette (the horse of ``skimage.data.horse()``,
+the drawn shape of ``skimage.data.logo()``, the coins of ``skimage.data.coins()`` and a few
+drawn product shapes: bottle, box, plate, mug with a see-through handle) filled with a crop of
+a real photo (astronaut, coffee, chelsea, rocket, stereo motorcycle, immunohistochemistry,
+grayscale camera/gravel, plus solid shaded colours), anti-aliased and composited onto one of
+four background types:
+
+- ``white``     near-pure white studio background
+- ``offwhite``  off-white / tinted light grey
+- ``gradient``  linear or radial light gradient (studio sweep, vignette)
+- ``textured``  light paper/fabric texture (low-contrast real texture from brick/grass/page)
+
+with a soft drop or contact shadow, sensor noise and JPEG compression.  The true mask is kept.
+
+Used by ``tests/test_masking.py`` (a small fixed subset with IoU floors) and by
+``benchmarks/masking.py`` (the full set).  Deterministic for a given seed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import cv2
+import numpy as np
+
+BACKGROUNDS = ("white", "offwhite", "gradient", "textured")
+
+
+@dataclass(frozen=True, eq=False)
+class EvalItem:
+    image: np.ndarray   # uint8 RGB
+    mask: np.ndarray    # bool, the true product mask
+    background: str
+    shape: str
+    texture: str
+    index: int
+
+
+# ----------------------------------------------------------------------------- source material
+def _skdata(name: str) -> np.ndarray:
+    """Load a bundled scikit-image sample; refuse anything that would need a download."""
+    import skimage.data as skd
+
+    bundled = {"horse", "logo", "coins", "astronaut", "coffee", "chelsea", "rocket", "camera",
+               "gravel", "brick", "grass", "page", "immunohistochemistry", "stereo_motorcycle"}
+    if name not in bundled:
+        raise ValueError(f"{name} is not a bundled skimage sample")
+    return getattr(skd, name)()
+
+
+@lru_cache(maxsize=None)
+def _shapes() -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    horse = ~_skdata("horse")                       # True on the horse
+    out["horse"] = _crop_to(horse)
+    logo = _skdata("logo")[:, :, :3].min(axis=2) < 225   # the logo's drawn pixels (its alpha is flat)
+    out["logo"] = _crop_to(_fill(_largest(logo)))
+    coins = _skdata("coins")
+    c = cv2.GaussianBlur(coins, (5, 5), 0)
+    c = c > cv2.threshold(c, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)[0]
+    c = cv2.morphologyEx(c.astype(np.uint8), cv2.MORPH_OPEN, np.ones((5, 5), np.uint8))
+    n, lab, st, _ = cv2.connectedComponentsWithStats(c)
+    H, W = c.shape
+    inner = [i for i in range(1, n)
+             if st[i, 0] > 0 and st[i, 1] > 0 and st[i, 0] + st[i, 2] < W and st[i, 1] + st[i, 3] < H]
+    big = max(inner, key=lambda i: st[i, cv2.CC_STAT_AREA])
+    coin = _fill(lab == big)
+    out["coin"] = _crop_to(coin)
+    # drawn product shapes (at 400 px, anti-aliasing is applied at composite time)
+    S = 400
+    bottle = np.zeros((S, S), np.uint8)
+    cv2.rectangle(bottle, (150, 150), (250, 380), 1, -1)
+    cv2.ellipse(bottle, (200, 150), (50, 40), 0, 180, 360, 1, -1)
+    cv2.rectangle(bottle, (180, 40), (220, 130), 1, -1)
+    cv2.ellipse(bottle, (200, 380), (50, 12), 0, 0, 180, 1, -1)
+    out["bottle"] = _crop_to(bottle.astype(bool))
+    box = np.zeros((S, S), np.uint8)
+    pts = np.array([[60, 120], [260, 80], [340, 140], [340, 330], [140, 370], [60, 300]], np.int32)
+    cv2.fillPoly(box, [pts], 1)
+    out["box"] = _crop_to(box.astype(bool))
+    plate = np.zeros((S, S), np.uint8)
+    cv2.ellipse(plate, (200, 200), (180, 110), 0, 0, 360, 1, -1)
+    out["plate"] = _crop_to(plate.astype(bool))
+    mug = np.zeros((S, S), np.uint8)
+    cv2.rectangle(mug, (80, 80), (270, 340), 1, -1)
+    cv2.ellipse(mug, (175, 340), (95, 20), 0, 0, 180, 1, -1)
+    cv2.ellipse(mug, (270, 200), (75, 80), 0, -90, 90, 1, 28)     # handle with an open hole
+    out["mug"] = _crop_to(mug.astype(bool))
+    return out
+
+
+@lru_cache(maxsize=None)
+def _textures() -> dict[str, np.ndarray]:
+    t: dict[str, np.ndarray] = {}
+    t["astronaut"] = _skdata("astronaut")[0:300, 100:420]
+    t["coffee"] = _skdata("coffee")[40:360, 120:480]
+    t["chelsea"] = _skdata("chelsea")[20:280, 60:380]
+    t["rocket"] = _skdata("rocket")[0:400, 150:550]
+    t["motorcycle"] = _skdata("stereo_motorcycle")[0][100:400, 150:550]
+    t["ihc"] = _skdata("immunohistochemistry")[100:400, 100:400]
+    cam = _skdata("camera")[80:400, 100:420]
+    t["camera_gray"] = np.repeat(cam[:, :, None], 3, axis=2)
+    grav = _skdata("gravel")[0:320, 0:320]
+    t["gravel_gray"] = np.repeat((grav * 0.8).astype(np.uint8)[:, :, None], 3, axis=2)
+    return t
+
+
+SOLID_COLOURS = {
+    "solid_red": (200, 30, 40), "solid_navy": (30, 40, 110), "solid_green": (40, 140, 70),
+    "solid_black": (25, 25, 28), "solid_tan": (196, 160, 112), "solid_grey": (120, 120, 125),
+}
+
+
+def _crop_to(m: np.ndarray) -> np.ndarray:
+    ys, xs = np.nonzero(m)
+    return m[ys.min(): ys.max() + 1, xs.min(): xs.max() + 1].copy()
+
+
+def _largest(m: np.ndarray) -> np.ndarray:
+    n, lab, st, _ = cv2.connectedComponentsWithStats(m.astype(np.uint8))
+    k = 1 + int(np.argmax(st[1:, cv2.CC_STAT_AREA]))
+    return lab == k
+
+
+def _fill(m: np.ndarray) -> np.ndarray:
+    h, w = m.shape
+    ff = np.pad(m.astype(np.uint8), 1)
+    cv2.floodFill(ff, np.zeros((h + 4, w + 4), np.uint8), (0, 0), 2)
+    return ff[1:-1, 1:-1] != 2
+
+
+# ----------------------------------------------------------------------------- rendering
+def _background(kind: str, h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    if kind == "white":
+        base = np.array([255, 255, 255], np.float32) - rng.uniform(0, 4)
+        bg = np.broadcast_to(base, (h, w, 3)).copy()
+    elif kind == "offwhite":
+        lvl = rng.uniform(222, 246)
+        tint = rng.normal(0, 4, 3)
+        bg = np.broadcast_to(lvl + tint, (h, w, 3)).astype(np.float32).copy()
+    elif kind == "gradient":
+        c0 = rng.uniform(228, 252) + rng.normal(0, 3, 3)
+        c1 = rng.uniform(170, 215) + rng.normal(0, 6, 3)
+        if rng.random() < 0.5:  # linear sweep at a random angle
+            ang = rng.uniform(0, 2 * np.pi)
+            t = (np.cos(ang) * (xx / w - 0.5) + np.sin(ang) * (yy / h - 0.5)) + 0.5
+            t = np.clip(t, 0, 1)
+        else:                   # radial vignette, bright centre
+            cx, cy = rng.uniform(0.35, 0.65) * w, rng.uniform(0.3, 0.6) * h
+            t = np.sqrt(((xx - cx) / w) ** 2 + ((yy - cy) / h) ** 2) / 0.8
+            t = np.clip(t, 0, 1) ** rng.uniform(1.3, 2.5)   # smooth light fall-off
+        bg = c0[None, None, :] * (1 - t[:, :, None]) + c1[None, None, :] * t[:, :, None]
+    elif kind == "textured":
+        src = rng.choice(["brick", "grass", "page"])
+        tex = _skdata(src).astype(np.float32)
+        tex = cv2.resize(tex, (w, h), interpolation=cv2.INTER_LINEAR)
+        tex = (tex - tex.mean()) / (tex.std() + 1e-6)
+        amp = rng.uniform(2.0, 5.0)
+        lvl = rng.uniform(225, 245)
+        tint = rng.normal(0, 3, 3)
+        bg = lvl + tint[None, None, :] + amp * tex[:, :, None]
+    else:
+        raise ValueError(kind)
+    return bg.astype(np.float32)
+
+
+def _fill_texture(name: str, h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+    if name in SOLID_COLOURS:
+        c = np.array(SOLID_COLOURS[name], np.float32)
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+        shade = 0.75 + 0.35 * (1 - np.sqrt(((xx / w - 0.35) ** 2 + (yy / h - 0.3) ** 2)))
+        return np.clip(c[None, None, :] * shade[:, :, None], 0, 255)
+    t = _textures()[name]
+    return cv2.resize(t, (w, h), interpolation=cv2.INTER_LINEAR).astype(np.float32)
+
+
+def render_item(index: int, background: str, *, size: tuple[int, int] | None = None,
+                seed: int = 0) -> EvalItem:
+    rng = np.random.default_rng([seed, index, BACKGROUNDS.index(background)])
+    shapes = _shapes()
+    shape_names = sorted(shapes)
+    tex_names = sorted(_textures()) + sorted(SOLID_COLOURS)
+    shape = shape_names[index % len(shape_names)]
+    texture = tex_names[(index * 5 + 3) % len(tex_names)]
+    if size is None:
+        w = int(rng.integers(480, 900))
+        h = int(w * rng.uniform(0.7, 1.35))
+    else:
+        w, h = size
+    sil = shapes[shape]
+    # product occupies 15-55% of the canvas area (bbox), with a margin to the borders
+    area = rng.uniform(0.18, 0.5) * w * h
+    ar = sil.shape[1] / sil.shape[0]
+    pw = int(min(np.sqrt(area * ar), 0.8 * w))
+    ph = int(min(pw / ar, 0.8 * h))
+    pw = int(min(pw, ph * ar))
+    ss = 4  # supersample for anti-aliased edges
+    big = cv2.resize(sil.astype(np.uint8) * 255, (pw * ss, ph * ss), interpolation=cv2.INTER_LINEAR)
+    alpha_p = cv2.resize(big.astype(np.float32) / 255.0, (pw, ph), interpolation=cv2.INTER_AREA)
+    mask_p = alpha_p >= 0.5
+    x0 = int(rng.integers(int(0.06 * w), max(int(0.06 * w) + 1, w - pw - int(0.06 * w))))
+    y0 = int(rng.integers(int(0.05 * h), max(int(0.05 * h) + 1, h - ph - int(0.08 * h))))
+    alpha = np.zeros((h, w), np.float32)
+    alpha[y0: y0 + ph, x0: x0 + pw] = alpha_p
+    gt = np.zeros((h, w), bool)
+    gt[y0: y0 + ph, x0: x0 + pw] = mask_p
+
+    bg = _background(background, h, w, rng)
+    # soft shadow: a drop shadow (offset, blurred silhouette) or a contact ellipse
+    strength = rng.uniform(0.12, 0.32)
+    if rng.random() < 0.5:
+        dx, dy = rng.integers(-int(0.03 * w), int(0.03 * w) + 1), rng.integers(int(0.01 * h), int(0.04 * h) + 1)
+        M = np.float32([[1, 0, dx], [0, 1, dy]])
+        sh = cv2.warpAffine(alpha, M, (w, h))
+        sig = rng.uniform(0.01, 0.03) * max(w, h)
+    else:
+        sh = np.zeros((h, w), np.float32)
+        cv2.ellipse(sh, (x0 + pw // 2, y0 + ph), (int(pw * 0.45), max(3, int(ph * 0.06))), 0, 0, 360, 1.0, -1)
+        sig = rng.uniform(0.008, 0.02) * max(w, h)
+    sh = cv2.GaussianBlur(sh, (0, 0), sig)
+    bg = bg * (1.0 - strength * sh[:, :, None])
+
+    fill = np.zeros((h, w, 3), np.float32)
+    fill[y0: y0 + ph, x0: x0 + pw] = _fill_texture(texture, ph, pw, rng)
+    img = alpha[:, :, None] * fill + (1 - alpha[:, :, None]) * bg
+    img += rng.normal(0, rng.uniform(0.8, 2.5), img.shape)
+    img = np.clip(img, 0, 255).astype(np.uint8)
+    q = int(rng.integers(70, 96))
+    ok, buf = cv2.imencode(".jpg", img[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, q])
+    img = cv2.imdecode(buf, cv2.IMREAD_COLOR)[:, :, ::-1].copy()
+    return EvalItem(image=img, mask=gt, background=background, shape=shape, texture=texture, index=index)
+
+
+def make_evalset(n_per_background: int = 24, *, seed: int = 0,
+                 size: tuple[int, int] | None = None,
+                 backgrounds: tuple[str, ...] = BACKGROUNDS) -> list[EvalItem]:
+    return [render_item(i, bg, size=size, seed=seed) for bg in backgrounds for i in range(n_per_background)]
+
+
+# ----------------------------------------------------------------------------- metrics
+def iou(pred: np.ndarray, gt: np.ndarray) -> float:
+    union = np.count_nonzero(pred | gt)
+    return float(np.count_nonzero(pred & gt)) / union if union else 1.0
+
+
+def _boundary(m: np.ndarray) -> np.ndarray:
+    m8 = m.astype(np.uint8)
+    return (m8 - cv2.erode(m8, np.ones((3, 3), np.uint8))).astype(bool)
+
+
+def boundary_f(pred: np.ndarray, gt: np.ndarray, tol_frac: float = 0.0075) -> float:
+    """Boundary F-measure (DAVIS-style): tolerance = tol_frac × image diagonal (>= 1 px)."""
+    h, w = gt.shape
+    tol = max(1.0, tol_frac * float(np.hypot(h, w)))
+    bp, bg = _boundary(pred), _boundary(gt)
+    if not bp.any() and not bg.any():
+        return 1.0
+    if not bp.any() or not bg.any():
+        return 0.0
+    dt_g = cv2.distanceTransform((~bg).astype(np.uint8), cv2.DIST_L2, 3)
+    dt_p = cv2.distanceTransform((~bp).astype(np.uint8), cv2.DIST_L2, 3)
+    precision = float((dt_g[bp] <= tol).mean())
+    recall = float((dt_p[bg] <= tol).mean())
+    return 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)

@@ -1,0 +1,220 @@
+"""Diffusion generator on the tiny offline SD + ControlNet pipeline (random weights, real code path)."""
+import json
+import shutil
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from bggen_assets.core.diffusion import (
+    DeviceUnavailableError,
+    DiffusionConfig,
+    DiffusionConfigError,
+    DiffusionGenerator,
+    ModelNotFoundError,
+    WrongModelTypeError,
+    generation_size,
+    load_pipeline,
+)
+from bggen_assets.core.generation import GenerationJob
+from bggen_assets.tiny_pipeline import build_tiny_pipeline
+
+BUDGET = 64 * 64
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    return build_tiny_pipeline(tmp_path_factory.mktemp("tiny_sd"), seed=0)
+
+
+def _cfg(tiny, **kw):
+    base = dict(base_model=str(tiny["base_model"]), controlnet_model=str(tiny["controlnet_model"]),
+                pixel_budget=BUDGET, steps=10)
+    base.update(kw)
+    return DiffusionConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def gen(tiny):
+    return DiffusionGenerator(_cfg(tiny, batch_size=3))
+
+
+def job(w=80, h=80, seed=1, prompt="a sunny beach", shape="box"):
+    canvas = np.full((h, w, 3), 127, np.uint8)
+    mask = np.zeros((h, w), bool)
+    if shape == "box":
+        mask[h // 4: 3 * h // 4, w // 3: 2 * w // 3] = True
+    else:
+        yy, xx = np.mgrid[:h, :w]
+        mask[((yy - h / 2) / (h / 3)) ** 2 + ((xx - w / 2) / (w / 4)) ** 2 <= 1] = True
+    canvas[mask] = (210, 40, 30)
+    canvas[h // 2 - 2: h // 2 + 2][mask[h // 2 - 2: h // 2 + 2]] = (250, 250, 250)
+    return GenerationJob(canvas_rgb=canvas, product_mask=mask, prompt=prompt, negative_prompt="",
+                         seed=seed, theme_id="t")
+
+
+def maxdiff(a, b):
+    return int(np.abs(a.astype(np.int16) - b.astype(np.int16)).max())
+
+
+def meandiff(a, b):
+    return float(np.abs(a.astype(np.float32) - b.astype(np.float32)).mean())
+
+
+def test_tiny_pipeline_loads_back_and_runs_64px_under_a_second(tiny):
+    from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
+    from PIL import Image
+
+    cn = ControlNetModel.from_pretrained(tiny["controlnet_model"], local_files_only=True)
+    pipe = StableDiffusionControlNetPipeline.from_pretrained(
+        tiny["base_model"], controlnet=cn, local_files_only=True, safety_checker=None)
+    pipe.set_progress_bar_config(disable=True)
+    edges = Image.fromarray(np.zeros((64, 64, 3), np.uint8))
+    best = float("inf")
+    for _ in range(2):  # first call warms up
+        t0 = time.perf_counter()
+        out = pipe("a beach", image=edges, num_inference_steps=20, height=64, width=64,
+                   generator=torch.Generator().manual_seed(0), output_type="np").images
+        best = min(best, time.perf_counter() - t0)
+    assert out.shape == (1, 64, 64, 3)
+    assert best < 1.0, f"64x64 in 20 steps took {best:.2f}s"
+
+
+def test_outputs_have_each_canvas_size(gen):
+    jobs = [job(80, 80), job(160, 60, seed=2), job(37, 91, seed=3)]
+    outs = gen.generate(jobs)
+    assert [o.shape for o in outs] == [(80, 80, 3), (60, 160, 3), (91, 37, 3)]
+    assert all(o.dtype == np.uint8 for o in outs)
+    assert gen.generate([]) == []
+
+
+def test_same_seed_same_image_other_seed_or_prompt_differs(gen):
+    a = gen.generate([job(seed=5)])[0]
+    b = gen.generate([job(seed=5)])[0]
+    c = gen.generate([job(seed=6)])[0]
+    d = gen.generate([job(seed=5, prompt="a snowy forest")])[0]
+    assert maxdiff(a, b) == 0
+    assert meandiff(a, c) > 10
+    assert meandiff(a, d) > 2
+
+
+def test_control_edges_steer_the_image(gen):
+    a = gen.generate([job(seed=5)])[0]
+    b = gen.generate([job(seed=5, shape="ellipse")])[0]
+    assert meandiff(a, b) > 2
+
+
+def test_a_job_does_not_depend_on_its_batch(gen):
+    # two generation sizes, three prompts, repeated seeds: batched 3 at a time vs one by one
+    jobs = [job(80, 80, 11, "beach"), job(160, 80, 12, "forest"), job(80, 80, 13, "kitchen"),
+            job(80, 80, 14, "beach"), job(160, 80, 15, "beach"), job(80, 80, 11, "marble")]
+    logs = []
+    gen._log = logs.append
+    try:
+        batched = gen.generate(jobs)
+    finally:
+        gen._log = lambda _m: None
+    assert any("3 image(s) at 64x64" in m for m in logs), logs  # really batched
+    alone = [gen.generate([j])[0] for j in jobs]
+    for i, (x, y) in enumerate(zip(batched, alone)):
+        assert maxdiff(x, y) <= 1, f"job {i} differs by {maxdiff(x, y)} when batched"
+
+
+def test_inpaint_mode_runs_and_is_deterministic(tiny):
+    g = DiffusionGenerator(_cfg(tiny, use_inpaint=True, batch_size=2))
+    jobs = [job(seed=3), job(96, 64, seed=4, prompt="forest")]
+    a = g.generate(jobs)
+    b = [g.generate([j])[0] for j in jobs]
+    assert [x.shape for x in a] == [(80, 80, 3), (64, 96, 3)]
+    assert all(maxdiff(x, y) <= 1 for x, y in zip(a, b))
+    assert g.identity() != DiffusionGenerator(_cfg(tiny)).identity()
+
+
+def test_identity_names_models_and_output_settings(tiny, tmp_path):
+    ident = DiffusionGenerator(_cfg(tiny)).identity()
+    assert ident.startswith("diffusion-v1-")
+    assert ident == DiffusionGenerator(_cfg(tiny)).identity()
+    # speed-only settings do not change it
+    assert ident == DiffusionGenerator(_cfg(tiny, batch_size=7, channels_last=True)).identity()
+    for kw in ({"steps": 11}, {"guidance_scale": 5.0}, {"scheduler": "unipc"},
+               {"pixel_budget": 2 * BUDGET}, {"controlnet_conditioning_scale": 0.5}):
+        assert DiffusionGenerator(_cfg(tiny, **kw)).identity() != ident, kw
+    # other weights (a copy of the tiny model with one changed file) -> other identity
+    other = tmp_path / "sd"
+    shutil.copytree(tiny["base_model"], other)
+    sched = other / "scheduler" / "scheduler_config.json"
+    cfg = json.loads(sched.read_text())
+    cfg["beta_end"] = 0.02
+    sched.write_text(json.dumps(cfg))
+    assert DiffusionGenerator(_cfg(tiny, base_model=str(other))).identity() != ident
+
+
+def test_generation_size_rule():
+    for w, h in [(512, 512), (728, 90), (90, 728), (1200, 628), (300, 250), (3000, 2000), (1, 1)]:
+        gw, gh = generation_size(w, h, 512 * 512, 2.0)
+        assert gw % 8 == 0 and gh % 8 == 0
+        assert 0.85 * 512 * 512 <= gw * gh <= 1.1 * 512 * 512
+        assert max(gw / gh, gh / gw) <= 2.0
+        if max(w / h, h / w) <= 1.9:
+            assert abs(gw / gh - w / h) / (w / h) < 0.05
+    assert generation_size(512, 512) == (512, 512)
+    assert generation_size(728, 90, max_aspect=3.0)[0] / generation_size(728, 90, max_aspect=3.0)[1] > 2.5
+
+
+def test_missing_model_dir_is_named(tiny, tmp_path):
+    with pytest.raises(ModelNotFoundError, match="base_model.*does not exist"):
+        load_pipeline(_cfg(tiny, base_model=str(tmp_path / "nope")))
+    with pytest.raises(ModelNotFoundError, match="controlnet_model"):
+        DiffusionGenerator(_cfg(tiny, controlnet_model=str(tmp_path / "nope"))).load()
+
+
+def test_uncached_hub_id_fails_offline(tiny):
+    with pytest.raises(ModelNotFoundError, match="bggen-test/not-a-model.*local cache"):
+        load_pipeline(_cfg(tiny, base_model="bggen-test/not-a-model"))
+
+
+def test_wrong_model_type_is_named(tiny, tmp_path):
+    with pytest.raises(WrongModelTypeError, match="base_model.*not a diffusers pipeline.*ControlNetModel"):
+        load_pipeline(_cfg(tiny, base_model=str(tiny["controlnet_model"])))
+    with pytest.raises(WrongModelTypeError, match="controlnet_model.*not a ControlNetModel.*StableDiffusionPipeline"):
+        load_pipeline(_cfg(tiny, controlnet_model=str(tiny["base_model"])))
+    # a controlnet config whose class is something else (e.g. a UNet directory)
+    with pytest.raises(WrongModelTypeError, match="UNet2DConditionModel"):
+        load_pipeline(_cfg(tiny, controlnet_model=str(tiny["base_model"] / "unet")))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(WrongModelTypeError, match="not a diffusers pipeline"):
+        load_pipeline(_cfg(tiny, base_model=str(empty)))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised without CUDA")
+def test_cuda_without_cuda_fails_at_load(tiny):
+    with pytest.raises(DeviceUnavailableError, match="CUDA is not available"):
+        load_pipeline(_cfg(tiny, device="cuda"))
+
+
+def test_bad_fields_are_named():
+    with pytest.raises(DiffusionConfigError, match="scheduler"):
+        DiffusionConfig(scheduler="pndm-ish")
+    with pytest.raises(DiffusionConfigError, match="device"):
+        DiffusionConfig(device="tpu")
+    with pytest.raises(DiffusionConfigError, match="unknown DiffusionConfig field"):
+        DiffusionConfig.from_mapping({"stepz": 3})
+
+
+def test_quality_gates_on_the_tiny_pipeline(gen):
+    from bggen_assets.core.quality_gates import generate_many_with_gates
+
+    jobs = [job(seed=21), job(96, 64, seed=22, prompt="forest")]
+    # strict gates on noise-like tiny outputs: retries happen, with the next seeds, batched
+    rs = generate_many_with_gates(gen, jobs, max_expansion=0.0, max_leakage=0.0, max_attempts=2,
+                                  segment=lambda img: np.zeros(img.shape[:2], bool))
+    for r, j in zip(rs, jobs):
+        assert r.seeds_tried[0] == j.seed and r.image.shape == j.canvas_rgb.shape
+        assert all({"object_expansion", "edge_leakage", "passed", "seed"} <= set(m) for m in r.metrics)
+        if not r.passed:
+            assert r.seeds_tried == (j.seed, j.seed + 1)
+    first = gen.generate([jobs[0]])[0]
+    if rs[0].chosen_seed == jobs[0].seed:
+        assert maxdiff(rs[0].image, first) == 0
