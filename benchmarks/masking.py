@@ -106,7 +106,11 @@ def main(argv=None) -> int:
         if weights is None:
             from ultralytics import YOLO
 
+            import atexit
+            import shutil
+
             tmp = tempfile.mkdtemp(prefix="bggen-yolo-")
+            atexit.register(shutil.rmtree, tmp, True)
             weights = str(Path(tmp) / "yolo11n-seg-random.pt")
             YOLO("yolo11n-seg.yaml").save(weights)
             yolo_note = "random-weight yolo11n-seg built offline: finds nothing, falls back to classical"

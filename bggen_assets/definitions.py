@@ -4,7 +4,10 @@ Resources come from the environment, with embedded defaults (SQLite, a local obj
 template generator on CPU) so the demo needs no service:
 
   BGGEN_DATA_DIR      where everything local lives (default ./bggen_data)
-  BGGEN_DB_URL        SQLAlchemy URL (default sqlite:///$BGGEN_DATA_DIR/bggen.db)
+  BGGEN_DB_URL        SQLAlchemy URL (default sqlite:///$BGGEN_DATA_DIR/bggen.db; production:
+                      mysql+mysqlconnector://user:password@host:3306/bggen); migrated on first use
+  BGGEN_MISS_QUEUE    db (default: the metadata DB's misses table) | redis (with BGGEN_REDIS_URL,
+                      default redis://127.0.0.1:6379/0, and BGGEN_REDIS_NAMESPACE)
   BGGEN_STORE         local | s3 (with BGGEN_S3_BUCKET, BGGEN_S3_ENDPOINT_URL, AWS_* credentials)
   BGGEN_FEEDS_DIR, BGGEN_PLACEMENTS, BGGEN_PROMPTS   the catalog config (default: the sample catalog)
   BGGEN_BUCKET_RATIO  r of the bucketing formula (default 1.2)
@@ -25,7 +28,7 @@ from resources.generator import GeneratorResource
 from resources.io_manager import ManifestIOManager
 from resources.masker import MaskerResource
 from resources.metadata_db import MetadataDB, db_url_from_env
-from resources.miss_queue import DbMissQueue
+from resources.miss_queue import DbMissQueue, MissQueue
 from resources.object_store import object_store_from_env
 from sensors.catalog import daily_catalog_refresh, new_product_sensor
 from sensors.misses import bucket_miss_sensor
@@ -37,6 +40,21 @@ from .jobs import pipeline_job
 def data_dir_from_env(env: Optional[dict] = None) -> str:
     env = os.environ if env is None else env
     return str(Path(env.get("BGGEN_DATA_DIR", "bggen_data")).resolve())
+
+
+def miss_queue_from_env(db: MetadataDB, env: Optional[dict] = None) -> MissQueue:
+    env = dict(os.environ if env is None else env)
+    kind = env.get("BGGEN_MISS_QUEUE", "db")
+    if kind == "db":
+        return DbMissQueue(metadata_db=db)
+    if kind == "redis":
+        from resources.redis_miss_queue import RedisMissQueue
+
+        kwargs = {"redis_url": env.get("BGGEN_REDIS_URL", "redis://127.0.0.1:6379/0")}
+        if env.get("BGGEN_REDIS_NAMESPACE"):
+            kwargs["namespace"] = env["BGGEN_REDIS_NAMESPACE"]
+        return RedisMissQueue(**kwargs)
+    raise ValueError(f"BGGEN_MISS_QUEUE must be 'db' or 'redis', got {kind!r}")
 
 
 def build_resources(env: Optional[dict] = None) -> dict:
@@ -58,7 +76,7 @@ def build_resources(env: Optional[dict] = None) -> dict:
     return {
         "store": store,
         "metadata_db": db,
-        "miss_queue": DbMissQueue(metadata_db=db),
+        "miss_queue": miss_queue_from_env(db, env),
         "creative_config": CreativeConfig(
             feeds_dir=env.get("BGGEN_FEEDS_DIR", os.path.join(sample, "feeds")),
             placements_path=env.get("BGGEN_PLACEMENTS", os.path.join(sample, "placements.yaml")),

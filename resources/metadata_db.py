@@ -2,7 +2,24 @@
 
 Tables: products, masks (one row per image content hash and masker), generated images, and the
 miss queue (one row per request key; LIFO by last request time).
+
+Production concerns (MySQL/MariaDB through `mysql+mysqlconnector://user:pw@host:3306/db`):
+- schema: versioned Alembic migrations in `resources/migrations/`, applied on first use
+  (the `sa.Table`s below are the head revision and must match it);
+- pooled connections (`pool_size`, pre-ping, recycle) and retries of whole units of work on
+  transient errors (lost connection, server restart, deadlock, lock wait timeout, SQLite busy),
+  with exponential backoff up to `retry_seconds`; every write is an idempotent upsert or update,
+  so a retried unit never duplicates a row;
+- the miss queue is claimed by concurrent consumers without double work: MySQL
+  `SELECT ... FOR UPDATE SKIP LOCKED` then a claim stamp; SQLite one atomic `UPDATE ... WHERE
+  request_key IN (SELECT ... LIMIT n)`. A claim expires after `claim_lease_s` (a dead consumer's
+  misses come back).
 """
+
+import functools
+import logging
+import random
+import uuid
 
 import json
 import os
@@ -33,7 +50,7 @@ products = sa.Table(
     sa.Column("image_hash", sa.String(64), nullable=True),
     sa.Column("status", sa.String(16), nullable=False),  # ok | rejected
     sa.Column("reason", sa.String(512), nullable=False, default=""),
-    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Double, nullable=False),
 )
 
 masks = sa.Table(
@@ -43,14 +60,14 @@ masks = sa.Table(
     sa.Column("masker_id", sa.String(128), primary_key=True),
     sa.Column("status", sa.String(16), nullable=False),  # ok | rejected
     sa.Column("method", sa.String(32), nullable=False, default=""),
-    sa.Column("score", sa.Float, nullable=False, default=0.0),
+    sa.Column("score", sa.Double, nullable=False, default=0.0),
     sa.Column("reason", sa.String(512), nullable=False, default=""),
     sa.Column("mask_key", sa.String(255), nullable=True),
     sa.Column("cutout_key", sa.String(255), nullable=True),
     sa.Column("bbox", sa.String(64), nullable=True),  # "x,y,w,h"
     sa.Column("image_size", sa.String(32), nullable=True),  # "w,h"
-    sa.Column("coverage", sa.Float, nullable=True),
-    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("coverage", sa.Double, nullable=True),
+    sa.Column("created_at", sa.Double, nullable=False),
 )
 
 generated_images = sa.Table(
@@ -66,7 +83,7 @@ generated_images = sa.Table(
     sa.Column("seed", sa.BigInteger, nullable=False),
     sa.Column("attempts", sa.Integer, nullable=False, default=1),
     sa.Column("metrics", sa.Text, nullable=False, default="{}"),
-    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("created_at", sa.Double, nullable=False),
     sa.Index("ix_generated_partition", "merchant", "category"),
 )
 
@@ -79,11 +96,68 @@ misses = sa.Table(
     sa.Column("product_id", sa.String(128), nullable=False),
     sa.Column("bucket_id", sa.String(64), nullable=False),
     sa.Column("prompt_id", sa.String(64), nullable=False),
-    sa.Column("first_requested_at", sa.Float, nullable=False),
-    sa.Column("last_requested_at", sa.Float, nullable=False, index=True),
+    sa.Column("first_requested_at", sa.Double, nullable=False),
+    sa.Column("last_requested_at", sa.Double, nullable=False, index=True),
     sa.Column("request_count", sa.Integer, nullable=False, default=1),
-    sa.Column("status", sa.String(16), nullable=False, default="pending"),  # pending | done
+    sa.Column("status", sa.String(16), nullable=False, default="pending"),  # pending | claimed | done
+    sa.Column("claimed_by", sa.String(96), nullable=True),  # migration 0002
+    sa.Column("claimed_at", sa.Double, nullable=True),
+    sa.Index("ix_misses_status_last", "status", "last_requested_at"),
 )
+
+log = logging.getLogger(__name__)
+
+# MySQL/MariaDB error numbers worth retrying: lock wait timeout, deadlock, too many connections,
+# server shutdown / gone away / lost connection / cannot connect, connection killed.
+TRANSIENT_MYSQL_ERRNOS = {1205, 1213, 1040, 1053, 2002, 2003, 2006, 2013, 2055, 1927, 4031}
+
+
+class TransientDBError(RuntimeError):
+    """The database stayed unreachable (or kept deadlocking) for longer than the retry budget."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, sa.exc.DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        orig = exc.orig
+        errno = getattr(orig, "errno", None)
+        if errno is None and getattr(orig, "args", None) and isinstance(orig.args[0], int):
+            errno = orig.args[0]
+        if errno in TRANSIENT_MYSQL_ERRNOS:
+            return True
+        msg = str(orig).lower()
+        if "database is locked" in msg or "lost connection" in msg or "can't connect" in msg \
+                or "server has gone away" in msg or "connection refused" in msg:
+            return True
+        return isinstance(exc, (sa.exc.InterfaceError,)) and not isinstance(exc, sa.exc.IntegrityError)
+    return isinstance(exc, (ConnectionError, TimeoutError))
+
+
+def retried(method):
+    """Run a unit of work again on transient DB errors (the unit must be idempotent)."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        deadline = time.monotonic() + self.retry_seconds
+        delay, attempt = 0.1, 0
+        while True:
+            attempt += 1
+            try:
+                return method(self, *args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - classified below
+                if not is_transient(exc):
+                    raise
+                if time.monotonic() + delay > deadline:
+                    raise TransientDBError(
+                        f"metadata DB {self.describe()}: {method.__name__} failed after {attempt} attempts "
+                        f"over {self.retry_seconds:.0f}s: {type(exc).__name__}: {exc}") from exc
+                log.warning("metadata DB %s: %s: transient error (%s), retry %d in %.1fs",
+                            self.describe(), method.__name__, exc.__class__.__name__, attempt, delay)
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 5.0)
+
+    return wrapper
 
 
 @dataclass(frozen=True)
@@ -111,7 +185,11 @@ class MetadataDB(ConfigurableResource):
 
     url: str = "sqlite:///bggen_data/bggen.db"
     pool_size: int = 5
+    max_overflow: int = 10
     echo: bool = False
+    retry_seconds: float = 60.0  # how long transient errors (restart, failover, deadlock) are retried
+    claim_lease_s: float = 900.0  # a claimed miss not marked done within this returns to the queue
+    connect_timeout: int = 10
 
     _engine = PrivateAttr(default=None)
 
@@ -125,7 +203,10 @@ class MetadataDB(ConfigurableResource):
                     Path(url.database).parent.mkdir(parents=True, exist_ok=True)
                 kwargs["connect_args"] = {"timeout": 30}
             else:
-                kwargs.update(pool_size=self.pool_size, pool_pre_ping=True, pool_recycle=3600)
+                kwargs.update(pool_size=self.pool_size, max_overflow=self.max_overflow, pool_pre_ping=True,
+                              pool_recycle=3600)
+                if url.get_driver_name() == "mysqlconnector":
+                    kwargs["connect_args"] = {"connection_timeout": self.connect_timeout}
             engine = sa.create_engine(url, **kwargs)
             if url.get_backend_name() == "sqlite":
 
@@ -137,9 +218,24 @@ class MetadataDB(ConfigurableResource):
                     cur.execute("PRAGMA synchronous=NORMAL")
                     cur.close()
 
-            metadata.create_all(engine)
+            self._migrate(engine)
             self._engine = engine
         return self._engine
+
+    @retried
+    def _migrate(self, engine: sa.Engine) -> None:
+        from .migrations import upgrade
+
+        upgrade(engine)
+
+    def describe(self) -> str:
+        return sa.make_url(self.url).render_as_string(hide_password=True)
+
+    def dispose(self) -> None:
+        """Close pooled connections (tests; processes that fork)."""
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
 
     # -- generic upsert (SQLite and MySQL dialects) ------------------------------------------
     def _upsert(self, conn, table: sa.Table, rows: list[dict], update_cols: Iterable[str]) -> None:
@@ -161,6 +257,7 @@ class MetadataDB(ConfigurableResource):
         conn.execute(stmt, rows)
 
     # -- products ------------------------------------------------------------------------------
+    @retried
     def upsert_products(self, rows: list[dict]) -> None:
         now = time.time()
         rows = [{**r, "updated_at": now} for r in rows]
@@ -168,6 +265,7 @@ class MetadataDB(ConfigurableResource):
         with self.engine.begin() as conn:
             self._upsert(conn, products, rows, cols)
 
+    @retried
     def product_rows(self, merchant: str, category: Optional[str] = None) -> list[dict]:
         q = sa.select(products).where(products.c.merchant == merchant)
         if category is not None:
@@ -176,24 +274,28 @@ class MetadataDB(ConfigurableResource):
             return [dict(r._mapping) for r in conn.execute(q.order_by(products.c.product_id))]
 
     # -- masks ---------------------------------------------------------------------------------
+    @retried
     def get_mask(self, image_hash: str, masker_id: str) -> Optional[dict]:
         q = sa.select(masks).where(masks.c.image_hash == image_hash, masks.c.masker_id == masker_id)
         with self.engine.connect() as conn:
             row = conn.execute(q).first()
         return dict(row._mapping) if row else None
 
+    @retried
     def put_mask(self, row: dict) -> None:
         row = {**row, "created_at": time.time()}
         with self.engine.begin() as conn:
             self._upsert(conn, masks, [row], [c.name for c in masks.columns if not c.primary_key])
 
     # -- generated images ----------------------------------------------------------------------
+    @retried
     def record_generated(self, rows: list[dict]) -> None:
         now = time.time()
         rows = [{**r, "metrics": json.dumps(r.get("metrics", {})), "created_at": now} for r in rows]
         with self.engine.begin() as conn:
             self._upsert(conn, generated_images, rows, ["attempts", "metrics"])
 
+    @retried
     def generated_rows(self, merchant: str, category: str) -> list[dict]:
         q = sa.select(generated_images).where(
             generated_images.c.merchant == merchant, generated_images.c.category == category
@@ -202,6 +304,7 @@ class MetadataDB(ConfigurableResource):
             return [dict(r._mapping) for r in conn.execute(q)]
 
     # -- miss queue (the embedded default; RedisMissQueue mirrors it) ---------------------------
+    @retried
     def record_miss(self, miss: Miss, now: Optional[float] = None) -> None:
         """Queue a miss once per key; a repeat only refreshes its time (LIFO) and count."""
         now = time.time() if now is None else now
@@ -226,7 +329,7 @@ class MetadataDB(ConfigurableResource):
                     set_={
                         "last_requested_at": stmt.excluded.last_requested_at,
                         "request_count": misses.c.request_count + 1,
-                        "status": "pending",
+                        "status": _status_after_request,
                     },
                 )
             else:
@@ -234,13 +337,14 @@ class MetadataDB(ConfigurableResource):
                 stmt = stmt.on_duplicate_key_update(
                     last_requested_at=stmt.inserted.last_requested_at,
                     request_count=misses.c.request_count + 1,
-                    status="pending",
+                    status=_status_after_request,
                 )
             conn.execute(stmt)
 
+    @retried
     def pending_misses(self, limit: int = 1000, merchant: Optional[str] = None, category: Optional[str] = None) -> list[Miss]:
-        """Pending misses, newest request first."""
-        q = sa.select(misses).where(misses.c.status == "pending")
+        """Pending misses (and claims past their lease), newest request first."""
+        q = sa.select(misses).where(self._claimable(time.time()))
         if merchant is not None:
             q = q.where(misses.c.merchant == merchant)
         if category is not None:
@@ -252,15 +356,79 @@ class MetadataDB(ConfigurableResource):
                 for r in conn.execute(q)
             ]
 
+    @retried
     def mark_misses_done(self, request_keys: list[str], served_before: Optional[float] = None) -> int:
-        """Mark misses served. With served_before, a miss requested again after that time stays pending."""
+        """Mark misses served. With served_before, a miss requested again after that time stays
+        pending (a claim on it is released, so the next plan picks it up)."""
         if not request_keys:
             return 0
         q = misses.update().where(misses.c.request_key.in_(request_keys))
         if served_before is not None:
             q = q.where(misses.c.last_requested_at <= served_before)
         with self.engine.begin() as conn:
-            return conn.execute(q.values(status="done")).rowcount
+            done = conn.execute(q.values(status="done", claimed_by=None, claimed_at=None)).rowcount
+            if served_before is not None:
+                conn.execute(misses.update().where(misses.c.request_key.in_(request_keys),
+                                                   misses.c.status == "claimed",
+                                                   misses.c.last_requested_at > served_before)
+                             .values(status="pending", claimed_by=None, claimed_at=None))
+            return done
+
+    def _claimable(self, now: float):
+        return sa.or_(misses.c.status == "pending",
+                      sa.and_(misses.c.status == "claimed", misses.c.claimed_at < now - self.claim_lease_s))
+
+    @retried
+    def claim_misses(self, consumer: str, limit: int = 100, merchant: Optional[str] = None,
+                     category: Optional[str] = None, now: Optional[float] = None) -> list[Miss]:
+        """Take up to `limit` pending misses for `consumer`, newest first. Concurrent consumers never
+        get the same miss (until its claim lease runs out). Idempotent under retry: a retried call
+        uses a new token and the rows a lost commit claimed come back after the lease."""
+        now = time.time() if now is None else now
+        token = f"{consumer[:60]}:{uuid.uuid4().hex}"
+        where = [self._claimable(now)]
+        if merchant is not None:
+            where.append(misses.c.merchant == merchant)
+        if category is not None:
+            where.append(misses.c.category == category)
+        order = (misses.c.last_requested_at.desc(), misses.c.request_key)
+        with self.engine.begin() as conn:
+            if conn.dialect.name in ("mysql", "mariadb"):
+                # row locks on the chosen rows; rows another consumer holds are skipped, not waited on
+                keys = conn.execute(sa.select(misses.c.request_key).where(*where).order_by(*order).limit(limit)
+                                    .with_for_update(skip_locked=True)).scalars().all()
+                if not keys:
+                    return []
+                conn.execute(misses.update().where(misses.c.request_key.in_(keys))
+                             .values(status="claimed", claimed_by=token, claimed_at=now))
+            else:
+                # SQLite: one UPDATE is atomic (writers are serialised by the database lock)
+                sub = sa.select(misses.c.request_key).where(*where).order_by(*order).limit(limit).scalar_subquery()
+                conn.execute(misses.update().where(misses.c.request_key.in_(sub))
+                             .values(status="claimed", claimed_by=token, claimed_at=now))
+            rows = conn.execute(sa.select(misses).where(misses.c.claimed_by == token).order_by(*order)).all()
+        return [Miss(r.merchant, r.category, r.product_id, r.bucket_id, r.prompt_id, r.last_requested_at,
+                     r.request_count) for r in rows]
+
+    @retried
+    def release_misses(self, request_keys: list[str]) -> int:
+        """Give claimed misses back to the queue (a consumer that could not do them)."""
+        if not request_keys:
+            return 0
+        with self.engine.begin() as conn:
+            return conn.execute(misses.update().where(misses.c.request_key.in_(request_keys),
+                                                      misses.c.status == "claimed")
+                                .values(status="pending", claimed_by=None, claimed_at=None)).rowcount
+
+    @retried
+    def miss_rows(self) -> list[dict]:
+        """Every row of the miss queue (tests, operators)."""
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(sa.select(misses).order_by(misses.c.request_key))]
+
+
+# A repeat request keeps a claim (the consumer that holds it will serve it); otherwise -> pending.
+_status_after_request = sa.case((misses.c.status == "claimed", "claimed"), else_="pending")
 
 
 def db_url_from_env(data_dir: str, env: Optional[dict] = None) -> str:

@@ -1,6 +1,7 @@
 """The miss queue: a serving miss becomes generation work, once per key, newest first.
 
-`DbMissQueue` (the embedded default) keeps it in the metadata DB's `misses` table.
+`DbMissQueue` (the embedded default) keeps it in the metadata DB's `misses` table;
+`resources.redis_miss_queue.RedisMissQueue` keeps it in Redis (production, as the paper's service).
 """
 
 from typing import Optional
@@ -21,6 +22,16 @@ class MissQueue(ConfigurableResource):
     def mark_done(self, request_keys: list[str], served_before: Optional[float] = None) -> int:
         raise NotImplementedError
 
+    def claim(self, consumer: str, limit: int = 100, merchant: Optional[str] = None,
+              category: Optional[str] = None) -> list[Miss]:
+        """Take up to `limit` pending misses for `consumer`, newest first; concurrent consumers never
+        receive the same miss. A claim not marked done within the queue's lease comes back."""
+        raise NotImplementedError
+
+    def release(self, request_keys: list[str]) -> int:
+        """Give claimed misses back (the consumer could not serve them)."""
+        raise NotImplementedError
+
 
 class DbMissQueue(MissQueue):
     metadata_db: ResourceDependency[MetadataDB]
@@ -33,3 +44,10 @@ class DbMissQueue(MissQueue):
 
     def mark_done(self, request_keys: list[str], served_before: Optional[float] = None) -> int:
         return self.metadata_db.mark_misses_done(request_keys, served_before)
+
+    def claim(self, consumer: str, limit: int = 100, merchant: Optional[str] = None,
+              category: Optional[str] = None) -> list[Miss]:
+        return self.metadata_db.claim_misses(consumer, limit, merchant, category)
+
+    def release(self, request_keys: list[str]) -> int:
+        return self.metadata_db.release_misses(request_keys)

@@ -1,7 +1,10 @@
 """Object stores: a local directory (embedded default) or S3 through dagster-aws's S3Resource.
 
 Both store whole objects atomically: a reader sees either the previous object or the new one,
-never a half-written file (local: write to a temp file, fsync, rename; S3: PUT is atomic).
+never a half-written file (local: write to a temp file, fsync, rename; S3: PUT is atomic, and
+boto3 sends a checksum of the body, so a body cut short by a dying connection is refused).
+S3 errors (endpoint down, refused, timed out after the client's retries) surface as one
+`ObjectStoreError` naming the operation, the s3:// key and the endpoint.
 """
 
 import os
@@ -116,14 +119,24 @@ class S3ObjectStore(ObjectStore):
         try:
             self._client.head_bucket(Bucket=self.bucket)
         except ClientError:
-            self._client.create_bucket(Bucket=self.bucket)
+            try:
+                self._client.create_bucket(Bucket=self.bucket)
+            except ClientError as exc:  # another process created it first
+                if exc.response.get("Error", {}).get("Code") not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                    raise ObjectStoreError(f"S3 create bucket {self.bucket!r} at {self.s3.endpoint_url or 'AWS'} "
+                                           f"failed: {exc}") from exc
+        except Exception as exc:
+            raise ObjectStoreError(f"S3 endpoint {self.s3.endpoint_url or 'AWS'} unreachable while checking bucket "
+                                   f"{self.bucket!r}: {exc}") from exc
 
     def _key(self, key: str) -> str:
         check_key(key)
         return f"{self.prefix.strip('/')}/{key}" if self.prefix.strip("/") else key
 
     def _fail(self, op: str, key: str, exc: Exception) -> ObjectStoreError:
-        return ObjectStoreError(f"S3 {op} s3://{self.bucket}/{self._key(key)} failed: {exc}")
+        where = f" at {self.s3.endpoint_url}" if self.s3.endpoint_url else ""
+        return ObjectStoreError(f"S3 {op} s3://{self.bucket}/{self._key(key) if key else self.prefix}{where} failed: "
+                                f"{type(exc).__name__}: {exc}")
 
     def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
         try:
@@ -165,8 +178,11 @@ class S3ObjectStore(ObjectStore):
     def list_keys(self, prefix: str) -> Iterator[str]:
         full = self._key(prefix) if prefix else self.prefix.strip("/")
         strip = len(self.prefix.strip("/")) + 1 if self.prefix.strip("/") else 0
-        paginator = self._c().get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
+        try:
+            pages = list(self._c().get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full))
+        except Exception as exc:
+            raise self._fail("list", prefix, exc) from exc
+        for page in pages:
             for item in page.get("Contents", []):
                 yield item["Key"][strip:]
 

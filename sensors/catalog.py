@@ -1,6 +1,5 @@
 """new_product_sensor (feed diffs -> dynamic partitions + runs) and the daily catalog refresh."""
 
-import datetime as dt
 import json
 from pathlib import Path
 
@@ -84,7 +83,7 @@ def daily_catalog_refresh(context: ScheduleEvaluationContext, creative_config: C
     current, errors = feed_fingerprints(creative_config)
     for err in errors:
         context.log.error(f"feed skipped: {err}")
-    day = (context.scheduled_execution_time or dt.datetime.now(dt.timezone.utc)).strftime("%Y-%m-%d")
+    day = context.scheduled_execution_time.strftime("%Y-%m-%d")
     known_m = set(context.instance.get_dynamic_partitions("merchant"))
     known_c = set(context.instance.get_dynamic_partitions("category"))
     for key in sorted(current):

@@ -1,6 +1,80 @@
-"""Shared pytest set-up. Nothing may reach a model hub from the tests."""
+"""Shared pytest set-up.
+
+Nothing may reach a model hub from the tests. The storage backends are chosen by
+BGGEN_TEST_BACKEND: `embedded` (default: SQLite + a local object store in tmp) or `services`
+(MariaDB + SeaweedFS S3, started by the fixtures in tests/services.py); CI runs the suite on both.
+"""
 import os
+import sys
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+BACKEND = os.environ.get("BGGEN_TEST_BACKEND", "embedded")
+if BACKEND not in ("embedded", "services"):
+    raise pytest.UsageError(f"BGGEN_TEST_BACKEND must be 'embedded' or 'services', got {BACKEND!r}")
+
+pytest_plugins = ["services"]
+
+
+@pytest.fixture
+def store(tmp_path, request):
+    """The object store under test: local dir, or a fresh prefix in the SeaweedFS bucket."""
+    if BACKEND == "services":
+        return request.getfixturevalue("s3_store")
+    from resources.object_store import LocalObjectStore
+
+    return LocalObjectStore(root=str(tmp_path / "objects"))
+
+
+@pytest.fixture
+def metadata_db(tmp_path, request):
+    """The metadata DB under test: a SQLite file, or a fresh MariaDB database."""
+    if BACKEND == "services":
+        return request.getfixturevalue("mysql_db")
+    from resources.metadata_db import MetadataDB
+
+    return MetadataDB(url=f"sqlite:///{tmp_path / 'bggen.db'}")
+
+
+@pytest.fixture(scope="session")
+def sample_dir(tmp_path_factory) -> Path:
+    """A small sample catalog (2 merchants, 8 products each, with the bad rows), drawn once."""
+    from bggen_assets.sample_catalog import generate_sample_catalog
+
+    out = tmp_path_factory.mktemp("sample")
+    generate_sample_catalog(out, products_per_merchant=8, image_size=480)
+    return out
+
+
+@pytest.fixture
+def creative_config(sample_dir):
+    from resources.creative_config import CreativeConfig
+
+    # a smaller canvas keeps the tests fast; geometry is resolution-independent
+    return CreativeConfig(feeds_dir=str(sample_dir / "feeds"), placements_path=str(sample_dir / "placements.yaml"),
+                          prompts_path=str(sample_dir / "prompts.yaml"), canvas_pixels=120_000)
+
+
+@pytest.fixture
+def pipeline_resources(store, metadata_db, creative_config):
+    from resources.generator import GeneratorResource
+    from resources.io_manager import ManifestIOManager
+    from resources.masker import MaskerResource
+    from resources.miss_queue import DbMissQueue
+
+    return {
+        "store": store,
+        "metadata_db": metadata_db,
+        "miss_queue": DbMissQueue(metadata_db=metadata_db),
+        "creative_config": creative_config,
+        "masker": MaskerResource(),
+        "generator": GeneratorResource(),
+        "manifest_io_manager": ManifestIOManager(store=store),
+    }

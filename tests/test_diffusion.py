@@ -218,3 +218,28 @@ def test_quality_gates_on_the_tiny_pipeline(gen):
     first = gen.generate([jobs[0]])[0]
     if rs[0].chosen_seed == jobs[0].seed:
         assert maxdiff(rs[0].image, first) == 0
+
+
+def _fake_hub_cache(cache, repo, src, commit):
+    """Lay a directory out as the Hugging Face cache holds a downloaded snapshot."""
+    root = cache / ("models--" + repo.replace("/", "--"))
+    shutil.copytree(src, root / "snapshots" / commit)
+    (root / "refs").mkdir()
+    (root / "refs" / "main").write_text(commit)
+
+
+def test_hub_ids_resolve_from_the_local_cache_with_their_commit(tiny, tmp_path):
+    cache = tmp_path / "hf"
+    _fake_hub_cache(cache, "bggen-test/tiny-sd", tiny["base_model"], "a" * 40)
+    _fake_hub_cache(cache, "bggen-test/tiny-cn", tiny["controlnet_model"], "b" * 40)
+    hub = DiffusionGenerator(DiffusionConfig(
+        base_model="bggen-test/tiny-sd", controlnet_model="bggen-test/tiny-cn", cache_dir=str(cache),
+        pixel_budget=BUDGET, steps=10))
+    details = hub.identity_details()
+    assert details["base_model"] == "bggen-test/tiny-sd@" + "a" * 40
+    assert details["controlnet_model"] == "bggen-test/tiny-cn@" + "b" * 40
+    local = DiffusionGenerator(_cfg(tiny))
+    assert maxdiff(hub.generate([job(seed=9)])[0], local.generate([job(seed=9)])[0]) == 0
+    with pytest.raises(WrongModelTypeError, match="controlnet_model.*ControlNetModel"):
+        load_pipeline(DiffusionConfig(base_model="bggen-test/tiny-sd", controlnet_model="bggen-test/tiny-sd",
+                                      cache_dir=str(cache)))

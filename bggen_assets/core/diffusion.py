@@ -120,6 +120,7 @@ class DiffusionConfig:
     base_revision: str | None = None
     controlnet_revision: str | None = None
     local_files_only: bool = True
+    cache_dir: str | None = None  # Hugging Face cache for hub ids (None: HF_HUB_CACHE / default)
     device: str = "auto"  # "auto" | "cuda" | "cuda:N" | "cpu"
     dtype: str = "auto"  # "auto" (float16 on CUDA, float32 on CPU) | "float16" | "float32"
     steps: int = 20
@@ -269,11 +270,11 @@ def _read_json(path: Path) -> dict:
 
 
 def _hub_file(repo: str, filename: str, revision: str | None, local_files_only: bool,
-              field_name: str) -> Path:
+              field_name: str, cache_dir: str | None = None) -> Path:
     from huggingface_hub import hf_hub_download
 
     try:
-        return Path(hf_hub_download(repo, filename, revision=revision,
+        return Path(hf_hub_download(repo, filename, revision=revision, cache_dir=cache_dir,
                                     local_files_only=local_files_only))
     except Exception as e:  # LocalEntryNotFoundError, RepositoryNotFoundError, offline mode...
         offline = local_files_only or os.environ.get("HF_HUB_OFFLINE") not in (None, "", "0")
@@ -290,7 +291,7 @@ def _hub_file(repo: str, filename: str, revision: str | None, local_files_only: 
 
 
 def _resolve(field_name: str, name: str, revision: str | None, local_files_only: bool,
-             kind: str) -> _ModelRef:
+             kind: str, cache_dir: str | None = None) -> _ModelRef:
     """Locate a model and check it is of ``kind`` ("pipeline" or "controlnet") without loading
     weights. Raises ModelNotFoundError / WrongModelTypeError."""
     cfg_file = "model_index.json" if kind == "pipeline" else "config.json"
@@ -311,7 +312,19 @@ def _resolve(field_name: str, name: str, revision: str | None, local_files_only:
     elif _looks_like_path(name):
         raise ModelNotFoundError(f"{field_name}={name!r}: directory does not exist")
     else:
-        cfg_path = _hub_file(name, cfg_file, revision, local_files_only, field_name)
+        try:
+            cfg_path = _hub_file(name, cfg_file, revision, local_files_only, field_name, cache_dir)
+        except ModelNotFoundError as missing:
+            try:  # is it there, but of the other kind?
+                other_path = _hub_file(name, other, revision, local_files_only, field_name, cache_dir)
+            except ModelNotFoundError:
+                raise missing from None
+            cls = _read_json(other_path).get("_class_name", "?")
+            need = "a diffusers pipeline (model_index.json)" if kind == "pipeline" \
+                else "a ControlNetModel (config.json)"
+            raise WrongModelTypeError(
+                f"{field_name}={name!r} is not {need}: the repository holds a {cls} {other}"
+            ) from None
         config = _read_json(cfg_path)
         root = cfg_path.parent
         location, is_local = name, False
@@ -342,17 +355,27 @@ def _resolve(field_name: str, name: str, revision: str | None, local_files_only:
 
 
 def model_identity(name: str, revision: str | None = None, *, local_files_only: bool = True,
-                   kind: str = "pipeline") -> str:
+                   kind: str = "pipeline", cache_dir: str | None = None) -> str:
     """Identity of a model: ``hub_id@commit`` for a hub model (the cached snapshot's commit), or
     ``local-sha256:<hash of every file's path and content>`` for a local directory."""
-    return _resolve(kind, name, revision, local_files_only, kind).identity
+    return _resolve(kind, name, revision, local_files_only, kind, cache_dir).identity
 
 
-def _unet_cross_attention_dim(ref: _ModelRef, local_files_only: bool) -> Any:
+def _resolve_both(cfg: "DiffusionConfig") -> tuple[_ModelRef, _ModelRef]:
+    return (
+        _resolve("base_model", cfg.base_model, cfg.base_revision, cfg.local_files_only, "pipeline",
+                 cfg.cache_dir),
+        _resolve("controlnet_model", cfg.controlnet_model, cfg.controlnet_revision,
+                 cfg.local_files_only, "controlnet", cfg.cache_dir),
+    )
+
+
+def _unet_cross_attention_dim(ref: _ModelRef, local_files_only: bool, cache_dir: str | None) -> Any:
     if ref.is_local:
         path = Path(ref.location) / "unet" / "config.json"
     else:
-        path = _hub_file(ref.location, "unet/config.json", ref.revision, local_files_only, ref.field)
+        path = _hub_file(ref.location, "unet/config.json", ref.revision, local_files_only, ref.field,
+                         cache_dir)
     return _read_json(path).get("cross_attention_dim") if path.is_file() else None
 
 
@@ -432,10 +455,8 @@ def load_pipeline(cfg: DiffusionConfig, log: Callable[[str], None] | None = None
     log = log or (lambda _m: None)
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
-    base = _resolve("base_model", cfg.base_model, cfg.base_revision, cfg.local_files_only, "pipeline")
-    cn = _resolve("controlnet_model", cfg.controlnet_model, cfg.controlnet_revision,
-                  cfg.local_files_only, "controlnet")
-    unet_dim = _unet_cross_attention_dim(base, cfg.local_files_only)
+    base, cn = _resolve_both(cfg)
+    unet_dim = _unet_cross_attention_dim(base, cfg.local_files_only, cfg.cache_dir)
     cn_dim = cn.config.get("cross_attention_dim")
     if unet_dim is not None and cn_dim is not None and unet_dim != cn_dim:
         raise WrongModelTypeError(
@@ -445,7 +466,8 @@ def load_pipeline(cfg: DiffusionConfig, log: Callable[[str], None] | None = None
         )
 
     t0 = time.perf_counter()
-    common: dict[str, Any] = {_dtype_kwarg(): dtype, "local_files_only": cfg.local_files_only}
+    common: dict[str, Any] = {_dtype_kwarg(): dtype, "local_files_only": cfg.local_files_only,
+                              "cache_dir": cfg.cache_dir}
     if importlib.util.find_spec("accelerate") is None:
         common["low_cpu_mem_usage"] = False  # what diffusers falls back to anyway, minus the warning
     try:
@@ -544,11 +566,7 @@ class DiffusionGenerator:
         c = self.config
         refs = getattr(self._pipe, "_bggen_refs", None)
         if refs is None:
-            refs = (
-                _resolve("base_model", c.base_model, c.base_revision, c.local_files_only, "pipeline"),
-                _resolve("controlnet_model", c.controlnet_model, c.controlnet_revision,
-                         c.local_files_only, "controlnet"),
-            )
+            refs = _resolve_both(c)
         d: dict[str, Any] = {
             "base_model": refs[0].identity,
             "controlnet_model": refs[1].identity,

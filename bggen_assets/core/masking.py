@@ -100,13 +100,18 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
 
 
 def fill_holes(mask: np.ndarray, *, evidence: np.ndarray | None = None,
-               keep_open_min_frac: float = 0.004, keep_open_max_evidence: float = 0.5) -> np.ndarray:
+               keep_open_min_frac: float = 0.004, keep_open_max_evidence: float = 0.5,
+               residual: np.ndarray | None = None, offset_tol: float = 3.0) -> np.ndarray:
     """Fill background regions not connected to the image border.
 
-    With ``evidence`` (foreground evidence, >1 = product), a hole that is both sizeable
-    (>= ``keep_open_min_frac`` of the mask area) and looks like the background (mean evidence
-    below ``keep_open_max_evidence``) is a see-through hole (a handle, the gap between legs)
-    and stays open; everything else is filled.
+    With ``evidence`` (foreground evidence, >1 = product), a hole that is sizeable
+    (>= ``keep_open_min_frac`` of the mask area) and looks like the background stays open as a
+    see-through hole (a handle, the gap between legs); everything else is filled.  "Looks like
+    the background": mean evidence below ``keep_open_max_evidence``, under 1.5% of its pixels
+    with strong evidence (> 2: a watch's hands on a dial are product detail, a see-through
+    hole shows only plain background) and, with ``residual`` (H×W×C difference from the
+    background model), a mean residual within ``offset_tol`` (a label or dial a few levels
+    off the background is a surface of the product, even when no single pixel is).
     """
     h, w = mask.shape
     m = np.zeros((h + 2, w + 2), np.uint8)
@@ -125,11 +130,76 @@ def fill_holes(mask: np.ndarray, *, evidence: np.ndarray | None = None,
     big = [i for i in range(1, n) if stats[i, cv2.CC_STAT_AREA] >= min_area]
     if not big:
         return filled
-    sums = np.bincount(labels.ravel(), weights=np.minimum(evidence, 2.0).ravel(), minlength=n)
+    open_ = _background_like(labels, n, evidence, residual, offset_tol,
+                             max_evidence=keep_open_max_evidence)
     for i in big:
-        if sums[i] / stats[i, cv2.CC_STAT_AREA] < keep_open_max_evidence:
+        if open_[i]:
             filled[labels == i] = False
     return filled
+
+
+def _background_like(labels: np.ndarray, n: int, evidence: np.ndarray,
+                     residual: np.ndarray | None, offset_tol: float, *,
+                     max_evidence: float = 0.5, max_detail: float = 0.015,
+                     texture: np.ndarray | None = None, texture_tol: float = np.inf) -> np.ndarray:
+    """Per labelled region: True when it looks like plain background (see :func:`fill_holes`)."""
+    flat = labels.ravel()
+    cnt = np.maximum(np.bincount(flat, minlength=n), 1).astype(np.float64)
+    ev = evidence.ravel()
+    mean_ev = np.bincount(flat, weights=np.minimum(ev, 2.0), minlength=n) / cnt
+    detail = np.bincount(flat, weights=(ev > 2.0).astype(np.float64), minlength=n) / cnt
+    like = (mean_ev < max_evidence) & (detail < max_detail)
+    if residual is not None:
+        r = residual.reshape(-1, residual.shape[-1])
+        off = np.sqrt(sum((np.bincount(flat, weights=r[:, c].astype(np.float64), minlength=n) / cnt) ** 2
+                          for c in range(r.shape[1])))
+        like &= off <= offset_tol
+    if texture is not None:
+        tex = np.bincount(flat, weights=texture.ravel().astype(np.float64), minlength=n) / cnt
+        like &= tex <= texture_tol
+    return like
+
+
+def _add_enclosed(mask: np.ndarray, edge: np.ndarray, ev: np.ndarray, residual: np.ndarray,
+                  offset_tol: float, hp: np.ndarray, hp_tol: float) -> np.ndarray:
+    """Regions the product encloses together with crisp edges: light product parts.
+
+    A light part of the product (a white sole, a pale handle) may differ from the background
+    by less than the per-pixel tolerance, so the threshold misses it.  What gives it away is
+    its outline: a crisp step (or a thin dark outline) closes it off from the background,
+    while a soft shadow fades out and is reached from the image border without crossing one.
+    The background is flooded from the image border (4-connected) with the mask and the crisp
+    edges as walls; a region it cannot reach, next to the mask and at most the mask's size,
+    is added unless it looks like plain background (see :func:`fill_holes`: a see-through
+    hole).  The edge pixels around an added region are added with it.
+    Returns the added pixels (bool), possibly empty.
+    """
+    wall = mask | edge
+    n, labels, stats, _ = cv2.connectedComponentsWithStats((~wall).astype(np.uint8), connectivity=4)
+    added = np.zeros(mask.shape, bool)
+    if n <= 2:
+        return added
+    cand = np.ones(n, bool)
+    cand[0] = False
+    for border in (labels[0, :], labels[-1, :], labels[:, 0], labels[:, -1]):
+        cand[np.unique(border)] = False
+    area = stats[:, cv2.CC_STAT_AREA]
+    mask_area = int(mask.sum())
+    cand &= (area >= 4) & (area <= mask_area)
+    if not cand.any():
+        return added
+    near = cv2.dilate(mask.astype(np.uint8), _disk(3)).astype(bool)
+    touch = np.bincount(labels[near], minlength=n) > 0
+    cand &= touch
+    if not cand.any():
+        return added
+    like = _background_like(labels, n, ev, residual, offset_tol, texture=hp, texture_tol=hp_tol)
+    acc = cand & ~like
+    if not acc.any():
+        return added
+    added = acc[labels]
+    rim = cv2.dilate(added.astype(np.uint8), _disk(2)).astype(bool) & edge & ~mask
+    return added | rim
 
 
 def _disk(r: int) -> np.ndarray:
@@ -322,7 +392,8 @@ def _crisp_fraction(labels: np.ndarray, n: int, region: np.ndarray, outside: np.
 
 
 def _promote_crisp_shadows(ev: np.ndarray, shadow: np.ndarray, grad: np.ndarray,
-                           dL: np.ndarray, *, sharpness: float = 1.3) -> np.ndarray:
+                           dL: np.ndarray, *, sharpness: float = 1.3
+                           ) -> tuple[np.ndarray, np.ndarray]:
     """Shadow-like regions whose outer rim is a sharp step are product (grey parts), not shadow.
 
     A soft shadow fades out: at its rim the gradient is a small part of its depth.  A grey
@@ -330,14 +401,15 @@ def _promote_crisp_shadows(ev: np.ndarray, shadow: np.ndarray, grad: np.ndarray,
     of a step of height D after the 3×3 blur is ~3D).  Per connected shadow-like region, the
     rim pixels (next to plain background) are sharp when the strongest gradient within 1 px
     exceeds ``sharpness`` × the region's median depth; regions with most of the rim sharp
-    are promoted to product.
+    are promoted to product.  Returns (remaining shadow, promoted pixels).
     """
+    none = np.zeros(shadow.shape, bool)
     if not shadow.any():
-        return shadow
+        return shadow, none
     fg = ev > 1.0
     n, labels = cv2.connectedComponents(shadow.astype(np.uint8), connectivity=8)
     if n <= 1:
-        return shadow
+        return shadow, none
     depth = np.zeros(n)
     lab_s = labels[shadow]
     cnt_s = np.bincount(lab_s, minlength=n)
@@ -352,8 +424,8 @@ def _promote_crisp_shadows(ev: np.ndarray, shadow: np.ndarray, grad: np.ndarray,
     if promote.any():
         sel = promote[labels]
         ev[sel] = np.maximum(ev[sel], 1.01)
-        shadow = shadow & ~sel
-    return shadow
+        return shadow & ~sel, sel
+    return shadow, none
 
 
 def _select_component(mask: np.ndarray, crisp: np.ndarray) -> np.ndarray:
@@ -442,7 +514,7 @@ def _as_rgb_uint8(image: np.ndarray) -> np.ndarray:
     return image
 
 
-def _coverage(mask: np.ndarray, ev: np.ndarray) -> np.ndarray:
+def _coverage(mask: np.ndarray, ev: np.ndarray, weak: np.ndarray | None = None) -> np.ndarray:
     """Estimated product coverage in [0, 1] per pixel: 1 inside, 0 outside, ev/local-ev at the edge."""
     m8 = mask.astype(np.uint8)
     k = _disk(1)
@@ -460,6 +532,10 @@ def _coverage(mask: np.ndarray, ev: np.ndarray) -> np.ndarray:
         # pixels of the mask whose evidence is weak (grabcut additions, filled holes) keep
         # their mask value at the edge when they sit inside it
         frac[band] = cov[band]
+        if weak is not None:
+            # parts found by their outline, not their colour: evidence says nothing there
+            wb = band & weak
+            frac[wb] = np.maximum(frac[wb], mask[wb].astype(np.float32))
     return frac
 
 
@@ -499,7 +575,8 @@ def classical_mask(image: np.ndarray, *, refine: bool = True, work_side: int = W
           if exclude.mean() < 0.85 else bg1)
     ev, shadow = _evidence(lab, bg, hp)
     crisp = grad > max(36.0, 4.0 * bg.grad_noise)
-    shadow = _promote_crisp_shadows(ev, shadow, grad, lab[:, :, 0] - bg.pred[:, :, 0])
+    resid = lab - bg.pred
+    shadow, promoted = _promote_crisp_shadows(ev, shadow, grad, resid[:, :, 0])
 
     thr = ev > 1.0
     r = max(1, int(round(min(ww, wh) / 256)))
@@ -514,7 +591,17 @@ def classical_mask(image: np.ndarray, *, refine: bool = True, work_side: int = W
                           reason="classical: nothing differs from the border-estimated background")
     # for holes, shadow-like darkening is not "see-through background"
     ev_hole = np.maximum(ev, shadow.astype(np.float32))
-    coarse = fill_holes(_select_component(coarse, crisp), evidence=ev_hole)
+    tl, _ = _tolerances(bg)
+    offset_tol = max(3.0, 0.35 * tl)
+    holes = dict(evidence=ev_hole, residual=resid, offset_tol=offset_tol)
+    coarse = fill_holes(_select_component(coarse, crisp), **holes)
+    # light parts closed off by a crisp outline (a white sole under a red upper)
+    edge = grad > max(12.0, 4.0 * bg.grad_noise)
+    hp_tol = 2.5 * bg.hp_noise + 1.0
+    enclosed = _add_enclosed(coarse, edge, ev, resid, offset_tol, hp, hp_tol)
+    if enclosed.any():
+        coarse = fill_holes(coarse | enclosed, **holes)
+    protected = enclosed | promoted
 
     gc_note = "no grabcut"
     agree = 1.0
@@ -523,9 +610,11 @@ def classical_mask(image: np.ndarray, *, refine: bool = True, work_side: int = W
         if gcmap is not None:
             # GrabCut may drop pixels it is sure of; it may add only pixels that are not
             # shadow-like (a grey product's colour model also fits its own shadow)
-            refined = (coarse & ~(gcmap < 0.05)) | ((gcmap > 0.95) & ~shadow)
+            # (not the parts decided by their crisp outline: their colour is the background's
+            # or the shadow's, which is all GrabCut's colour model sees)
+            refined = (coarse & ~((gcmap < 0.05) & ~protected)) | ((gcmap > 0.95) & ~shadow)
             if refined.any():
-                refined = fill_holes(largest_component(refined), evidence=ev_hole)
+                refined = fill_holes(largest_component(refined), **holes)
                 inter = float((refined & coarse).sum())
                 union = float((refined | coarse).sum())
                 agree = inter / union if union else 0.0
@@ -537,7 +626,7 @@ def classical_mask(image: np.ndarray, *, refine: bool = True, work_side: int = W
     # Sub-pixel boundary: in a 1-px band around the mask, a mixed pixel's evidence is about
     # (product share) x (the nearby product's evidence), so ev / local interior ev estimates
     # the product's coverage of that pixel; the boundary sits where coverage crosses 1/2.
-    frac = _coverage(coarse, ev)
+    frac = _coverage(coarse, ev, weak=protected)
     if (ww, wh) == (W, H):
         full = frac >= 0.5
     else:

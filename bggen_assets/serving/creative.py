@@ -180,7 +180,9 @@ class CreativeService:
 
     # -- serving ---------------------------------------------------------------------------------
     def serve(self, merchant: str, product_id: str, width: int, height: int, prompt_id: Optional[str] = None,
-              fill: Optional[float] = None, anchor: Optional[tuple[float, float]] = None, fmt: str = "jpeg") -> Creative:
+              fill: Optional[float] = None, anchor: Optional[tuple[float, float]] = None, fmt: str = "jpeg",
+              record_miss: bool = True) -> Creative:
+        """``record_miss=False`` answers a miss with the fallback without queueing it (previews)."""
         if fmt not in FORMATS:
             raise ValueError(f"unsupported format {fmt!r}; use one of {', '.join(FORMATS)}")
         category, doc = self.find_product(merchant, product_id)
@@ -206,7 +208,8 @@ class CreativeService:
             img = crop_placement(canvas, layout, placed)
             return Creative(self.encode(img, fmt), FORMATS[fmt], True, merchant, category, product_id, bucket.id,
                             prompt_id, width, height, entry["image_key"])
-        self.miss_queue.record(Miss(merchant, category, product_id, bucket.id, prompt_id))
+        if record_miss:
+            self.miss_queue.record(Miss(merchant, category, product_id, bucket.id, prompt_id))
         img = Image.fromarray(fallback_creative(self._cutout(product["cutout_key"]), placed))
         return Creative(self.encode(img, fmt), FORMATS[fmt], False, merchant, category, product_id, bucket.id,
                         prompt_id, width, height)

@@ -1,0 +1,426 @@
+"""Theme personalisation and A/B assignment for the serving API.
+
+* :func:`assign_variant`: a user id hashed (sha256 with a salt) into the configured variant shares:
+  ``control`` (the product photo as is), ``positioned`` (the product positioned on a plain
+  background), ``random`` (generated background, theme drawn uniformly), ``bandit`` (generated
+  background, theme chosen by the merchant's policy). Deterministic: a user stays in one variant.
+* :func:`build_features`: the context of an impression: user (country, region, gender, device),
+  product (subcategory, colour), placement (aspect and size class).
+* :class:`Personalizer`: one policy per (merchant, category, policy kind); arms = the category's
+  prompts. An impression updates the policy at once with reward 0 (``A += x x^T``: the exploration
+  bonus shrinks immediately); a click later adds ``b += x``. Since A does not depend on the reward
+  and b only on ``r x``, the sums equal those of one update with the final reward. Every
+  ``flush_interval_s`` the deltas go to the DB (:class:`resources.bandit_store.BanditStore`) and
+  the merged global state comes back, so replicas learn from each other exactly.
+
+Only hits teach the bandit: on a miss the user saw the fallback, not the theme.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+
+from ..core.bandit import (
+    ASPECT_CLASSES,
+    DEFAULT_COLOURS,
+    DEFAULT_COUNTRIES,
+    SIZE_CLASSES,
+    ContextSchema,
+    LinUCB,
+    RandomPolicy,
+    UCB1,
+    aspect_class,
+    merge_states,
+    size_class,
+)
+
+VARIANTS = ("control", "positioned", "random", "bandit")
+#: variants whose theme comes from a policy (the others show no generated background)
+THEMED = ("random", "bandit")
+POLICY_KINDS = ("linucb", "ucb1", "random")
+REGIONS = ("na", "latam", "eu", "mea", "apac")
+COUNTRY_REGION = {
+    "us": "na", "ca": "na", "mx": "latam", "br": "latam", "ar": "latam", "cl": "latam", "co": "latam",
+    "gb": "eu", "de": "eu", "fr": "eu", "es": "eu", "it": "eu", "nl": "eu", "be": "eu", "pl": "eu",
+    "se": "eu", "ch": "eu", "at": "eu", "ie": "eu", "pt": "eu", "dk": "eu", "no": "eu", "fi": "eu",
+    "ae": "mea", "sa": "mea", "za": "mea", "eg": "mea", "tr": "mea", "il": "mea",
+    "jp": "apac", "cn": "apac", "kr": "apac", "in": "apac", "au": "apac", "sg": "apac", "id": "apac",
+}
+GENDERS = ("female", "male")
+DEVICES = ("mobile", "desktop", "tablet")
+
+
+class ServingConfigError(ValueError):
+    """A bad serving configuration (variant shares, policy kinds, alpha)."""
+
+
+@dataclass
+class ServingConfig:
+    """How the API personalises and splits traffic. Loaded from YAML/JSON with :meth:`from_file`.
+
+    ``variant_shares``: variant -> weight (normalised; a variant may be left out or set to 0).
+    ``policies``: merchant -> policy kind of the ``bandit`` variant (``default_policy`` otherwise).
+    """
+
+    variant_shares: dict[str, float] = field(default_factory=lambda: {v: 0.25 for v in VARIANTS})
+    ab_salt: str = "bggen-ab-1"
+    default_policy: str = "linucb"
+    policies: dict[str, str] = field(default_factory=dict)
+    alpha: float = 1.0
+    ridge: float = 1.0
+    ucb_c: float = math.sqrt(2.0)
+    #: the bandit also learns from the random variant's hits (uniform exploration data)
+    learn_from_random: bool = True
+    flush_interval_s: float = 1.0
+    seed: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        unknown = set(self.variant_shares) - set(VARIANTS)
+        if unknown:
+            raise ServingConfigError(f"unknown variants {sorted(unknown)}; known: {', '.join(VARIANTS)}")
+        for v, s in self.variant_shares.items():
+            if not (isinstance(s, (int, float)) and math.isfinite(s) and s >= 0):
+                raise ServingConfigError(f"variant share of {v!r} must be a number >= 0, got {s!r}")
+        total = float(sum(self.variant_shares.values()))
+        if total <= 0:
+            raise ServingConfigError("variant shares must not all be 0")
+        self.variant_shares = {v: float(self.variant_shares.get(v, 0.0)) / total for v in VARIANTS}
+        for m, kind in [("default", self.default_policy), *self.policies.items()]:
+            if kind not in POLICY_KINDS:
+                raise ServingConfigError(f"policy of {m!r} must be one of {', '.join(POLICY_KINDS)}, got {kind!r}")
+        if not (math.isfinite(float(self.alpha)) and self.alpha >= 0):
+            raise ServingConfigError(f"alpha must be finite and >= 0, got {self.alpha!r}")
+        if not (math.isfinite(float(self.ridge)) and self.ridge > 0):
+            raise ServingConfigError(f"ridge must be finite and > 0, got {self.ridge!r}")
+        if not self.flush_interval_s > 0:
+            raise ServingConfigError(f"flush_interval_s must be > 0, got {self.flush_interval_s!r}")
+        cum, acc = [], 0.0
+        for v in VARIANTS:
+            acc += self.variant_shares[v]
+            cum.append((acc, v))
+        self._cumulative = cum
+
+    def policy_for(self, merchant: str) -> str:
+        return self.policies.get(merchant, self.default_policy)
+
+    @classmethod
+    def from_mapping(cls, d: Mapping[str, Any]) -> "ServingConfig":
+        known = set(cls.__dataclass_fields__)
+        extra = set(d) - known
+        if extra:
+            raise ServingConfigError(f"unknown serving config keys {sorted(extra)}; known: {', '.join(sorted(known))}")
+        return cls(**dict(d))
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "ServingConfig":
+        import yaml
+
+        text = Path(path).read_text()
+        d = yaml.safe_load(text) or {}
+        if not isinstance(d, dict):
+            raise ServingConfigError(f"{path}: expected a mapping at the top level")
+        return cls.from_mapping(d)
+
+
+def unit_hash(salt: str, key: str) -> float:
+    """sha256(salt, key) mapped to [0, 1)."""
+    h = hashlib.sha256(f"{salt}\x00{key}".encode()).digest()
+    return int.from_bytes(h[:8], "big") / 2.0**64
+
+
+def assign_variant(user_key: str, config: ServingConfig) -> str:
+    """The variant of a user: deterministic, with the configured shares."""
+    u = unit_hash(config.ab_salt, user_key)
+    for acc, v in config._cumulative:
+        if u < acc:
+            return v
+    return next(v for v in reversed(VARIANTS) if config.variant_shares[v] > 0)
+
+
+def user_hash(user_id: Optional[str]) -> str:
+    """What the impression log keeps of a user id (never the id itself)."""
+    if not user_id:
+        return ""
+    return hashlib.sha256(f"bggen-user\x00{user_id}".encode()).hexdigest()[:16]
+
+
+def device_from_user_agent(ua: Optional[str]) -> Optional[str]:
+    if not ua:
+        return None
+    if "iPad" in ua or "Tablet" in ua:
+        return "tablet"
+    if "Mobi" in ua or "Android" in ua or "iPhone" in ua:
+        return "mobile"
+    return "desktop"
+
+
+def build_features(*, country: Optional[str] = None, region: Optional[str] = None, gender: Optional[str] = None,
+                   device: Optional[str] = None, subcategory: Optional[str] = None, colour: Optional[str] = None,
+                   width: int, height: int) -> dict[str, str]:
+    """The context of one impression as ``{feature: value}`` (lowercase; absent values left out)."""
+    f: dict[str, str] = {}
+    if country:
+        f["country"] = country.strip().lower()
+    reg = region.strip().lower() if region else COUNTRY_REGION.get(f.get("country", ""))
+    if reg:
+        f["region"] = reg
+    for name, value in (("gender", gender), ("device", device), ("subcategory", subcategory), ("colour", colour)):
+        if value:
+            f[name] = value.strip().lower()
+    f["aspect"] = aspect_class(width, height)
+    f["size"] = size_class(width, height)
+    return f
+
+
+def schema_for(products: Mapping[str, Mapping]) -> dict[str, list[str]]:
+    """The context schema of a category: fixed user/placement values plus the subcategories and
+    colours of its products (as published in the serving index)."""
+    subcats = sorted({str(p.get("subcategory", "")).strip().lower() for p in products.values()} - {""})
+    colours = list(DEFAULT_COLOURS)
+    colours += sorted({str(p.get("colour", "")).strip().lower() for p in products.values()} - {""} - set(colours))
+    return {
+        "country": list(DEFAULT_COUNTRIES),
+        "region": list(REGIONS),
+        "gender": list(GENDERS),
+        "device": list(DEVICES),
+        "subcategory": subcats or ["none"],
+        "colour": colours,
+        "aspect": list(ASPECT_CLASSES),
+        "size": list(SIZE_CLASSES),
+    }
+
+
+# ------------------------------------------------------------------------------------- policies
+class ServingLinUCB(LinUCB):
+    """LinUCB whose reward can arrive after the impression: ``update(arm, x, 0)`` at serve time,
+    :meth:`add_reward` (``b += r x``, theta refreshed) when the click comes."""
+
+    def add_reward(self, arm: str, x: np.ndarray, reward: float) -> None:
+        k = self._idx.get(arm)
+        if k is None:
+            raise KeyError(arm)
+        x = self._check_x(x)
+        rx = float(reward) * x
+        self._b[k] += rx
+        self._db[k] += rx
+        np.dot(self._Ainv[k], self._b[k], out=self._theta[k])
+        self._pending += 1
+
+
+class _CountingRewards:
+    """UCB1/random with delayed rewards: the impression counts ``n`` at serve time,
+    :meth:`add_reward` adds to ``s`` later; arms with only a reward since the last flush are
+    published too."""
+
+    def add_reward(self, arm: str, x: Any, reward: float) -> None:
+        k = self._idx[arm]
+        r = float(reward)
+        self._s[k] += r
+        self._ds[k] += r
+
+    def take_deltas(self) -> dict[str, tuple[int, float]]:
+        out = {a: (self._dn[i], self._ds[i]) for i, a in enumerate(self.arms) if self._dn[i] or self._ds[i]}
+        k = len(self.arms)
+        self._dn = [0] * k
+        self._ds = [0.0] * k
+        return out
+
+
+class ServingUCB1(_CountingRewards, UCB1):
+    pass
+
+
+class ServingRandom(_CountingRewards, RandomPolicy):
+    pass
+
+
+def _prior(kind: str, arms: Sequence[str], dim: int, ridge: float) -> dict[str, tuple]:
+    if kind == "linucb":
+        return {a: (ridge * np.eye(dim), np.zeros(dim)) for a in arms}
+    return {a: (0, 0.0) for a in arms}
+
+
+def make_serving_policy(kind: str, arms: Sequence[str], dim: int, config: ServingConfig):
+    seed = config.seed
+    if kind == "linucb":
+        return ServingLinUCB(arms, dim, alpha=config.alpha, ridge=config.ridge, seed=seed)
+    if kind == "ucb1":
+        return ServingUCB1(arms, c=config.ucb_c, seed=seed)
+    if kind == "random":
+        return ServingRandom(arms, seed=seed)
+    raise ServingConfigError(f"unknown policy kind {kind!r}")
+
+
+@dataclass
+class _Slot:
+    merchant: str
+    category: str
+    kind: str
+    arms: tuple[str, ...]
+    schema: ContextSchema
+    policy: Any
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    unflushed: list = field(default_factory=list)  # deltas whose DB write failed (retried)
+    events: int = 0
+
+
+@dataclass
+class Choice:
+    variant: str
+    theme: Optional[str]          # None for control / positioned
+    policy: str                   # linucb | ucb1 | random | none
+    x: Optional[np.ndarray] = None
+
+
+class Personalizer:
+    """Policies per (merchant, category, kind), their DB sync, and the impression/click updates.
+
+    Thread-safe: one lock per policy; DB I/O happens outside the locks.
+    """
+
+    def __init__(self, config: Optional[ServingConfig] = None, bandit_store=None):
+        self.config = config or ServingConfig()
+        self.bandit_store = bandit_store
+        self._slots: dict[tuple[str, str, str], _Slot] = {}
+        self._schemas: dict[tuple[str, str], ContextSchema] = {}
+        self._lock = threading.Lock()
+        self._rng = np.random.default_rng(self.config.seed)
+        self.flush_errors = 0
+
+    # -- slots -----------------------------------------------------------------------------------
+    def schema(self, merchant: str, category: str, products: Mapping[str, Mapping]) -> ContextSchema:
+        key = (merchant, category)
+        s = self._schemas.get(key)
+        if s is None:
+            wanted = schema_for(products)
+            if self.bandit_store is not None:
+                wanted = self.bandit_store.ensure_schema(merchant, category, wanted)
+            s = ContextSchema(wanted)
+            self._schemas[key] = s
+        return s
+
+    def slot(self, merchant: str, category: str, kind: str, arms: Sequence[str],
+             products: Mapping[str, Mapping]) -> _Slot:
+        key = (merchant, category, kind)
+        slot = self._slots.get(key)
+        if slot is not None and slot.arms == tuple(arms):
+            return slot
+        with self._lock:
+            slot = self._slots.get(key)
+            if slot is not None and slot.arms == tuple(arms):
+                return slot
+            if slot is not None:  # the category's prompts changed: publish what we have, start over
+                self._flush_slot(slot)
+            schema = self.schema(merchant, category, products)
+            policy = make_serving_policy(kind, arms, schema.dim, self.config)
+            slot = _Slot(merchant, category, kind, tuple(arms), schema, policy)
+            self._load(slot)
+            self._slots[key] = slot
+            return slot
+
+    def _global_state(self, slot: _Slot) -> dict[str, tuple]:
+        prior = _prior(slot.kind, slot.arms, slot.schema.dim, self.config.ridge)
+        if self.bandit_store is None:
+            return prior
+        sums = self.bandit_store.load_sums(slot.merchant, slot.category, slot.kind)
+        sums = {a: v for a, v in sums.items() if a in prior}  # arms no longer offered are ignored
+        if slot.kind != "linucb":
+            sums = {a: (int(round(n)), s) for a, (n, s) in sums.items()}
+        return merge_states(prior, sums)
+
+    def _load(self, slot: _Slot) -> None:
+        state = self._global_state(slot)
+        with slot.lock:
+            slot.policy.load_state(state)
+
+    # -- serving ---------------------------------------------------------------------------------
+    def choose(self, variant: str, merchant: str, category: str, arms: Sequence[str],
+               products: Mapping[str, Mapping], features: Mapping[str, str]) -> Choice:
+        if variant not in THEMED:
+            return Choice(variant, None, "none")
+        kind = "random" if variant == "random" else self.config.policy_for(merchant)
+        slot = self.slot(merchant, category, kind, arms, products)
+        x = slot.schema.encode(features)
+        with slot.lock:
+            theme = slot.policy.select(x, self._rng)
+        return Choice(variant, theme, kind, x)
+
+    def _learning_slots(self, variant: str, merchant: str, category: str, kind: str, arms, products) -> list[_Slot]:
+        slots = [self.slot(merchant, category, kind, arms, products)]
+        if variant == "random" and self.config.learn_from_random:
+            main = self.config.policy_for(merchant)
+            if main != "random":
+                slots.append(self.slot(merchant, category, main, arms, products))
+        return slots
+
+    def record_impression(self, choice: Choice, merchant: str, category: str, arms: Sequence[str],
+                          products: Mapping[str, Mapping], hit: bool) -> None:
+        """A served themed impression teaches its policy (reward 0 for now), if it was a hit."""
+        if choice.theme is None or not hit:
+            return
+        for slot in self._learning_slots(choice.variant, merchant, category, choice.policy, arms, products):
+            with slot.lock:  # one schema per (merchant, category): choice.x fits every slot
+                if choice.theme in slot.arms:
+                    slot.policy.update(choice.theme, choice.x, 0.0)
+                    slot.events += 1
+
+    def record_click(self, *, variant: str, merchant: str, category: str, policy: str, theme: str,
+                     features: Mapping[str, str], arms: Sequence[str], products: Mapping[str, Mapping],
+                     reward: float = 1.0) -> None:
+        """The click of a (hit, themed) impression: ``b += r x`` for its theme."""
+        if variant not in THEMED or policy not in POLICY_KINDS:
+            return
+        for slot in self._learning_slots(variant, merchant, category, policy, arms, products):
+            x = slot.schema.encode(features)
+            with slot.lock:
+                if theme in slot.arms:
+                    slot.policy.add_reward(theme, x, reward)
+                    slot.events += 1
+
+    # -- sync ------------------------------------------------------------------------------------
+    def _flush_slot(self, slot: _Slot) -> None:
+        with slot.lock:
+            deltas = slot.policy.take_deltas()
+        if deltas:
+            slot.unflushed.append(deltas)
+        if self.bandit_store is None:
+            slot.unflushed.clear()
+            return
+        if slot.unflushed:
+            base = {a: tuple(np.zeros_like(np.asarray(c, dtype=float)) if isinstance(c, np.ndarray) else 0
+                             for c in comps)
+                    for d in slot.unflushed for a, comps in d.items()}
+            total = merge_states(base, *slot.unflushed)
+            self.bandit_store.add_deltas(slot.merchant, slot.category, slot.kind, total)
+            slot.unflushed.clear()
+        self._load(slot)
+
+    def flush(self) -> int:
+        """Publish every policy's deltas and load the merged global state. Returns slots failed."""
+        failed = 0
+        for slot in list(self._slots.values()):
+            try:
+                self._flush_slot(slot)
+            except Exception:  # the DB is down: keep the deltas, try again next time
+                failed += 1
+                self.flush_errors += 1
+        return failed
+
+    def snapshot(self) -> list[dict]:
+        """A summary for /health and debugging."""
+        out = []
+        for s in list(self._slots.values()):
+            out.append({"merchant": s.merchant, "category": s.category, "policy": s.kind,
+                        "arms": list(s.arms), "dim": s.schema.dim, "events": s.events})
+        return out
+
+
+def features_json(features: Mapping[str, str]) -> str:
+    return json.dumps(dict(features), sort_keys=True, separators=(",", ":"))

@@ -1,0 +1,238 @@
+"""Bandit state, impressions and clicks in the metadata DB (SQLAlchemy Core; SQLite or MySQL/MariaDB).
+
+Tables (defined on ``resources.metadata_db.metadata``, so ``create_all`` makes them):
+
+* ``bandit_schemas``: per (merchant, category) the context schema (features and their values) the
+  bandit state was built with. First writer wins, so every replica encodes contexts alike.
+* ``bandit_state``: per (merchant, category, policy, arm) the running sums of the *deltas* every
+  replica published: LinUCB ``(sum x x^T, sum r x)``, UCB1/random ``(n, sum r)``; the prior
+  (``ridge*I``, 0) is not stored but added on load. Replicas flush deltas with
+  :meth:`BanditStore.add_deltas`: a read-modify-write in a transaction, the row locked
+  (``SELECT ... FOR UPDATE`` on MySQL) and guarded by a version column (optimistic check, which
+  is what makes it exact on SQLite, where FOR UPDATE is a no-op). Sums add, so N replicas give
+  exactly the state of one replica that saw every event.
+* ``impressions``: one row per served creative (variant, theme, policy, bucket, hit, placement,
+  hashed user id, context features as JSON); written in batches.
+* ``clicks``: one row per clicked impression (the first click counts; repeats are ignored).
+"""
+
+
+import json
+import time
+from typing import Iterable, Mapping, Optional
+
+import numpy as np
+import sqlalchemy as sa
+from dagster import ConfigurableResource, ResourceDependency
+from pydantic import PrivateAttr
+from sqlalchemy.dialects import mysql, sqlite
+
+from .metadata_db import MetadataDB, metadata
+
+_BLOB = sa.LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
+
+bandit_schemas = sa.Table(
+    "bandit_schemas",
+    metadata,
+    sa.Column("merchant", sa.String(64), primary_key=True),
+    sa.Column("category", sa.String(64), primary_key=True),
+    sa.Column("schema_json", sa.Text, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+bandit_state = sa.Table(
+    "bandit_state",
+    metadata,
+    sa.Column("merchant", sa.String(64), primary_key=True),
+    sa.Column("category", sa.String(64), primary_key=True),
+    sa.Column("policy", sa.String(16), primary_key=True),  # linucb | ucb1 | random
+    sa.Column("arm", sa.String(64), primary_key=True),
+    sa.Column("shapes", sa.String(64), nullable=False),  # JSON list of component shapes
+    sa.Column("data", _BLOB, nullable=False),  # float64 components, raveled and concatenated
+    sa.Column("events", sa.BigInteger, nullable=False, default=0),  # flushes folded in (diagnostics)
+    sa.Column("version", sa.BigInteger, nullable=False, default=0),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+impressions = sa.Table(
+    "impressions",
+    metadata,
+    sa.Column("impression_id", sa.String(32), primary_key=True),
+    sa.Column("ts", sa.Float, nullable=False, index=True),
+    sa.Column("merchant", sa.String(64), nullable=False),
+    sa.Column("category", sa.String(64), nullable=False),
+    sa.Column("product_id", sa.String(128), nullable=False),
+    sa.Column("variant", sa.String(16), nullable=False),
+    sa.Column("theme", sa.String(64), nullable=False),
+    sa.Column("policy", sa.String(16), nullable=False),
+    sa.Column("bucket_id", sa.String(64), nullable=False),
+    sa.Column("hit", sa.Boolean, nullable=False),
+    sa.Column("width", sa.Integer, nullable=False),
+    sa.Column("height", sa.Integer, nullable=False),
+    sa.Column("user_hash", sa.String(16), nullable=False, default=""),
+    sa.Column("context", sa.Text, nullable=False, default="{}"),
+    sa.Index("ix_impressions_merchant_variant", "merchant", "variant"),
+)
+
+clicks = sa.Table(
+    "clicks",
+    metadata,
+    sa.Column("impression_id", sa.String(32), primary_key=True),
+    sa.Column("ts", sa.Float, nullable=False),
+)
+
+TABLES = [bandit_schemas, bandit_state, impressions, clicks]
+IMPRESSION_COLUMNS = [c.name for c in impressions.columns]
+
+
+class ConcurrentUpdate(RuntimeError):
+    """Another replica changed a state row between our read and our write (retried)."""
+
+
+def encode_components(comps: Iterable) -> tuple[str, bytes]:
+    arrs = [np.asarray(c, dtype=np.float64) for c in comps]
+    shapes = json.dumps([list(a.shape) for a in arrs], separators=(",", ":"))
+    data = b"".join(np.ascontiguousarray(a).ravel().tobytes() for a in arrs)
+    return shapes, data
+
+
+def decode_components(shapes: str, data: bytes) -> tuple:
+    flat = np.frombuffer(data, dtype=np.float64)
+    out, pos = [], 0
+    for shape in json.loads(shapes):
+        n = int(np.prod(shape)) if shape else 1
+        part = flat[pos:pos + n]
+        pos += n
+        out.append(part.reshape(shape).copy() if shape else float(part[0]))
+    if pos != flat.size:
+        raise ValueError(f"bandit_state row: {flat.size} values for shapes {shapes}")
+    return tuple(out)
+
+
+class BanditStore(ConfigurableResource):
+    """The serving layer's DB side: bandit deltas, context schemas, impressions, clicks."""
+
+    metadata_db: ResourceDependency[MetadataDB]
+    max_retries: int = 20
+
+    _ready = PrivateAttr(default=False)
+
+    @property
+    def engine(self) -> sa.Engine:
+        engine = self.metadata_db.engine
+        if not self._ready:
+            metadata.create_all(engine, tables=TABLES)  # checkfirst: a no-op once they exist
+            self._ready = True
+        return engine
+
+    # -- schemas ---------------------------------------------------------------------------------
+    def ensure_schema(self, merchant: str, category: str, schema: Mapping) -> dict:
+        """Store ``schema`` for (merchant, category) unless one is there; return the stored one."""
+        key = (bandit_schemas.c.merchant == merchant) & (bandit_schemas.c.category == category)
+        with self.engine.begin() as conn:
+            row = conn.execute(sa.select(bandit_schemas.c.schema_json).where(key)).first()
+            if row is None:
+                try:
+                    with conn.begin_nested():
+                        conn.execute(bandit_schemas.insert().values(
+                            merchant=merchant, category=category,
+                            schema_json=json.dumps(schema, sort_keys=True), created_at=time.time()))
+                except sa.exc.IntegrityError:
+                    pass  # another replica won: read theirs below
+                row = conn.execute(sa.select(bandit_schemas.c.schema_json).where(key)).first()
+        return json.loads(row[0])
+
+    # -- state -----------------------------------------------------------------------------------
+    def add_deltas(self, merchant: str, category: str, policy: str, deltas: Mapping[str, tuple]) -> None:
+        """Add a replica's deltas ``{arm: components}`` to the stored sums, exactly once."""
+        if not deltas:
+            return
+        items = sorted(deltas.items())  # a fixed lock order: no deadlock between replicas
+        for attempt in range(self.max_retries):
+            try:
+                with self.engine.begin() as conn:
+                    for arm, comps in items:
+                        self._add_one(conn, merchant, category, policy, arm, comps)
+                return
+            except (ConcurrentUpdate, sa.exc.IntegrityError, sa.exc.OperationalError) as exc:
+                if attempt == self.max_retries - 1:
+                    raise RuntimeError(f"bandit_state {merchant}/{category}/{policy}: gave up after "
+                                       f"{self.max_retries} concurrent-update retries: {exc}") from exc
+                time.sleep(0.005 * (attempt + 1))
+
+    def _add_one(self, conn, merchant: str, category: str, policy: str, arm: str, comps: tuple) -> None:
+        c = bandit_state.c
+        key = (c.merchant == merchant) & (c.category == category) & (c.policy == policy) & (c.arm == arm)
+        q = sa.select(c.shapes, c.data, c.version, c.events).where(key)
+        if conn.dialect.name != "sqlite":
+            q = q.with_for_update()
+        row = conn.execute(q).first()
+        now = time.time()
+        if row is None:
+            shapes, data = encode_components(comps)
+            conn.execute(bandit_state.insert().values(
+                merchant=merchant, category=category, policy=policy, arm=arm, shapes=shapes, data=data,
+                events=1, version=1, updated_at=now))
+            return
+        old = decode_components(row.shapes, row.data)
+        if len(old) != len(comps) or any(np.shape(o) != np.shape(d) for o, d in zip(old, comps)):
+            raise ValueError(f"bandit_state {merchant}/{category}/{policy}/{arm}: stored shapes {row.shapes} "
+                             f"do not fit the delta's {[list(np.shape(d)) for d in comps]}")
+        shapes, data = encode_components(np.asarray(o, dtype=np.float64) + np.asarray(d, dtype=np.float64)
+                                         for o, d in zip(old, comps))
+        res = conn.execute(bandit_state.update().where(key & (c.version == row.version)).values(
+            data=data, shapes=shapes, version=row.version + 1, events=row.events + 1, updated_at=now))
+        if res.rowcount != 1:
+            raise ConcurrentUpdate(f"{merchant}/{category}/{policy}/{arm} changed under us")
+
+    def load_sums(self, merchant: str, category: str, policy: str) -> dict[str, tuple]:
+        """The stored sums of every replica's deltas, ``{arm: components}`` (no prior)."""
+        c = bandit_state.c
+        q = sa.select(c.arm, c.shapes, c.data).where(
+            (c.merchant == merchant) & (c.category == category) & (c.policy == policy))
+        with self.engine.connect() as conn:
+            return {r.arm: decode_components(r.shapes, r.data) for r in conn.execute(q)}
+
+    # -- impressions and clicks --------------------------------------------------------------
+    def log_impressions(self, rows: list[dict]) -> None:
+        if not rows:
+            return
+        with self.engine.begin() as conn:
+            conn.execute(impressions.insert(), rows)
+
+    def get_impression(self, impression_id: str) -> Optional[dict]:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(impressions).where(impressions.c.impression_id == impression_id)).first()
+        return dict(row._mapping) if row else None
+
+    def record_click(self, impression_id: str, ts: Optional[float] = None) -> bool:
+        """True if this is the impression's first click (only that one counts)."""
+        row = {"impression_id": impression_id, "ts": time.time() if ts is None else ts}
+        with self.engine.begin() as conn:
+            name = conn.dialect.name
+            if name == "sqlite":
+                stmt = sqlite.insert(clicks).values(**row).on_conflict_do_nothing()
+            elif name in ("mysql", "mariadb"):
+                stmt = mysql.insert(clicks).values(**row).prefix_with("IGNORE")
+            else:  # pragma: no cover - other dialects: plain insert, duplicate -> IntegrityError
+                try:
+                    with conn.begin_nested():
+                        conn.execute(clicks.insert().values(**row))
+                    return True
+                except sa.exc.IntegrityError:
+                    return False
+            return conn.execute(stmt).rowcount == 1
+
+    def variant_counts(self, merchant: Optional[str] = None, since: Optional[float] = None) -> list[dict]:
+        """Impressions and clicks per (merchant, variant): the A/B report's input."""
+        i = impressions.c
+        q = (sa.select(i.merchant, i.variant, sa.func.count().label("impressions"),
+                       sa.func.count(clicks.c.impression_id).label("clicks"))
+             .select_from(impressions.outerjoin(clicks, clicks.c.impression_id == i.impression_id))
+             .group_by(i.merchant, i.variant).order_by(i.merchant, i.variant))
+        if merchant is not None:
+            q = q.where(i.merchant == merchant)
+        if since is not None:
+            q = q.where(i.ts >= since)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(q)]

@@ -1,0 +1,120 @@
+"""Bucketing properties (hypothesis): every placement is an exact crop of its bucket canvas."""
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from bggen_assets.core.compositing import crop_placement
+from bggen_assets.core.geometry import (
+    Bucket,
+    GeometryError,
+    Placement,
+    bucket_exponent,
+    bucket_for,
+    canvas_layout,
+    crop_box,
+    place_product,
+    plan_buckets,
+)
+
+placements = st.builds(
+    Placement,
+    width=st.integers(20, 2000),
+    height=st.integers(20, 2000),
+    fill=st.sampled_from([0.5, 0.6, 0.7, 0.8, 0.9, 1.0]),
+    anchor_x=st.sampled_from([0.0, 0.2, 0.5, 0.8, 1.0]),
+    anchor_y=st.sampled_from([0.0, 0.3, 0.5, 0.8, 1.0]),
+)
+bboxes = st.tuples(st.integers(8, 1500), st.integers(8, 1500))
+ratios = st.sampled_from([1.1, 1.2, 1.5])
+
+
+def served_product_box(bbox, placement, r, budget):
+    """Render a canvas whose product region is white, serve the placement, measure where the
+    product landed (pixels >= 50%) in the W x H output."""
+    placed = place_product(*bbox, placement)
+    layout = canvas_layout(bucket_for(placed, r), *bbox, budget)
+    canvas = np.zeros((layout.height, layout.width), np.uint8)
+    x, y, w, h = layout.product_box
+    canvas[y : y + h, x : x + w] = 255
+    out = np.asarray(crop_placement(Image.fromarray(canvas), layout, placed))
+    ys, xs = np.nonzero(out >= 128)
+    return out.shape, (int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)), placed
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@given(bbox=bboxes, placement=placements, r=ratios, budget=st.sampled_from([60_000, 250_000, 1_000_000]))
+def test_every_placement_is_an_exact_crop_of_its_bucket_canvas(bbox, placement, r, budget):
+    placed = place_product(*bbox, placement)
+    layout = canvas_layout(bucket_for(placed, r), *bbox, budget)
+    # Measured in pixels where the canvas has at least the placement's resolution (the canvas is
+    # resampled down): a product edge then lands on the placed pixel boundary exactly.
+    assume(layout.product_w >= placed.w and layout.product_h >= placed.h)
+    shape, box, placed = served_product_box(bbox, placement, r, budget)
+    assert shape == (placement.height, placement.width)  # exact size, so exact aspect ratio
+    assert box == (placed.x, placed.y, placed.w, placed.h)  # product position exact to the pixel
+
+
+@settings(max_examples=300, deadline=None)
+@given(bbox=bboxes, placement=placements, r=ratios, budget=st.sampled_from([20_000, 250_000, 1_000_000]))
+def test_crop_box_maps_the_product_exactly_at_any_resolution(bbox, placement, r, budget):
+    """Analytically, also when the canvas is upsampled: the crop box maps the canvas product box
+    onto the placed box (to float precision), and stays inside the canvas."""
+    placed = place_product(*bbox, placement)
+    layout = canvas_layout(bucket_for(placed, r), *bbox, budget)
+    x0, y0, x1, y1 = crop_box(layout, placed)
+    sx, sy = placement.width / (x1 - x0), placement.height / (y1 - y0)
+    assert abs((layout.product_x - x0) * sx - placed.x) < 1e-6
+    assert abs((layout.product_y - y0) * sy - placed.y) < 1e-6
+    assert abs(layout.product_w * sx - placed.w) < 1e-6 and abs(layout.product_h * sy - placed.h) < 1e-6
+    assert 0 <= x0 < x1 <= layout.width and 0 <= y0 < y1 <= layout.height
+
+
+@settings(max_examples=200, deadline=None)
+@given(bbox=bboxes, placement=placements, r=ratios)
+def test_bucket_canvas_padding_covers_the_placement(bbox, placement, r):
+    placed = place_product(*bbox, placement)
+    bucket = bucket_for(placed, r)
+    for pad, extent, b in ((placed.pad_top, placed.h, bucket.top), (placed.pad_right, placed.w, bucket.right),
+                           (placed.pad_bottom, placed.h, bucket.bottom), (placed.pad_left, placed.w, bucket.left)):
+        assert (r**b - 1) * extent >= pad - 1e-9  # B_D = ceil(log_r((P_D + D) / D))
+        assert b == 0 or (r ** (b - 1) - 1) * extent < pad  # ... and the smallest such exponent
+    x0, y0, x1, y1 = crop_box(canvas_layout(bucket, *bbox, 100_000), placed)
+    assert x0 >= 0 and y0 >= 0
+
+
+@settings(max_examples=100, deadline=None)
+@given(bbox=bboxes, base=st.lists(placements, min_size=1, max_size=12), extra=st.lists(placements, max_size=12), r=ratios)
+def test_more_placements_never_fewer_buckets(bbox, base, extra, r):
+    assert set(plan_buckets(*bbox, base, r)) <= set(plan_buckets(*bbox, base + extra, r))
+
+
+def test_paper_formula_on_a_worked_example():
+    # 200x100 product into 728x90 at fill 0.8 centred: s = 0.8 * min(3.64, 0.9) = 0.72
+    placed = place_product(200, 100, Placement(728, 90, 0.8, 0.5, 0.5))
+    assert (placed.w, placed.h) == (144, 72)
+    assert (placed.pad_left, placed.pad_right, placed.pad_top, placed.pad_bottom) == (292, 292, 9, 9)
+    b = bucket_for(placed, 1.2)
+    # left: ceil(log_1.2((292 + 144) / 144)) = ceil(6.07) = 7; top: ceil(log_1.2(81 / 72)) = 1
+    assert (b.top, b.right, b.bottom, b.left) == (1, 7, 1, 7)
+    assert Bucket.from_id(b.id) == b
+
+
+def test_exact_powers_do_not_round_up():
+    assert bucket_exponent(44, 100, 1.2) == 2  # (44 + 100) / 100 = 1.44 = 1.2**2 exactly
+    assert bucket_exponent(0, 100, 1.2) == 0
+
+
+@pytest.mark.parametrize("kwargs", [dict(width=0, height=10), dict(width=10, height=99999), dict(width=10, height=10, fill=0),
+                                    dict(width=10, height=10, fill=1.5), dict(width=10, height=10, anchor_x=-0.1)])
+def test_bad_placements_are_refused_clearly(kwargs):
+    with pytest.raises(GeometryError, match="placement"):
+        Placement(**kwargs)
+
+
+def test_bad_bucket_ids_and_ratios():
+    with pytest.raises(GeometryError, match="not a bucket id"):
+        Bucket.from_id("../../etc/passwd")
+    with pytest.raises(GeometryError, match="r must be > 1"):
+        bucket_for(place_product(10, 10, Placement(100, 100)), 1.0)

@@ -1,0 +1,173 @@
+"""The whole asset graph for a partition, for real: masks, plans, generation, index, checks."""
+import io
+import json
+import shutil
+
+import numpy as np
+import pytest
+from dagster import DagsterInstance
+from PIL import Image
+
+from bggen_assets import steps
+from bggen_assets.core.compositing import crop_placement
+from bggen_assets.core.geometry import CanvasLayout, bucket_for, place_product
+from pipeline_helpers import checks_of, metadata_of, run_partition
+
+
+@pytest.fixture
+def footwear_run(pipeline_resources):
+    result, instance = run_partition(pipeline_resources, "northwind", "footwear")
+    return result, instance, pipeline_resources
+
+
+def test_whole_graph_publishes_a_complete_index(footwear_run):
+    result, _, res = footwear_run
+    assert result.success
+    store = res["store"]
+    pointer = json.loads(store.get_bytes("index/northwind/footwear/current.json"))
+    doc = json.loads(store.get_bytes(pointer["key"]))
+    plans = json.loads(store.get_bytes("manifests/northwind/footwear/bucket_plans.json"))
+    assert doc["entries"] and len(doc["entries"]) == len(plans["items"])
+    assert doc["prompts"] == ["urban-concrete", "beach-sunset", "pastel-podium"]
+    # every indexed image exists, has the canvas size, and keeps the product box the plan says
+    for key, entry in list(doc["entries"].items())[:25]:
+        img = Image.open(io.BytesIO(store.get_bytes(entry["image_key"])))
+        assert img.size == tuple(entry["canvas"])
+    checks = checks_of(result)
+    assert checks["product_fidelity"].passed and checks["product_fidelity"].metadata["max_abs_diff"].value == 0
+    assert checks["index_complete"].passed
+    # bucketing shares canvases between placements: fewer generations than placement requests
+    plan_md = metadata_of(result, "bucket_plans")
+    assert plan_md["generations"] < plan_md["placement_requests"]
+
+
+def test_bad_rows_are_reported_and_skipped_nothing_else_lost(footwear_run):
+    result, _, res = footwear_run
+    catalog_md = metadata_of(result, "catalog")
+    masks = json.loads(res["store"].get_bytes("manifests/northwind/footwear/product_masks.json"))
+    reasons = {r["product_id"]: r["reason"] for r in masks["rejected"]}
+    assert "image file not found" in reasons["NO-BAD-MISSING"]
+    assert "not an image" in reasons["NO-BAD-NOTIMAGE"]
+    assert "NO-BAD-FULLFRAME" in reasons  # a product filling the whole frame cannot be masked
+    good = {p["product_id"] for p in json.loads(res["store"].get_bytes("manifests/northwind/footwear/catalog.json"))["products"]}
+    assert set(masks["products"]) == good - set(reasons)  # every other product went through
+    assert catalog_md["rejected"] == 1
+    checks = checks_of(result)
+    assert not checks["feed_rows_usable"].passed and not checks["mask_coverage_sane"].passed  # reported, as warnings
+    rows = {r["product_id"]: r for r in res["metadata_db"].product_rows("northwind", "footwear")}
+    assert rows["NO-BAD-MISSING"]["status"] == "rejected" and rows["NO-0001"]["status"] == "ok"
+
+
+def test_second_run_regenerates_nothing(footwear_run):
+    result, instance, res = footwear_run
+    first = metadata_of(result, "generated_backgrounds")
+    assert first["generated"] > 0 and first["reused"] == 0
+    objects_before = sorted(res["store"].list_keys("canvases"))
+    again, _ = run_partition(res, "northwind", "footwear", instance=instance)
+    second = metadata_of(again, "generated_backgrounds")
+    assert second["generated"] == 0 and second["reused"] == first["generated"]
+    assert metadata_of(again, "product_masks")["computed"] == 0  # masks are stored once per image hash
+    assert sorted(res["store"].list_keys("canvases")) == objects_before
+    assert metadata_of(again, "serving_index")["version"] == 2
+
+
+def test_a_changed_prompt_regenerates_only_its_canvases(pipeline_resources, tmp_path, sample_dir):
+    import yaml
+
+    from resources.creative_config import CreativeConfig
+
+    result, instance = run_partition(pipeline_resources, "northwind", "footwear")
+    first = metadata_of(result, "generated_backgrounds")["generated"]
+    prompts = yaml.safe_load((sample_dir / "prompts.yaml").read_text())
+    prompts["categories"]["footwear"][0]["text"] += ", at dawn"
+    (tmp_path / "prompts.yaml").write_text(yaml.safe_dump(prompts))
+    cfg = pipeline_resources["creative_config"]
+    res = {**pipeline_resources, "creative_config": CreativeConfig(**{**cfg.model_dump(), "prompts_path": str(tmp_path / "prompts.yaml")})}
+    again, _ = run_partition(res, "northwind", "footwear", instance=instance)
+    assert metadata_of(again, "generated_backgrounds")["generated"] == first // 3  # one theme of three
+
+
+def test_served_placement_is_the_crop_of_its_canvas(footwear_run):
+    _, _, res = footwear_run
+    store = res["store"]
+    doc = json.loads(store.get_bytes(json.loads(store.get_bytes("index/northwind/footwear/current.json"))["key"]))
+    pid = sorted(doc["products"])[0]
+    _, _, bw, bh = doc["products"][pid]["bbox"]
+    for placement in res["creative_config"].placements("northwind")[:6]:
+        placed = place_product(bw, bh, placement)
+        entry = doc["entries"][f"{pid}|{bucket_for(placed, 1.2).id}|beach-sunset"]
+        canvas = Image.open(io.BytesIO(store.get_bytes(entry["image_key"]))).convert("RGB")
+        out = crop_placement(canvas, CanvasLayout(*entry["canvas"], *entry["product_box"]), placed)
+        assert out.size == (placement.width, placement.height)
+
+
+def test_malformed_feed_fails_catalog_naming_file_line_and_column(pipeline_resources, tmp_path, sample_dir):
+    from resources.creative_config import CreativeConfig
+
+    feeds = tmp_path / "feeds"
+    shutil.copytree(sample_dir / "feeds", feeds)
+    lines = (feeds / "northwind.csv").read_text().splitlines()
+    lines[3] = lines[3] + ',"extra"'  # one field too many on line 4
+    (feeds / "northwind.csv").write_text("\n".join(lines) + "\n")
+    cfg = pipeline_resources["creative_config"]
+    res = {**pipeline_resources, "creative_config": CreativeConfig(**{**cfg.model_dump(), "feeds_dir": str(feeds)})}
+    result, _ = run_partition(res, "northwind", "footwear", raise_on_error=False)
+    assert not result.success
+    failure = result.get_step_failure_events()[0].step_failure_data.error
+    text = failure.message + "".join(str(c.message) for c in ([failure.cause] if failure.cause else []))
+    assert "northwind.csv:4" in text and "column" in text and "expected 6 fields, found 7" in text
+    # nothing downstream ran and nothing was published
+    assert not res["store"].exists("index/northwind/footwear/current.json")
+
+
+def test_empty_partition_publishes_an_empty_index(pipeline_resources):
+    # acme-outfitters sells no home goods: the cross product still has that partition
+    result, _ = run_partition(pipeline_resources, "acme-outfitters", "home")
+    assert result.success
+    assert metadata_of(result, "serving_index")["entries"] == 0
+
+
+def _failing_generator(monkeypatch, fail_on):
+    from bggen_assets.core import template_bg
+
+    calls = {"n": 0}
+    real = template_bg.TemplateGenerator.generate
+
+    def flaky(self, jobs):
+        calls["n"] += 1
+        if fail_on(calls["n"]):
+            raise RuntimeError("device lost")
+        return real(self, jobs)
+
+    monkeypatch.setattr(template_bg.TemplateGenerator, "generate", flaky)
+    return real, calls
+
+
+def test_a_transient_generation_failure_is_retried(pipeline_resources, monkeypatch):
+    _, calls = _failing_generator(monkeypatch, lambda n: n == 3)
+    result, _ = run_partition(pipeline_resources, "acme-outfitters", "bags")
+    assert result.success and calls["n"] > 3
+    retried = [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
+    assert len(retried) == 1
+    # the retry reused what the first attempt had stored
+    assert metadata_of(result, "generated_backgrounds")["reused"] > 0
+
+
+def test_failed_generation_loses_nothing_and_rerun_completes(pipeline_resources, monkeypatch):
+    """A generator that keeps dying half-way: the step fails after its retries, every stored
+    canvas is whole, and a later run completes the rest."""
+    from bggen_assets.core import template_bg
+
+    real, _ = _failing_generator(monkeypatch, lambda n: n >= 3)
+
+    result, instance = run_partition(pipeline_resources, "acme-outfitters", "bags", raise_on_error=False)
+    assert not result.success
+    store = pipeline_resources["store"]
+    made = list(store.list_keys("canvases"))
+    assert made  # the batches before the failure are kept...
+    for key in made:  # ...and every stored object is a whole, decodable PNG
+        Image.open(io.BytesIO(store.get_bytes(key))).load()
+    monkeypatch.setattr(template_bg.TemplateGenerator, "generate", real)
+    again, _ = run_partition(pipeline_resources, "acme-outfitters", "bags", instance=instance)
+    md = metadata_of(again, "generated_backgrounds")
+    assert md["reused"] == len(made) and md["generated"] > 0

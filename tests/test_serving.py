@@ -1,0 +1,101 @@
+"""The serving function: a hit is exactly W x H cut from the bucket canvas; a miss is the fallback."""
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bggen_assets.core.compositing import crop_placement, fallback_creative
+from bggen_assets.core.geometry import CanvasLayout, Placement, bucket_for, place_product
+from bggen_assets.serving.creative import CreativeService, LRUBytes, NotFound
+from pipeline_helpers import run_partition
+
+
+@pytest.fixture
+def served(pipeline_resources):
+    run_partition(pipeline_resources, "northwind", "footwear")
+    service = CreativeService(pipeline_resources["store"], pipeline_resources["miss_queue"],
+                              pipeline_resources["creative_config"], index_ttl_s=0.0)
+    return service, pipeline_resources
+
+
+def _decode(body):
+    return np.asarray(Image.open(io.BytesIO(body)).convert("RGB"))
+
+
+def test_a_hit_is_exactly_the_crop_of_the_bucket_canvas(served):
+    service, res = served
+    doc = service.index("northwind", "footwear")
+    pid = sorted(doc["products"])[0]
+    for placement in res["creative_config"].placements("northwind"):
+        c = service.serve("northwind", pid, placement.width, placement.height, "beach-sunset",
+                          fill=placement.fill, anchor=(placement.anchor_x, placement.anchor_y), fmt="png")
+        assert c.hit and c.category == "footwear"
+        got = _decode(c.body)
+        assert got.shape == (placement.height, placement.width, 3)
+        _, _, bw, bh = doc["products"][pid]["bbox"]
+        placed = place_product(bw, bh, placement)
+        entry = doc["entries"][f"{pid}|{bucket_for(placed, 1.2).id}|beach-sunset"]
+        assert c.image_key == entry["image_key"] and c.bucket_id == bucket_for(placed, 1.2).id
+        canvas = Image.open(io.BytesIO(res["store"].get_bytes(entry["image_key"]))).convert("RGB")
+        expected = np.asarray(crop_placement(canvas, CanvasLayout(*entry["canvas"], *entry["product_box"]), placed))
+        assert np.array_equal(got, expected)
+
+
+def test_a_miss_records_it_and_answers_the_fallback_at_once(served):
+    service, res = served
+    pid = "NO-0001"
+    c = service.serve("northwind", pid, 333, 222, "beach-sunset", fill=0.5, anchor=(0.1, 0.9), fmt="png")
+    assert not c.hit and c.image_key is None
+    img = _decode(c.body)
+    assert img.shape == (222, 333, 3)
+    doc = service.index("northwind", "footwear")
+    _, _, bw, bh = doc["products"][pid]["bbox"]
+    placed = place_product(bw, bh, Placement(333, 222, 0.5, 0.1, 0.9))
+    cutout = np.asarray(Image.open(io.BytesIO(res["store"].get_bytes(doc["products"][pid]["cutout_key"]))).convert("RGBA"))
+    assert np.abs(img.astype(int) - fallback_creative(cutout, placed).astype(int)).max() <= 1
+    pending = res["miss_queue"].pending()
+    assert [(m.product_id, m.bucket_id, m.prompt_id) for m in pending] == [(pid, c.bucket_id, "beach-sunset")]
+
+
+def test_a_miss_becomes_a_hit_after_the_miss_run(served):
+    service, res = served
+    first = service.serve("northwind", "NO-0001", 333, 222, "beach-sunset", fill=0.5, anchor=(0.1, 0.9))
+    assert not first.hit
+    run_partition(res, "northwind", "footwear", selection=["bucket_plans", "generated_backgrounds", "serving_index"])
+    second = service.serve("northwind", "NO-0001", 333, 222, "beach-sunset", fill=0.5, anchor=(0.1, 0.9))
+    assert second.hit  # picked up the new index version without a new service
+    assert res["miss_queue"].pending() == []
+
+
+def test_unknown_input_is_a_clear_error(served):
+    service, _ = served
+    with pytest.raises(NotFound, match="unknown product"):
+        service.serve("northwind", "NOPE", 300, 250)
+    with pytest.raises(NotFound, match="unknown merchant"):
+        service.serve("nobody", "NO-0001", 300, 250)
+    with pytest.raises(NotFound, match="unknown prompt"):
+        service.serve("northwind", "NO-0001", 300, 250, "disco")
+    with pytest.raises(ValueError, match="placement width"):
+        service.serve("northwind", "NO-0001", 0, 250)
+    with pytest.raises(ValueError, match="merchant name"):
+        service.serve("../etc", "NO-0001", 300, 250)
+    with pytest.raises(ValueError, match="unsupported format"):
+        service.serve("northwind", "NO-0001", 300, 250, fmt="gif")
+
+
+def test_formats(served):
+    service, _ = served
+    for fmt, magic in (("jpeg", b"\xff\xd8"), ("webp", b"RIFF"), ("png", b"\x89PNG")):
+        c = service.serve("northwind", "NO-0001", 300, 250, fmt=fmt)
+        assert c.body.startswith(magic) and Image.open(io.BytesIO(c.body)).size == (300, 250)
+
+
+def test_lru_is_bounded_by_bytes():
+    lru = LRUBytes(100)
+    for i in range(10):
+        lru.put(str(i), i, 30)
+    assert lru.size <= 100 and lru.get("9") == 9 and lru.get("0") is None
+    lru.put("huge", 0, 1000)
+    assert lru.get("huge") is None
