@@ -23,6 +23,7 @@ from typing import Optional
 
 from dagster import Definitions
 
+from resources.bandit_store import BanditStore
 from resources.creative_config import CreativeConfig
 from resources.generator import GeneratorResource
 from resources.io_manager import ManifestIOManager
@@ -33,6 +34,7 @@ from resources.object_store import object_store_from_env
 from sensors.catalog import daily_catalog_refresh, new_product_sensor
 from sensors.misses import bucket_miss_sensor
 
+from .assets.ab_report import ab_report
 from .assets.pipeline import pipeline_assets
 from .jobs import pipeline_job
 
@@ -77,6 +79,7 @@ def build_resources(env: Optional[dict] = None) -> dict:
         "store": store,
         "metadata_db": db,
         "miss_queue": miss_queue_from_env(db, env),
+        "bandit_store": BanditStore(metadata_db=db),
         "creative_config": CreativeConfig(
             feeds_dir=env.get("BGGEN_FEEDS_DIR", os.path.join(sample, "feeds")),
             placements_path=env.get("BGGEN_PLACEMENTS", os.path.join(sample, "placements.yaml")),
@@ -91,7 +94,7 @@ def build_resources(env: Optional[dict] = None) -> dict:
 
 def build_definitions(env: Optional[dict] = None) -> Definitions:
     return Definitions(
-        assets=pipeline_assets,
+        assets=[*pipeline_assets, ab_report],
         jobs=[pipeline_job],
         sensors=[new_product_sensor, bucket_miss_sensor],
         schedules=[daily_catalog_refresh],

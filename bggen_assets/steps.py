@@ -28,6 +28,7 @@ from .core.masking import MaskRejected
 Log = Callable[[str], None]
 MAX_SOURCE_BYTES = 50 * 1024 * 1024
 COMPOSITE_VERSION = "composite-v1"
+PROGRESS_EVERY_S = 10.0
 
 
 def _quiet(_: str) -> None:
@@ -278,9 +279,11 @@ def generate_step(plans: dict, masks: dict, masker, generator_res, store, db, lo
         if not store.exists(key):
             todo.append((item, key))
     log(f"{len(plans['items'])} planned canvases: {len(plans['items']) - len(todo)} already in the store, {len(todo)} to generate")
+    _record_orphans(plans, masks, images, {key for _, key in todo}, generator_id, db, log)
     todo.sort(key=lambda t: (t[0]["product_id"], t[0]["canvas"]))
     batch_size = max(1, int(getattr(generator_res, "batch_size", 4)))
     done, records, started = 0, [], time.perf_counter()
+    last_log = started
     current: Optional[tuple[str, ProductPixels]] = None
     for start in range(0, len(todo), batch_size):
         batch = todo[start : start + batch_size]
@@ -309,13 +312,38 @@ def generate_step(plans: dict, masks: dict, masker, generator_res, store, db, lo
                             "prompt_id": item["prompt_id"], "generator_id": generator_id[:255], "seed": seed,
                             "attempts": attempts, "metrics": metrics})
         done += len(batch)
-        rate = done / max(1e-9, time.perf_counter() - started)
-        log(f"generated {done}/{len(todo)} canvases ({rate:.2f}/s)")
+        now = time.perf_counter()
+        if now - last_log >= PROGRESS_EVERY_S or done == len(todo):  # progress, not one event per batch
+            last_log = now
+            log(f"generated {done}/{len(todo)} canvases ({done / max(1e-9, now - started):.2f}/s)")
         if len(records) >= 64:
             db.record_generated(records)
             records = []
     db.record_generated(records)
     return {"generator_id": generator_id, "images": images, "generated": len(todo), "reused": len(images) - len(todo)}
+
+
+def _record_orphans(plans: dict, masks: dict, images: dict, todo_keys: set, generator_id: str, db, log: Log) -> None:
+    """Canvases in the store without their generated_images row: an earlier attempt stored them and
+    died (DB down, process killed) before recording. Record them now, so no row is lost on a rerun."""
+    stored = {k: key for k, key in images.items() if key not in todo_keys}
+    if not stored or not hasattr(db, "generated_keys"):
+        return
+    have = db.generated_keys(sorted(set(stored.values())))
+    by_key = {item_key(i["product_id"], i["bucket_id"], i["prompt_id"]): i for i in plans["items"]}
+    rows = []
+    for k, key in stored.items():
+        if key in have:
+            continue
+        item = by_key[k]
+        seed = derive_seed(masks["products"][item["product_id"]]["image_hash"], item["bucket_id"], item["prompt_id"])
+        rows.append({"image_key": key, "merchant": plans["merchant"], "category": plans["category"],
+                     "product_id": item["product_id"], "bucket_id": item["bucket_id"], "prompt_id": item["prompt_id"],
+                     "generator_id": generator_id[:255], "seed": seed, "attempts": 1, "metrics": {"recovered": True}})
+        have.add(key)
+    if rows:
+        log(f"recorded {len(rows)} canvases that an earlier attempt stored without recording them")
+        db.record_generated(rows)
 
 
 def fidelity_step(plans: dict, generated: dict, masks: dict, masker, store, sample: int = 48, erode_px: int = 1) -> dict:

@@ -136,7 +136,7 @@ class BanditStore(ConfigurableResource):
                     with conn.begin_nested():
                         conn.execute(bandit_schemas.insert().values(
                             merchant=merchant, category=category,
-                            schema_json=json.dumps(schema, sort_keys=True), created_at=time.time()))
+                            schema_json=json.dumps(dict(schema)), created_at=time.time()))
                 except sa.exc.IntegrityError:
                     pass  # another replica won: read theirs below
                 row = conn.execute(sa.select(bandit_schemas.c.schema_json).where(key)).first()

@@ -148,13 +148,15 @@ def retried(method):
             except Exception as exc:  # noqa: BLE001 - classified below
                 if not is_transient(exc):
                     raise
-                if time.monotonic() + delay > deadline:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
                     raise TransientDBError(
                         f"metadata DB {self.describe()}: {method.__name__} failed after {attempt} attempts "
-                        f"over {self.retry_seconds:.0f}s: {type(exc).__name__}: {exc}") from exc
+                        f"over {self.retry_seconds:g}s: {type(exc).__name__}: {exc}") from exc
+                wait = min(remaining, delay * (0.5 + random.random()))
                 log.warning("metadata DB %s: %s: transient error (%s), retry %d in %.1fs",
-                            self.describe(), method.__name__, exc.__class__.__name__, attempt, delay)
-                time.sleep(delay * (0.5 + random.random()))
+                            self.describe(), method.__name__, exc.__class__.__name__, attempt, wait)
+                time.sleep(wait)
                 delay = min(delay * 2, 5.0)
 
     return wrapper
@@ -203,8 +205,10 @@ class MetadataDB(ConfigurableResource):
                     Path(url.database).parent.mkdir(parents=True, exist_ok=True)
                 kwargs["connect_args"] = {"timeout": 30}
             else:
+                # LIFO: the warm connection is reused and idle extras age out; pre-ping replaces
+                # connections the server dropped (restart, wait_timeout) before they are handed out
                 kwargs.update(pool_size=self.pool_size, max_overflow=self.max_overflow, pool_pre_ping=True,
-                              pool_recycle=3600)
+                              pool_recycle=3600, pool_use_lifo=True)
                 if url.get_driver_name() == "mysqlconnector":
                     kwargs["connect_args"] = {"connection_timeout": self.connect_timeout}
             engine = sa.create_engine(url, **kwargs)
@@ -294,6 +298,17 @@ class MetadataDB(ConfigurableResource):
         rows = [{**r, "metrics": json.dumps(r.get("metrics", {})), "created_at": now} for r in rows]
         with self.engine.begin() as conn:
             self._upsert(conn, generated_images, rows, ["attempts", "metrics"])
+
+    @retried
+    def generated_keys(self, image_keys: list[str]) -> set[str]:
+        """Which of these canvas keys have a generated_images row (a rerun re-records the others)."""
+        found: set[str] = set()
+        with self.engine.connect() as conn:
+            for start in range(0, len(image_keys), 500):
+                chunk = image_keys[start:start + 500]
+                found.update(conn.execute(sa.select(generated_images.c.image_key)
+                                          .where(generated_images.c.image_key.in_(chunk))).scalars())
+        return found
 
     @retried
     def generated_rows(self, merchant: str, category: str) -> list[dict]:

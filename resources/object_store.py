@@ -139,16 +139,18 @@ class S3ObjectStore(ObjectStore):
                                 f"{type(exc).__name__}: {exc}")
 
     def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        full = self._key(key)  # an unchecked key is refused as such, before any request
         try:
-            self._c().put_object(Bucket=self.bucket, Key=self._key(key), Body=data, ContentType=content_type)
+            self._c().put_object(Bucket=self.bucket, Key=full, Body=data, ContentType=content_type)
         except Exception as exc:  # botocore raises many types; callers need one clear error
             raise self._fail("put", key, exc) from exc
 
     def get_bytes(self, key: str) -> bytes:
         from botocore.exceptions import ClientError
 
+        full = self._key(key)
         try:
-            return self._c().get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+            return self._c().get_object(Bucket=self.bucket, Key=full)["Body"].read()
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
                 raise ObjectNotFound(key) from None
@@ -159,8 +161,9 @@ class S3ObjectStore(ObjectStore):
     def exists(self, key: str) -> bool:
         from botocore.exceptions import ClientError
 
+        full = self._key(key)
         try:
-            self._c().head_object(Bucket=self.bucket, Key=self._key(key))
+            self._c().head_object(Bucket=self.bucket, Key=full)
             return True
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
@@ -170,8 +173,9 @@ class S3ObjectStore(ObjectStore):
             raise self._fail("head", key, exc) from exc
 
     def delete(self, key: str) -> None:
+        full = self._key(key)
         try:
-            self._c().delete_object(Bucket=self.bucket, Key=self._key(key))
+            self._c().delete_object(Bucket=self.bucket, Key=full)
         except Exception as exc:
             raise self._fail("delete", key, exc) from exc
 

@@ -204,6 +204,54 @@ def test_iou_floor_on_fixed_evalset(background):
     assert float(np.mean(fs)) >= FLOORS[background] - 0.1, (background, fs)
 
 
+# ----------------------------------------------------------------------------- sample catalog
+# Every product kind the sample catalog draws, on each opaque background, at 400 px (red, seed 0).
+# The demo's failure: the sneaker's light sole (~245,245,242 on pure white, soft floor shadow under
+# it) was dropped; it is found now by its outline (crisp step / thin outline closing it off from the
+# background) while the soft floor shadow stays out.
+CATALOG_BACKGROUNDS = ("white", "offwhite", "gradient", "texture")
+CATALOG_IOU = 0.95
+# Known misses, measured (see docs/masking.md): the lamp's stem is ~6 px wide at 400 px and loses
+# about a pixel along one side (IoU 0.944-0.947); it passes from 448-512 px up.
+CATALOG_XFAIL = {("lamp", b): "thin stem at 400 px: IoU ~0.945" for b in CATALOG_BACKGROUNDS}
+
+
+def _catalog_cases():
+    from bggen_assets.sample_catalog import PRODUCT_ASPECT
+
+    for kind in PRODUCT_ASPECT:
+        for bg in CATALOG_BACKGROUNDS:
+            marks = ([pytest.mark.xfail(reason=CATALOG_XFAIL[(kind, bg)], strict=True)]
+                     if (kind, bg) in CATALOG_XFAIL else [])
+            yield pytest.param(kind, bg, id=f"{kind}-{bg}", marks=marks)
+
+
+@pytest.mark.parametrize("kind,background", list(_catalog_cases()))
+def test_sample_catalog_kinds_iou(kind, background):
+    from bggen_assets.sample_catalog import COLOURS, photo
+
+    img, true_mask = photo(kind, COLOURS["red"], background, np.random.default_rng(0), size=(400, 400))
+    r = classical_mask(img)
+    assert iou(r.mask, true_mask) >= CATALOG_IOU, (kind, background, iou(r.mask, true_mask))
+
+
+@pytest.mark.parametrize("background", ["white", "offwhite"])
+def test_sneaker_sole_kept_and_floor_shadow_excluded(background):
+    from bggen_assets.sample_catalog import COLOURS, photo
+
+    img, true_mask = photo("sneaker", COLOURS["red"], background, np.random.default_rng(0))  # 800 px
+    r = mask_product(img)
+    assert iou(r.mask, true_mask) >= 0.95
+    rows = np.nonzero(true_mask.any(axis=1))[0]
+    y0, y1 = rows.min(), rows.max() + 1
+    sole = true_mask.copy()
+    sole[: y1 - int(0.2 * (y1 - y0))] = False          # bottom 20% of the shoe: the sole
+    assert (r.mask & sole).sum() >= 0.95 * sole.sum(), "the sole is dropped"
+    below = np.zeros_like(true_mask)
+    below[y1 + 6:] = True                               # the floor shadow lies under the sole
+    assert (r.mask & below).sum() < 0.005 * true_mask.sum(), "the floor shadow is kept"
+
+
 # ----------------------------------------------------------------------------- the resource
 @pytest.fixture(scope="module")
 def seg_weights(tmp_path_factory) -> Path:

@@ -60,6 +60,7 @@ __all__ = [
     "ModelLoadError",
     "DiffusionGenerator",
     "generation_size",
+    "job_control_image",
     "load_pipeline",
     "model_identity",
     "SCHEDULERS",
@@ -240,10 +241,34 @@ _HASH_CACHE: dict[tuple, str] = {}
 _HASH_LOCK = threading.Lock()
 
 
-def _dir_content_hash(root: Path) -> str:
-    """sha256 over (relative path, sha256 of content) of every file under ``root``. Computed once
+def _loaded_files(folder: Path) -> list[Path]:
+    """The files diffusers/transformers load from one model folder: configs, tokenizer files and
+    the default weights (``*.safetensors`` if any, else ``*.bin``; no ``.fp16``-style variants)."""
+    if not folder.is_dir():
+        return []
+    files = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
+    weights = [p for p in files if p.suffix in (".safetensors", ".bin") and p.name.count(".") == 1]
+    if any(p.suffix == ".safetensors" for p in weights):
+        weights = [p for p in weights if p.suffix == ".safetensors"]
+    other = [p for p in files if p.suffix not in (".safetensors", ".bin", ".ckpt", ".pt", ".onnx",
+                                                   ".msgpack", ".h5", ".pb")]
+    return other + weights
+
+
+def _model_files(root: Path, kind: str, config: dict) -> list[Path]:
+    if kind == "pipeline":
+        files = [root / "model_index.json"]
+        for comp, spec in sorted(config.items()):
+            if not comp.startswith("_") and isinstance(spec, list) and spec and spec[0]:
+                files += _loaded_files(root / comp)
+    else:
+        files = _loaded_files(root)
+    return sorted(set(files)) or sorted(p for p in root.rglob("*") if p.is_file())
+
+
+def _dir_content_hash(root: Path, files: list[Path]) -> str:
+    """sha256 over (relative path, sha256 of content) of ``files`` under ``root``. Computed once
     per process for a given listing of (path, size, mtime)."""
-    files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
     listing = tuple((str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
     key = (str(root.resolve()), listing)
     with _HASH_LOCK:
@@ -346,7 +371,7 @@ def _resolve(field_name: str, name: str, revision: str | None, local_files_only:
         )
 
     if is_local:
-        identity = "local-sha256:" + _dir_content_hash(root)
+        identity = "local-sha256:" + _dir_content_hash(root, _model_files(root, kind, config))
     else:
         # hub cache layout: .../models--org--name/snapshots/<commit>/<file>
         commit = root.name if re.fullmatch(r"[0-9a-f]{40}", root.name) else (revision or "unknown")
@@ -357,7 +382,9 @@ def _resolve(field_name: str, name: str, revision: str | None, local_files_only:
 def model_identity(name: str, revision: str | None = None, *, local_files_only: bool = True,
                    kind: str = "pipeline", cache_dir: str | None = None) -> str:
     """Identity of a model: ``hub_id@commit`` for a hub model (the cached snapshot's commit), or
-    ``local-sha256:<hash of every file's path and content>`` for a local directory."""
+    ``local-sha256:<hash of the paths and contents of the files a load reads>`` for a local
+    directory (configs, tokenizer files, default weights; not single-file checkpoints or
+    fp16/ema variants lying beside them)."""
     return _resolve(kind, name, revision, local_files_only, kind, cache_dir).identity
 
 
@@ -534,6 +561,16 @@ def _resize_mask(mask: np.ndarray, w: int, h: int) -> np.ndarray:
     return m >= 128
 
 
+def job_control_image(cfg: DiffusionConfig, job: Any, gw: int, gh: int) -> np.ndarray:
+    """The Canny control map of a job at generation size ``gw×gh``: canvas and mask resized,
+    then :func:`~bggen_assets.core.edges.control_edges` with the config's edge settings."""
+    canvas = _resize(np.asarray(job.canvas_rgb), gw, gh)
+    mask = _resize_mask(np.asarray(job.product_mask), gw, gh)
+    return control_edges(canvas, mask, low=cfg.edge_low, high=cfg.edge_high,
+                         contour_thickness=cfg.contour_thickness,
+                         reinforce_contour=cfg.reinforce_contour)
+
+
 class DiffusionGenerator:
     """Stable Diffusion + ControlNet background generator (the ``BackgroundGenerator`` contract).
 
@@ -656,12 +693,7 @@ class DiffusionGenerator:
 
     def control_image(self, job: Any, gw: int, gh: int) -> np.ndarray:
         """The Canny control map of a job at generation size ``gw×gh``."""
-        c = self.config
-        canvas = _resize(np.asarray(job.canvas_rgb), gw, gh)
-        mask = _resize_mask(np.asarray(job.product_mask), gw, gh)
-        return control_edges(canvas, mask, low=c.edge_low, high=c.edge_high,
-                             contour_thickness=c.contour_thickness,
-                             reinforce_contour=c.reinforce_contour)
+        return job_control_image(self.config, job, gw, gh)
 
     def _run_batch(self, pipe, jobs: list[Any], gw: int, gh: int) -> list[np.ndarray]:
         import torch

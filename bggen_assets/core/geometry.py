@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 MAX_SIDE = 8192
 
@@ -51,8 +52,7 @@ class Placement:
         return f"{self.width}x{self.height}-f{self.fill:g}-a{self.anchor_x:g},{self.anchor_y:g}"
 
 
-@dataclass(frozen=True)
-class PlacedBox:
+class PlacedBox(NamedTuple):
     """The product's box inside a W x H placement, in whole pixels."""
 
     x: int
@@ -79,8 +79,7 @@ class PlacedBox:
         return self.canvas_h - self.y - self.h
 
 
-@dataclass(frozen=True, order=True)
-class Bucket:
+class Bucket(NamedTuple):
     """Per-side padding exponents (top, right, bottom, left) at ratio r."""
 
     top: int
@@ -104,8 +103,7 @@ class Bucket:
             raise GeometryError(f"not a bucket id: {bucket_id!r}") from None
 
 
-@dataclass(frozen=True)
-class CanvasLayout:
+class CanvasLayout(NamedTuple):
     """A bucket rendered for one product: canvas size and the product's box on it (pixels)."""
 
     width: int
@@ -142,6 +140,8 @@ def bucket_exponent(pad: int, extent: int, r: float) -> int:
 
     log() alone can land one off on exact powers, so the result is corrected against r**B.
     """
+    if pad <= 0:
+        return 0
     ratio = (pad + extent) / extent
     b = max(0, math.ceil(math.log(ratio) / math.log(r)))
     while r**b < ratio:

@@ -15,8 +15,13 @@ boundary taken from the upsampled evidence map):
 3. **Evidence map.**  Chroma distance, brightening and *strong* darkening count as product.
    Mild, low-saturation darkening is what a soft shadow looks like and does not count unless
    the region has texture/edges (local gradient above the background's own gradient noise).
-4. **Morphology** (open, close), **largest connected component**, **holes filled**.
-5. **GrabCut refinement** at reduced resolution on the object's bounding box: sure foreground =
+4. **Morphology** (open, close), **largest connected component**, **holes filled** (a hole
+   stays open only when it looks like plain background: see :func:`fill_holes`).
+5. **Light parts closed off by an outline** (a white sole on white): regions the background
+   flood from the image border cannot reach, with the mask and crisp step edges as walls, are
+   added unless they look like plain background (see :func:`_add_enclosed`).  GrabCut below
+   may not remove them.
+6. **GrabCut refinement** at reduced resolution on the object's bounding box: sure foreground =
    eroded mask, sure background = outside the dilated mask, the band between is "probable"
    (shadow-like pixels start as probable background).  GrabCut may flip pixels only where it is
    confident (away from its own, coarser boundary); the fine boundary stays the evidence map's.
@@ -101,7 +106,8 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
 
 def fill_holes(mask: np.ndarray, *, evidence: np.ndarray | None = None,
                keep_open_min_frac: float = 0.004, keep_open_max_evidence: float = 0.5,
-               residual: np.ndarray | None = None, offset_tol: float = 3.0) -> np.ndarray:
+               residual: np.ndarray | None = None, offset_tol: float = 3.0,
+               texture: np.ndarray | None = None, texture_low: float = -np.inf) -> np.ndarray:
     """Fill background regions not connected to the image border.
 
     With ``evidence`` (foreground evidence, >1 = product), a hole that is sizeable
@@ -111,7 +117,9 @@ def fill_holes(mask: np.ndarray, *, evidence: np.ndarray | None = None,
     with strong evidence (> 2: a watch's hands on a dial are product detail, a see-through
     hole shows only plain background) and, with ``residual`` (H×W×C difference from the
     background model), a mean residual within ``offset_tol`` (a label or dial a few levels
-    off the background is a surface of the product, even when no single pixel is).
+    off the background is a surface of the product, even when no single pixel is) and,
+    with ``texture`` (local high-pass energy), a mean texture of at least ``texture_low``
+    (a smooth patch in a textured background is a product surface).
     """
     h, w = mask.shape
     m = np.zeros((h + 2, w + 2), np.uint8)
@@ -131,7 +139,9 @@ def fill_holes(mask: np.ndarray, *, evidence: np.ndarray | None = None,
     if not big:
         return filled
     open_ = _background_like(labels, n, evidence, residual, offset_tol,
-                             max_evidence=keep_open_max_evidence)
+                             max_evidence=keep_open_max_evidence, texture=texture,
+                             texture_low=texture_low,
+                             core=None if texture is None else cv2.erode(holes, _disk(7)).astype(bool))
     for i in big:
         if open_[i]:
             filled[labels == i] = False
@@ -141,7 +151,8 @@ def fill_holes(mask: np.ndarray, *, evidence: np.ndarray | None = None,
 def _background_like(labels: np.ndarray, n: int, evidence: np.ndarray,
                      residual: np.ndarray | None, offset_tol: float, *,
                      max_evidence: float = 0.5, max_detail: float = 0.015,
-                     texture: np.ndarray | None = None, texture_tol: float = np.inf) -> np.ndarray:
+                     texture: np.ndarray | None = None, texture_tol: float = np.inf,
+                     texture_low: float = -np.inf, core: np.ndarray | None = None) -> np.ndarray:
     """Per labelled region: True when it looks like plain background (see :func:`fill_holes`)."""
     flat = labels.ravel()
     cnt = np.maximum(np.bincount(flat, minlength=n), 1).astype(np.float64)
@@ -155,13 +166,21 @@ def _background_like(labels: np.ndarray, n: int, evidence: np.ndarray,
                           for c in range(r.shape[1])))
         like &= off <= offset_tol
     if texture is not None:
-        tex = np.bincount(flat, weights=texture.ravel().astype(np.float64), minlength=n) / cnt
-        like &= tex <= texture_tol
+        # texture from each region's core when it has one (edge blur inflates the high-pass)
+        tflat = flat if core is None else np.where(core.ravel(), flat, 0)
+        tcnt = np.bincount(tflat, minlength=n)
+        tflat = np.where(tcnt[flat] >= 8, tflat, flat) if core is not None else flat
+        tcnt = np.maximum(np.bincount(tflat, minlength=n), 1)
+        tex = np.bincount(tflat, weights=texture.ravel().astype(np.float64), minlength=n) / tcnt
+        # plain background has the background's texture: more is product detail, and a smooth
+        # patch in a textured background (a printed label) is a product surface too
+        like &= (tex <= texture_tol) & (tex >= texture_low)
     return like
 
 
 def _add_enclosed(mask: np.ndarray, edge: np.ndarray, ev: np.ndarray, residual: np.ndarray,
-                  offset_tol: float, hp: np.ndarray, hp_tol: float) -> np.ndarray:
+                  offset_tol: float, hp: np.ndarray, hp_tol: float,
+                  hp_low: float = -np.inf) -> np.ndarray:
     """Regions the product encloses together with crisp edges: light product parts.
 
     A light part of the product (a white sole, a pale handle) may differ from the background
@@ -174,6 +193,7 @@ def _add_enclosed(mask: np.ndarray, edge: np.ndarray, ev: np.ndarray, residual: 
     hole).  The edge pixels around an added region are added with it.
     Returns the added pixels (bool), possibly empty.
     """
+    edge = cv2.dilate(edge.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)   # close 1-px gaps
     wall = mask | edge
     n, labels, stats, _ = cv2.connectedComponentsWithStats((~wall).astype(np.uint8), connectivity=4)
     added = np.zeros(mask.shape, bool)
@@ -193,7 +213,16 @@ def _add_enclosed(mask: np.ndarray, edge: np.ndarray, ev: np.ndarray, residual: 
     cand &= touch
     if not cand.any():
         return added
-    like = _background_like(labels, n, ev, residual, offset_tol, texture=hp, texture_tol=hp_tol)
+    # region statistics away from the walls (edge blur, JPEG ringing and the outline's own
+    # high-pass energy reach a few px into a region)
+    far = ~cv2.dilate(edge.astype(np.uint8), _disk(5)).astype(bool)
+    lab_far = np.where(far, labels, 0)
+    lab_far[~far & (labels > 0)] = 0
+    far_cnt = np.bincount(lab_far.ravel(), minlength=n)
+    stat_labels = np.where(far_cnt[labels] >= 8, lab_far, labels)   # thin regions: all pixels
+    stat_labels[~far & (far_cnt[labels] >= 8)] = 0
+    like = _background_like(stat_labels, n, ev, residual, offset_tol, texture=hp, texture_tol=hp_tol,
+                            texture_low=hp_low)
     acc = cand & ~like
     if not acc.any():
         return added
@@ -340,6 +369,14 @@ def estimate_background(lab: np.ndarray, *, grad: np.ndarray | None = None,
 def _highpass(L: np.ndarray) -> np.ndarray:
     """Local high-pass energy: texture (a smooth ramp such as a soft shadow has little)."""
     return cv2.blur(np.abs(L - cv2.GaussianBlur(L, (0, 0), 2.0)), (5, 5))
+
+
+def _step_edges(L: np.ndarray, grad: np.ndarray, thr: float, ratio: float = 1.8) -> np.ndarray:
+    """Crisp steps and thin lines, not ramps: the fine-scale gradient is above ``thr`` and
+    ``ratio`` x the gradient at a coarser scale (equal on a smooth ramp such as a soft
+    shadow's fall-off, about 3x on a step, more on a thin outline)."""
+    coarse = _gradient(cv2.GaussianBlur(L, (0, 0), 2.5))
+    return (grad > thr) & (grad > ratio * coarse)
 
 
 def _gradient(L: np.ndarray) -> np.ndarray:
@@ -593,12 +630,14 @@ def classical_mask(image: np.ndarray, *, refine: bool = True, work_side: int = W
     ev_hole = np.maximum(ev, shadow.astype(np.float32))
     tl, _ = _tolerances(bg)
     offset_tol = max(3.0, 0.35 * tl)
-    holes = dict(evidence=ev_hole, residual=resid, offset_tol=offset_tol)
+    # (a smooth patch only stands out from a clearly textured background)
+    hp_low = 0.75 * bg.hp_noise if bg.hp_noise > 0.8 else -np.inf
+    holes = dict(evidence=ev_hole, residual=resid, offset_tol=offset_tol, texture=hp, texture_low=hp_low)
     coarse = fill_holes(_select_component(coarse, crisp), **holes)
     # light parts closed off by a crisp outline (a white sole under a red upper)
-    edge = grad > max(12.0, 4.0 * bg.grad_noise)
+    edge = _step_edges(lab[:, :, 0], grad, max(12.0, 3.0 * bg.grad_noise))
     hp_tol = 2.5 * bg.hp_noise + 1.0
-    enclosed = _add_enclosed(coarse, edge, ev, resid, offset_tol, hp, hp_tol)
+    enclosed = _add_enclosed(coarse, edge, ev, resid, offset_tol, hp, hp_tol, hp_low)
     if enclosed.any():
         coarse = fill_holes(coarse | enclosed, **holes)
     protected = enclosed | promoted

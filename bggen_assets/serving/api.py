@@ -237,14 +237,14 @@ class Flusher(threading.Thread):
         super().__init__(name="bggen-flusher", daemon=True)
         self.s = app_state
         self.interval_s = interval_s
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
-        while not self._stop.wait(self.interval_s):
+        while not self._halt.wait(self.interval_s):
             self.s.flush()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(timeout=10)
 
 
@@ -300,6 +300,24 @@ class ServingState:
 
 
 # ------------------------------------------------------------------------------- app
+MAX_QUERY = 2048
+
+
+class QueryLimit:
+    """Pure ASGI middleware: a query string over `max_bytes` is answered 414 before any parsing."""
+
+    def __init__(self, app, max_bytes: int = MAX_QUERY):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and len(scope.get("query_string", b"")) > self.max_bytes:
+            resp = _error(414, f"query string longer than {self.max_bytes} bytes")
+            await resp(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
 class ClickEvent(BaseModel):
     impression_id: str = Field(..., pattern=IMPRESSION_RE, description="the X-Impression-Id of the creative")
     event: str = Field("click", pattern=r"^click$", description="only 'click' for now")
@@ -344,6 +362,7 @@ def create_app(store, miss_queue, bandit_store=None, creative_config=None, servi
                   description="Ad creatives with generated backgrounds; LinUCB theme personalisation; A/B logging.",
                   lifespan=lifespan)
     app.state.serving = state
+    app.add_middleware(QueryLimit, max_bytes=MAX_QUERY)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
@@ -505,7 +524,8 @@ def app_from_env(config_path: Optional[str] = None, env: Optional[dict] = None, 
     res = build_resources(env)
     cfg_path = config_path or (env or os.environ).get("BGGEN_SERVING_CONFIG")
     config = ServingConfig.from_file(cfg_path) if cfg_path else ServingConfig()
-    return create_app(res["store"], res["miss_queue"], BanditStore(metadata_db=res["metadata_db"]),
+    bandit_store = res.get("bandit_store") or BanditStore(metadata_db=res["metadata_db"])
+    return create_app(res["store"], res["miss_queue"], bandit_store,
                       res["creative_config"], config, **kwargs)
 
 

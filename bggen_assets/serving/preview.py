@@ -131,15 +131,24 @@ def render_preview(merchant: str, category: str, product_id: str, doc: dict, pla
 
 
 def register_preview(app: FastAPI, state, lookup: Callable, guard: Callable, negotiate: Callable) -> None:
+    from .api import BadRequest, parse_anchor
+
     service = state.service
 
     @app.get("/preview", response_class=HTMLResponse, summary="HTML grid of a product's creatives (placements x themes)")
     def preview(merchant: str = Query(..., min_length=1, max_length=64),
-                product: str = Query(..., min_length=1, max_length=128)):
+                product: str = Query(..., min_length=1, max_length=128),
+                sizes: Optional[str] = Query(None, max_length=400, pattern=r"^\d{1,4}x\d{1,4}(,\d{1,4}x\d{1,4}){0,19}$",
+                                             description="extra placements to try, e.g. 400x300,1000x150 (at most 20)")):
         def run():
             category, doc = lookup(merchant, product)
-            page, hits, misses = render_preview(merchant, category, product, doc,
-                                                preview_placements(state.creative_config, merchant))
+            placements = preview_placements(state.creative_config, merchant)
+            for wh in (sizes.split(",") if sizes else []):
+                w, h = (int(v) for v in wh.split("x"))
+                if not (8 <= w <= 4096 and 8 <= h <= 4096):
+                    raise BadRequest(f"sizes: {wh} is outside 8..4096 px per side")
+                placements.append(Placement(w, h))
+            page, hits, misses = render_preview(merchant, category, product, doc, list(dict.fromkeys(placements)))
             return HTMLResponse(page, headers={"X-Preview-Hits": str(hits), "X-Preview-Misses": str(misses),
                                                "Cache-Control": "no-store"})
 
@@ -153,8 +162,6 @@ def register_preview(app: FastAPI, state, lookup: Callable, guard: Callable, neg
                       theme: Optional[str] = Query(None, min_length=1, max_length=64),
                       fill: Optional[float] = Query(None, gt=0.0, le=1.0),
                       anchor: Optional[str] = Query(None, max_length=32)):
-        from .api import BadRequest, parse_anchor
-
         def run():
             fmt = negotiate(request.headers.get("accept"))
             category, doc = lookup(merchant, product)

@@ -1,0 +1,93 @@
+"""The ab_report asset: CTR per variant, uplift over control with 95% intervals, a plot PNG."""
+import io
+import math
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bggen_assets.assets.ab_report import (
+    compute_report,
+    markdown_table,
+    newcombe_diff,
+    relative_uplift,
+    wilson,
+)
+
+
+def test_wilson_and_newcombe_reference_values():
+    # Newcombe (1998), Table II example: 56/70 vs 48/80 -> diff 0.2000, method 10: 0.0524 to 0.3339
+    d, lo, hi = newcombe_diff(56, 70, 48, 80)
+    assert d == pytest.approx(0.2) and lo == pytest.approx(0.0524, abs=5e-4) and hi == pytest.approx(0.3339, abs=5e-4)
+    # Wilson 95% for 0/10 is [0, 0.2775]; for 5/10 [0.2366, 0.7634]
+    assert wilson(0, 10)[0] == 0 and wilson(0, 10)[1] == pytest.approx(0.2775, abs=5e-4)
+    assert wilson(5, 10) == pytest.approx((0.2366, 0.7634), abs=5e-4)
+    u, ulo, uhi = relative_uplift(120, 4000, 100, 4000)
+    assert u == pytest.approx(0.2) and ulo < 0.2 < uhi and ulo == pytest.approx(math.exp(math.log(1.2) - 1.96 * math.sqrt(0.97 / 120 + 0.975 / 100)) - 1, abs=1e-3)
+    assert relative_uplift(0, 100, 5, 100) == (None, None, None)
+
+
+def test_interval_coverage_by_simulation():
+    """The 95% intervals cover the true difference in about 95% of simulated experiments."""
+    rng = np.random.default_rng(0)
+    p0, p1, n = 0.03, 0.036, 5000
+    cover_d = cover_u = 0
+    trials = 800
+    for _ in range(trials):
+        k0, k1 = rng.binomial(n, p0), rng.binomial(n, p1)
+        _, lo, hi = newcombe_diff(k1, n, k0, n)
+        cover_d += lo <= p1 - p0 <= hi
+        _, ulo, uhi = relative_uplift(k1, n, k0, n)
+        cover_u += ulo <= p1 / p0 - 1 <= uhi
+    assert 0.92 < cover_d / trials < 0.98 and 0.92 < cover_u / trials < 0.98
+
+
+def test_report_rows_and_table():
+    counts = [{"merchant": "a", "variant": "control", "impressions": 1000, "clicks": 20},
+              {"merchant": "b", "variant": "control", "impressions": 1000, "clicks": 20},
+              {"merchant": "a", "variant": "bandit", "impressions": 2000, "clicks": 60},
+              {"merchant": "a", "variant": "random", "impressions": 500, "clicks": 0}]
+    rows = {r.variant: r for r in compute_report(counts)}
+    assert list(rows) == ["control", "random", "bandit"]
+    assert rows["control"].impressions == 2000 and rows["control"].ctr == pytest.approx(0.02)
+    assert rows["bandit"].uplift == pytest.approx(0.5) and rows["bandit"].diff == pytest.approx(0.01)
+    assert rows["random"].uplift is None and rows["random"].diff < 0
+    md = markdown_table(list(rows.values()))
+    assert md.splitlines()[0].startswith("| variant |") and "+50.00%" in md and "n/a" in md
+
+
+def test_ab_report_asset_end_to_end(store, metadata_db):
+    """Impressions and clicks as the API logs them -> the asset -> metadata table and a PNG."""
+    from dagster import materialize
+
+    from bggen_assets.assets.ab_report import ab_report
+    from resources.bandit_store import BanditStore
+
+    bs = BanditStore(metadata_db=metadata_db)
+    rng = np.random.default_rng(1)
+    ctr = {"control": 0.02, "positioned": 0.021, "random": 0.025, "bandit": 0.03}
+    rows, clicked = [], []
+    for i in range(8000):
+        v = list(ctr)[i % 4]
+        iid = f"{i:032x}"
+        rows.append({"impression_id": iid, "ts": time.time(), "merchant": "northwind" if i % 3 else "acme",
+                     "category": "footwear", "product_id": "p", "variant": v, "theme": "t", "policy": "linucb",
+                     "bucket_id": "b", "hit": True, "width": 300, "height": 250, "user_hash": "", "context": "{}"})
+        if rng.random() < ctr[v]:
+            clicked.append(iid)
+    bs.log_impressions(rows)
+    for iid in clicked:
+        assert bs.record_click(iid)
+    assert not bs.record_click(clicked[0])  # a repeat click does not count
+    result = materialize([ab_report], resources={"bandit_store": bs, "store": store})
+    assert result.success
+    meta = result.asset_materializations_for_node("ab_report")[0].metadata
+    assert meta["impressions"].value == 8000 and meta["clicks"].value == len(clicked)
+    table = meta["report"].value
+    assert "| bandit | 2000 |" in table and "**acme**" in table and "**northwind**" in table
+    png = store.get_bytes(meta["plot_key"].value)
+    img = Image.open(io.BytesIO(png))
+    assert img.format == "PNG" and img.size[0] > 800
+    assert store.get_bytes("reports/ab/latest.png") == png
+    assert "uplift_bandit" in meta

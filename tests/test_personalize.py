@@ -1,0 +1,246 @@
+"""Personalisation: A/B assignment, context building, DB-backed bandit state (round trip vs mabwiser,
+exact merging of replicas through the DB, concurrent flushes), delayed click rewards, regret."""
+import threading
+
+import numpy as np
+import pytest
+
+from bggen_assets.core.bandit import ClickModel, LinUCB, RandomPolicy, UCB1, simulate
+from bggen_assets.serving.personalize import (
+    VARIANTS,
+    Personalizer,
+    ServingConfig,
+    ServingConfigError,
+    assign_variant,
+    build_features,
+    schema_for,
+    user_hash,
+)
+
+M, C = "northwind", "footwear"
+ARMS = ["urban-concrete", "beach-sunset", "pastel-podium"]
+PRODUCTS = {"p1": {"subcategory": "sneakers", "colour": "red"}, "p2": {"subcategory": "boots", "colour": "teal"}}
+
+
+@pytest.fixture
+def bandit_store(metadata_db):
+    from resources.bandit_store import BanditStore
+
+    return BanditStore(metadata_db=metadata_db)
+
+
+def _events(n, seed=0, theme_from=None):
+    """(features, served theme, clicked) drawn from a known contextual click model."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        f = build_features(country=rng.choice(["us", "gb", "de", "xx"]), gender=rng.choice(["female", "male", ""]),
+                           device=rng.choice(["mobile", "desktop"]), subcategory=rng.choice(["sneakers", "boots"]),
+                           colour=rng.choice(["red", "teal", "black"]), width=int(rng.choice([300, 728, 1080])),
+                           height=int(rng.choice([250, 90, 1080])))
+        theme = ARMS[int(rng.integers(3))] if theme_from is None else theme_from
+        out.append((f, theme, bool(rng.random() < 0.3)))
+    return out
+
+
+def _serve(pers: Personalizer, events, variant="bandit"):
+    """Replay events through the serving path: impression (A += x x^T) then click (b += x)."""
+    from bggen_assets.serving.personalize import Choice
+
+    for f, theme, clicked in events:
+        slot = pers.slot(M, C, "linucb" if variant == "bandit" else "random", ARMS, PRODUCTS)
+        choice = Choice(variant, theme, slot.kind, slot.schema.encode(f))
+        pers.record_impression(choice, M, C, ARMS, PRODUCTS, hit=True)
+        if clicked:
+            pers.record_click(variant=variant, merchant=M, category=C, policy=slot.kind, theme=theme, features=f,
+                              arms=ARMS, products=PRODUCTS)
+
+
+# ------------------------------------------------------------------------------ A/B and context
+def test_variant_assignment_is_deterministic_and_follows_shares():
+    cfg = ServingConfig(variant_shares={"control": 0.1, "positioned": 0.2, "random": 0.3, "bandit": 0.4})
+    users = [f"user-{i}" for i in range(20000)]
+    got = [assign_variant(u, cfg) for u in users]
+    assert got == [assign_variant(u, cfg) for u in users]
+    for v, share in cfg.variant_shares.items():
+        assert abs(got.count(v) / len(users) - share) < 0.015, v
+    only = ServingConfig(variant_shares={"bandit": 3})
+    assert {assign_variant(u, only) for u in users[:500]} == {"bandit"}
+    # another salt reshuffles users
+    other = ServingConfig(variant_shares=cfg.variant_shares, ab_salt="other")
+    assert sum(a != assign_variant(u, other) for u, a in zip(users[:2000], got)) > 800
+    assert user_hash("alice") != "alice" and len(user_hash("alice")) == 16 and user_hash(None) == ""
+
+
+@pytest.mark.parametrize("bad", [
+    {"variant_shares": {"treatment": 1}}, {"variant_shares": {"control": -1}}, {"variant_shares": {"control": 0}},
+    {"default_policy": "thompson"}, {"policies": {"acme": "greedy"}}, {"alpha": -1}, {"ridge": 0},
+    {"flush_interval_s": 0},
+])
+def test_bad_serving_config_is_a_clear_error(bad):
+    with pytest.raises(ServingConfigError):
+        ServingConfig(**bad)
+
+
+def test_config_from_file(tmp_path):
+    p = tmp_path / "serving.yaml"
+    p.write_text("variant_shares: {control: 1, bandit: 3}\npolicies: {acme: ucb1}\nalpha: 0.5\n")
+    cfg = ServingConfig.from_file(p)
+    assert cfg.variant_shares["bandit"] == 0.75 and cfg.policy_for("acme") == "ucb1" and cfg.policy_for("x") == "linucb"
+    p.write_text("nonsense_key: 1\n")
+    with pytest.raises(ServingConfigError, match="nonsense_key"):
+        ServingConfig.from_file(p)
+
+
+def test_features_and_schema():
+    f = build_features(country="US", gender="Female", device="mobile", subcategory="Sneakers", colour="red",
+                       width=728, height=90)
+    assert f == {"country": "us", "region": "na", "gender": "female", "device": "mobile", "subcategory": "sneakers",
+                 "colour": "red", "aspect": "wide", "size": "small"}
+    assert build_features(region="EU", width=1080, height=1920) == {"region": "eu", "aspect": "tall", "size": "large"}
+    s = schema_for(PRODUCTS)
+    assert s["subcategory"] == ["boots", "sneakers"] and "teal" in s["colour"] and "red" in s["colour"]
+    from bggen_assets.core.bandit import ContextSchema
+
+    x = ContextSchema(s).encode(f)
+    assert x[0] == 1.0 and x.sum() == 9.0  # bias + 8 known one-hot features
+
+
+# ------------------------------------------------------------------------------ DB-backed state
+def test_db_round_trip_matches_mabwiser(bandit_store):
+    """Events through the serving path, flushed to the DB, loaded by a fresh replica: its scores
+    equal mabwiser's LinUCB fitted on the same (context, theme, click) events."""
+    from mabwiser.mab import MAB, LearningPolicy
+
+    cfg = ServingConfig(alpha=0.7, seed=0)
+    a = Personalizer(cfg, bandit_store)
+    events = _events(600, seed=1)
+    _serve(a, events)
+    a.flush()
+    b = Personalizer(cfg, bandit_store)  # a new replica: state only from the DB
+    slot = b.slot(M, C, "linucb", ARMS, PRODUCTS)
+    X = np.array([slot.schema.encode(f) for f, _, _ in events])
+    mab = MAB(ARMS, LearningPolicy.LinUCB(alpha=0.7, l2_lambda=1.0), seed=7)
+    mab.fit([t for _, t, _ in events], [float(c) for _, _, c in events], X)
+    probe = X[:50]
+    ref = mab.predict_expectations(probe)
+    ours = np.array([slot.policy.scores(x) for x in probe])
+    np.testing.assert_allclose(ours, np.array([[r[t] for t in ARMS] for r in ref]), rtol=0, atol=1e-9)
+    # the stored sums are exact integers (one-hot contexts, 0/1 rewards)
+    sums = bandit_store.load_sums(M, C, "linucb")
+    assert set(sums) == set(ARMS)
+    A, bvec = sums[ARMS[0]]
+    assert np.array_equal(A, np.round(A)) and np.array_equal(bvec, np.round(bvec))
+
+
+def test_two_replicas_merge_through_db_exactly_like_one(bandit_store, metadata_db):
+    cfg = ServingConfig(seed=0)
+    events = _events(900, seed=2)
+    r1, r2 = Personalizer(cfg, bandit_store), Personalizer(cfg, bandit_store)
+    for i in range(0, len(events), 150):  # interleaved serving, flushes in between
+        _serve(r1 if (i // 150) % 2 == 0 else r2, events[i:i + 150])
+        (r1 if i % 300 == 0 else r2).flush()
+    r1.flush()
+    r2.flush()
+    single = Personalizer(cfg, None)  # one replica that saw everything, no DB
+    _serve(single, events)
+    ref = single.slot(M, C, "linucb", ARMS, PRODUCTS).policy.state()
+    fresh = Personalizer(cfg, bandit_store).slot(M, C, "linucb", ARMS, PRODUCTS).policy.state()
+    for arm in ARMS:
+        assert np.array_equal(fresh[arm][0], ref[arm][0]) and np.array_equal(fresh[arm][1], ref[arm][1])
+    # and each replica, after its last flush + reload, sees the global state too
+    r1.flush()
+    for arm in ARMS:
+        assert np.array_equal(r1.slot(M, C, "linucb", ARMS, PRODUCTS).policy.state()[arm][0], ref[arm][0])
+
+
+def test_concurrent_flushes_lose_nothing(bandit_store):
+    """Threads adding deltas to the same rows at once: the optimistic version check retries."""
+    d = 5
+    delta = {a: (np.eye(d), np.ones(d)) for a in ARMS}
+    errors = []
+
+    def worker():
+        try:
+            for _ in range(10):
+                bandit_store.add_deltas(M, C, "linucb", delta)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    sums = bandit_store.load_sums(M, C, "linucb")
+    for a in ARMS:
+        assert np.array_equal(sums[a][0], 40 * np.eye(d)) and np.array_equal(sums[a][1], 40 * np.ones(d))
+
+
+def test_schema_first_writer_wins(bandit_store):
+    first = bandit_store.ensure_schema(M, C, schema_for(PRODUCTS))
+    later = bandit_store.ensure_schema(M, C, schema_for({"p9": {"subcategory": "sandals", "colour": "gold"}}))
+    assert later == first and "sandals" not in later["subcategory"]
+
+
+def test_counting_policies_round_trip_with_delayed_rewards(bandit_store):
+    cfg = ServingConfig(default_policy="ucb1", seed=0)
+    p = Personalizer(cfg, bandit_store)
+    events = _events(300, seed=3)
+    _serve(p, events, variant="random")  # random slot, and (learn_from_random) the ucb1 slot
+    p.flush()
+    q = Personalizer(cfg, bandit_store)
+    for kind in ("random", "ucb1"):
+        st = q.slot(M, C, kind, ARMS, PRODUCTS).policy.state()
+        for arm in ARMS:
+            n = sum(1 for _, t, _ in events if t == arm)
+            s = sum(1 for _, t, c in events if t == arm and c)
+            assert st[arm] == (n, float(s)), (kind, arm)
+
+
+def test_clicks_after_a_flush_are_still_published(bandit_store):
+    p = Personalizer(ServingConfig(seed=0), bandit_store)
+    f, theme, _ = _events(1, seed=4)[0]
+    _serve(p, [(f, theme, False)])
+    p.flush()
+    p.record_click(variant="bandit", merchant=M, category=C, policy="linucb", theme=theme, features=f, arms=ARMS,
+                   products=PRODUCTS)
+    p.flush()
+    A, b = bandit_store.load_sums(M, C, "linucb")[theme]
+    assert A[0, 0] == 1.0 and b[0] == 1.0
+
+
+def test_misses_do_not_teach_the_bandit(bandit_store):
+    from bggen_assets.serving.personalize import Choice
+
+    p = Personalizer(ServingConfig(seed=0), bandit_store)
+    slot = p.slot(M, C, "linucb", ARMS, PRODUCTS)
+    p.record_impression(Choice("bandit", ARMS[0], "linucb", slot.schema.encode({})), M, C, ARMS, PRODUCTS, hit=False)
+    p.flush()
+    assert bandit_store.load_sums(M, C, "linucb") == {}
+
+
+def test_prompts_changing_starts_a_policy_over_the_new_arms(bandit_store):
+    p = Personalizer(ServingConfig(seed=0), bandit_store)
+    _serve(p, _events(50, seed=5))
+    slot = p.slot(M, C, "linucb", ARMS + ["neon-night"], PRODUCTS)
+    assert slot.arms == tuple(ARMS + ["neon-night"])
+    assert set(bandit_store.load_sums(M, C, "linucb")) == set(ARMS)  # the old events were published first
+    st = slot.policy.state()
+    assert st["neon-night"][0][0, 0] == 1.0 and st[ARMS[0]][0][0, 0] > 1.0
+
+
+def test_linucb_regret_below_random_and_ucb1():
+    """The known contextual click model from the bandit core (see tests/test_bandit.py)."""
+    model = ClickModel.fast(seed=0)
+    arms = model.arms
+    d = model.schema.dim
+    lin = simulate(LinUCB(arms, d, seed=0), 3000, seed=0, model=model).regret[-1]
+    rnd = simulate(RandomPolicy(arms, seed=0), 3000, seed=0, model=model).regret[-1]
+    ucb = simulate(UCB1(arms, seed=0), 3000, seed=0, model=model).regret[-1]
+    assert lin < 0.5 * rnd and lin < 0.5 * ucb
+
+
+def test_variants_constant():
+    assert VARIANTS == ("control", "positioned", "random", "bandit")
