@@ -105,8 +105,15 @@ def build_sd15_random(out_dir: Path, device: str) -> dict[str, Path]:
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
     paths = {"base_model": out_dir / "sd", "controlnet_model": out_dir / "controlnet"}
-    pipe.to(torch.float16).save_pretrained(paths["base_model"])
-    controlnet.to(torch.float16).save_pretrained(paths["controlnet_model"])
+    from diffusers.utils import logging as dlogging
+
+    level = dlogging.get_verbosity()
+    dlogging.set_verbosity_error()  # "modules to keep in float32: []" notes from .to(float16)
+    try:
+        pipe.to(torch.float16).save_pretrained(paths["base_model"])
+        controlnet.to(torch.float16).save_pretrained(paths["controlnet_model"])
+    finally:
+        dlogging.set_verbosity(level)
     return paths
 
 

@@ -11,7 +11,11 @@ template generator on CPU) so the demo needs no service:
   BGGEN_STORE         local | s3 (with BGGEN_S3_BUCKET, BGGEN_S3_ENDPOINT_URL, AWS_* credentials)
   BGGEN_FEEDS_DIR, BGGEN_PLACEMENTS, BGGEN_PROMPTS   the catalog config (default: the sample catalog)
   BGGEN_BUCKET_RATIO  r of the bucketing formula (default 1.2)
+  BGGEN_CANVAS_PIXELS the pixel budget of a generated canvas (default 786432 = 1024x768)
   BGGEN_MASKER        classical | yolo (with BGGEN_YOLO_WEIGHTS)
+  BGGEN_EXECUTOR      default (in-process/multiprocess) | celery: steps run on dagster-celery workers,
+                      with BGGEN_CELERY_BROKER (default amqp://guest:guest@127.0.0.1:5672//) and
+                      BGGEN_CELERY_BACKEND (default rpc://); see deploy/celery.yaml, docs/production.md
   BGGEN_GENERATOR     template | diffusion (with BGGEN_BASE_MODEL, BGGEN_CONTROLNET_MODEL,
                       BGGEN_LOCAL_FILES_ONLY=1, BGGEN_DEVICE)
 """
@@ -85,11 +89,28 @@ def build_resources(env: Optional[dict] = None) -> dict:
             placements_path=env.get("BGGEN_PLACEMENTS", os.path.join(sample, "placements.yaml")),
             prompts_path=env.get("BGGEN_PROMPTS", os.path.join(sample, "prompts.yaml")),
             bucket_ratio=float(env.get("BGGEN_BUCKET_RATIO", "1.2")),
+            **({"canvas_pixels": int(env["BGGEN_CANVAS_PIXELS"])} if env.get("BGGEN_CANVAS_PIXELS") else {}),
         ),
         "masker": MaskerResource(**masker_kwargs),
         "generator": GeneratorResource(**generator_kwargs),
         "manifest_io_manager": ManifestIOManager(store=store),
     }
+
+
+def executor_from_env(env: Optional[dict] = None):
+    """None (Dagster's default executor) or the dagster-celery executor (BGGEN_EXECUTOR=celery)."""
+    env = dict(os.environ if env is None else env)
+    kind = env.get("BGGEN_EXECUTOR", "default")
+    if kind == "default":
+        return None
+    if kind == "celery":
+        from dagster_celery import celery_executor
+
+        return celery_executor.configured({
+            "broker": env.get("BGGEN_CELERY_BROKER", "amqp://guest:guest@127.0.0.1:5672//"),
+            "backend": env.get("BGGEN_CELERY_BACKEND", "rpc://"),
+        }, name="bggen_celery_executor")
+    raise ValueError(f"BGGEN_EXECUTOR must be 'default' or 'celery', got {kind!r}")
 
 
 def build_definitions(env: Optional[dict] = None) -> Definitions:
@@ -99,6 +120,7 @@ def build_definitions(env: Optional[dict] = None) -> Definitions:
         sensors=[new_product_sensor, bucket_miss_sensor],
         schedules=[daily_catalog_refresh],
         resources=build_resources(env),
+        executor=executor_from_env(env),
     )
 
 

@@ -21,6 +21,7 @@ import argparse
 import json
 import string
 import sys
+import tempfile
 from pathlib import Path
 
 # Tokens of the written vocabulary. The merges file holds only its version header, so BPE merges
@@ -57,14 +58,14 @@ def build_tiny_pipeline(out_dir: str | Path, seed: int = 0) -> dict[str, Path]:
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tok_dir = out / "_tokenizer_src"
-    tok_dir.mkdir(exist_ok=True)
     vocab = _vocab()
-    (tok_dir / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
-    (tok_dir / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
-    tokenizer = CLIPTokenizer(
-        str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), model_max_length=77
-    )
+    with tempfile.TemporaryDirectory(prefix="tiny-tokenizer-") as tmp:
+        tok_dir = Path(tmp)
+        (tok_dir / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+        (tok_dir / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+        tokenizer = CLIPTokenizer(
+            str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), model_max_length=77
+        )
 
     hidden = 8
     torch.manual_seed(seed)
@@ -150,14 +151,18 @@ def build_tiny_pipeline(out_dir: str | Path, seed: int = 0) -> dict[str, Path]:
 
 
 def config_snippet(paths: dict[str, Path]) -> str:
-    """The generator config that points the pipeline at a built tiny model."""
+    """How to point the pipeline (environment of ``bggen_assets.definitions``) or Python code
+    (``DiffusionConfig``) at a built tiny model."""
+    base, cn = paths["base_model"].resolve(), paths["controlnet_model"].resolve()
     return (
-        "generator:\n"
-        "  kind: diffusion\n"
-        f"  base_model: {paths['base_model'].resolve()}\n"
-        f"  controlnet_model: {paths['controlnet_model'].resolve()}\n"
-        "  local_files_only: true\n"
-        "  pixel_budget: 4096   # 64x64: the tiny model draws noise; keep it small\n"
+        "# Dagster code location (bggen_assets/definitions.py reads these):\n"
+        f"export BGGEN_GENERATOR=diffusion BGGEN_BASE_MODEL={base} \\\n"
+        f"       BGGEN_CONTROLNET_MODEL={cn} BGGEN_LOCAL_FILES_ONLY=1\n"
+        "# Python:\n"
+        "from bggen_assets.core.diffusion import DiffusionConfig, DiffusionGenerator\n"
+        f"gen = DiffusionGenerator(DiffusionConfig(base_model='{base}',\n"
+        f"                                         controlnet_model='{cn}',\n"
+        "                                         pixel_budget=64 * 64))  # tiny: keep it small\n"
     )
 
 
@@ -168,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     paths = build_tiny_pipeline(args.out_dir, seed=args.seed)
     print(f"tiny pipeline written: {paths['base_model']} and {paths['controlnet_model']}")
-    print("use it with (DiffusionConfig fields):\n")
+    print("use it with:\n")
     print(config_snippet(paths))
     return 0
 

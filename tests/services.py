@@ -99,7 +99,7 @@ class SeaweedServer:
             f"-filer.port={self.filer}", f"-filer.port.grpc={self.filer_g}",
             f"-s3.port={self.s3}", f"-s3.port.grpc={self.s3_g}",
             "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false",
-            "-master.volumeSizeLimitMB=64", "-volume.preStopSeconds=0", "-volume.max=0", "-volume.minFreeSpace=1MiB",
+            "-master.volumeSizeLimitMB=64", "-volume.preStopSeconds=0", "-master.electionTimeout=1s", "-volume.max=0", "-volume.minFreeSpace=1MiB",
             f"-filer.localSocket={self.data_dir}/filer.sock", f"-s3.localSocket={self.data_dir}/s3.sock",
         ]
         log = open(self.log_path, "ab")

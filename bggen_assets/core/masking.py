@@ -527,6 +527,9 @@ def refine_with_grabcut(rgb: np.ndarray, mask: np.ndarray, *, shadow: np.ndarray
     bgd = np.zeros((1, 65), np.float64)
     fgd = np.zeros((1, 65), np.float64)
     try:
+        # GrabCut's GMM initialisation draws from OpenCV's global RNG: seed it, so the same photo
+        # gives the same mask whatever ran before (masks are stored once per image hash).
+        cv2.setRNGSeed(0)
         cv2.grabCut(small, gc, None, bgd, fgd, iters, cv2.GC_INIT_WITH_MASK)
     except cv2.error:
         return None
