@@ -194,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pixel-budget", type=int, default=None, help="default 512*512 GPU, 64*64 CPU")
     ap.add_argument("--no-compile", action="store_true", help="ours: no torch.compile")
     ap.add_argument("--compile-mode", default=None, help="torch.compile mode (default: torch's default)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch intra-op threads (default: torch's); 1 is steadier on a busy CPU")
     ap.add_argument("--repeats", type=int, default=3, help="timed rounds (best counts)")
     ap.add_argument("--few-steps", type=int, default=0, help="also run (c): ours with N steps")
     ap.add_argument("--model", choices=["auto", "tiny", "sd15-random"], default="auto")
@@ -202,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", default=None, help="where to build the random-weight models")
     args = ap.parse_args(argv)
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     on_gpu = device.startswith("cuda")
     dtype = torch.float16 if on_gpu else torch.float32

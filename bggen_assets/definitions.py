@@ -17,7 +17,7 @@ template generator on CPU) so the demo needs no service:
                       with BGGEN_CELERY_BROKER (default amqp://guest:guest@127.0.0.1:5672//) and
                       BGGEN_CELERY_BACKEND (default rpc://); see deploy/celery.yaml, docs/production.md
   BGGEN_GENERATOR     template | diffusion (with BGGEN_BASE_MODEL, BGGEN_CONTROLNET_MODEL,
-                      BGGEN_LOCAL_FILES_ONLY=1, BGGEN_DEVICE)
+                      BGGEN_LOCAL_FILES_ONLY=1, BGGEN_DEVICE, BGGEN_PIXEL_BUDGET)
 """
 from __future__ import annotations
 
@@ -74,6 +74,8 @@ def build_resources(env: Optional[dict] = None) -> dict:
                        ("device", "BGGEN_DEVICE")):
         if env.get(var):
             generator_kwargs[field] = env[var]
+    if env.get("BGGEN_PIXEL_BUDGET"):
+        generator_kwargs["pixel_budget"] = int(env["BGGEN_PIXEL_BUDGET"])
     if env.get("BGGEN_LOCAL_FILES_ONLY"):
         generator_kwargs["local_files_only"] = env["BGGEN_LOCAL_FILES_ONLY"] == "1"
     masker_kwargs = {"method": env.get("BGGEN_MASKER", "classical")}

@@ -266,6 +266,8 @@ def item_layout(item: dict):
 
 def generate_step(plans: dict, masks: dict, masker, generator_res, store, db, log: Log = _quiet,
                   gate: Optional[Callable] = None) -> dict:
+    """`gate(generator, jobs, raw) -> [(image, attempts, metrics, seed)]` checks raw generations
+    (quality gates for diffusion; None for the template generator, which never grows a product)."""
     """Make every planned canvas that is not in the store yet; content addressing skips the rest."""
     generator = generator_res.get()
     generator_id = generator.identity()
@@ -283,6 +285,7 @@ def generate_step(plans: dict, masks: dict, masker, generator_res, store, db, lo
     todo.sort(key=lambda t: (t[0]["product_id"], t[0]["canvas"]))
     batch_size = max(1, int(getattr(generator_res, "batch_size", 4)))
     done, records, started = 0, [], time.perf_counter()
+    gate_stats = {"gated": 0, "retried": 0, "failed": []}
     last_log = started
     current: Optional[tuple[str, ProductPixels]] = None
     for start in range(0, len(todo), batch_size):
@@ -301,10 +304,14 @@ def generate_step(plans: dict, masks: dict, masker, generator_res, store, db, lo
                                       prompt["id"], prompt["style"], tuple(prompt["palette"])))
             contexts.append((item, key, rgb, alpha, lay))
         raw = generator.generate(jobs)
-        for job, generated, (item, key, rgb, alpha, lay) in zip(jobs, raw, contexts):
-            attempts, metrics, seed = 1, {}, job.seed
-            if gate is not None:
-                generated, attempts, metrics, seed = gate(generator, job, generated)
+        gated = gate(generator, jobs, raw) if gate is not None else [(img, 1, {}, j.seed) for j, img in zip(jobs, raw)]
+        for (generated, attempts, metrics, seed), (item, key, rgb, alpha, lay) in zip(gated, contexts):
+            if metrics:
+                gate_stats["gated"] += 1
+                gate_stats["retried"] += attempts > 1
+                if not metrics["passed"]:
+                    gate_stats["failed"].append({"item": item_key(item["product_id"], item["bucket_id"], item["prompt_id"]),
+                                                 "reasons": metrics["reasons"]})
             composited = cut_back(generated, rgb, alpha, lay)
             store.put_bytes(key, encode_png(composited), "image/png")
             records.append({"image_key": key, "merchant": plans["merchant"], "category": plans["category"],
@@ -320,7 +327,8 @@ def generate_step(plans: dict, masks: dict, masker, generator_res, store, db, lo
             db.record_generated(records)
             records = []
     db.record_generated(records)
-    return {"generator_id": generator_id, "images": images, "generated": len(todo), "reused": len(images) - len(todo)}
+    return {"generator_id": generator_id, "images": images, "generated": len(todo), "reused": len(images) - len(todo),
+            "gates": gate_stats}
 
 
 def _record_orphans(plans: dict, masks: dict, images: dict, todo_keys: set, generator_id: str, db, log: Log) -> None:

@@ -29,9 +29,10 @@ class GeneratorResource(ConfigurableResource):
     use_inpaint: bool = False
     contour_thickness: int = 2
     reinforce_contour: bool = True
-    compile: bool = False
+    channels_last: Optional[bool] = None  # None: on for CUDA, off for CPU
+    compile: Optional[bool] = None  # None: torch.compile on CUDA, off on CPU
     # quality gates on the raw generation (diffusion): regenerate with the next seed past these
-    max_object_expansion: float = 0.05
+    max_object_expansion: float = 0.10
     max_edge_leakage: float = 0.25
     max_attempts: int = 3
 
@@ -44,9 +45,12 @@ class GeneratorResource(ConfigurableResource):
         if self.kind == "template":
             self._generator = TemplateGenerator()
         else:
-            from bggen_assets.core.diffusion import DiffusionConfig, DiffusionGenerator
+            from bggen_assets.core.diffusion import DiffusionGenerator
 
-            self._generator = DiffusionGenerator(self.diffusion_config())
+            log = context.log.info if context is not None and context.log is not None else None
+            generator = DiffusionGenerator(self.diffusion_config(), log=log)
+            generator.load()  # missing model dir, wrong model type, CUDA without CUDA: fail here
+            self._generator = generator
 
     def diffusion_config(self):
         from bggen_assets.core.diffusion import DiffusionConfig
@@ -67,6 +71,7 @@ class GeneratorResource(ConfigurableResource):
             batch_size=self.batch_size,
             contour_thickness=self.contour_thickness,
             reinforce_contour=self.reinforce_contour,
+            channels_last=self.channels_last,
             compile=self.compile,
         )
 

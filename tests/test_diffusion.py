@@ -1,7 +1,6 @@
 """Diffusion generator on the tiny offline SD + ControlNet pipeline (random weights, real code path)."""
 import json
 import shutil
-import time
 
 import numpy as np
 import pytest
@@ -21,6 +20,16 @@ from bggen_assets.core.generation import GenerationJob
 from bggen_assets.tiny_pipeline import build_tiny_pipeline
 
 BUDGET = 64 * 64
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """The tiny model is overhead-bound: one intra-op thread is as fast on a quiet machine and
+    far steadier on a busy one (OpenMP threads spin against other processes)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="session")
@@ -62,7 +71,9 @@ def meandiff(a, b):
     return float(np.abs(a.astype(np.float32) - b.astype(np.float32)).mean())
 
 
-def test_tiny_pipeline_loads_back_and_runs_64px_under_a_second(tiny):
+def test_tiny_pipeline_loads_back_and_runs_64px(tiny):
+    """The offline recipe loads back through diffusers' own from_pretrained and runs. (Its speed,
+    under a second for 64x64 in 20 steps on CPU, is measured by benchmarks/diffusion.py.)"""
     from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
     from PIL import Image
 
@@ -71,14 +82,9 @@ def test_tiny_pipeline_loads_back_and_runs_64px_under_a_second(tiny):
         tiny["base_model"], controlnet=cn, local_files_only=True, safety_checker=None)
     pipe.set_progress_bar_config(disable=True)
     edges = Image.fromarray(np.zeros((64, 64, 3), np.uint8))
-    best = float("inf")
-    for _ in range(3):  # first call warms up; best of the rest
-        t0 = time.perf_counter()
-        out = pipe("a beach", image=edges, num_inference_steps=20, height=64, width=64,
-                   generator=torch.Generator().manual_seed(0), output_type="np").images
-        best = min(best, time.perf_counter() - t0)
-    assert out.shape == (1, 64, 64, 3)
-    assert best < 1.0, f"64x64 in 20 steps took {best:.2f}s"
+    out = pipe("a beach", image=edges, num_inference_steps=20, height=64, width=64,
+               generator=torch.Generator().manual_seed(0), output_type="np").images
+    assert out.shape == (1, 64, 64, 3) and np.isfinite(out).all()
 
 
 def test_outputs_have_each_canvas_size(gen):
@@ -248,3 +254,16 @@ def test_hub_ids_resolve_from_the_local_cache_with_their_commit(tiny, tmp_path):
     with pytest.raises(WrongModelTypeError, match="controlnet_model.*ControlNetModel"):
         load_pipeline(DiffusionConfig(base_model="bggen-test/tiny-sd", controlnet_model="bggen-test/tiny-sd",
                                       cache_dir=str(cache)))
+
+
+def test_bad_jobs_are_named_before_any_work(gen):
+    good = job()
+    bad_mask = GenerationJob(canvas_rgb=good.canvas_rgb, product_mask=good.product_mask[:-1], prompt="x",
+                             negative_prompt="", seed=1, theme_id="t")
+    with pytest.raises(ValueError, match="job 1: product_mask shape"):
+        gen.generate([good, bad_mask])
+    bad_canvas = GenerationJob(canvas_rgb=good.canvas_rgb.astype(np.float32), product_mask=good.product_mask,
+                               prompt="x", negative_prompt="", seed=1, theme_id="t")
+    with pytest.raises(ValueError, match="job 0: canvas_rgb"):
+        gen.generate([bad_canvas])
+    assert DiffusionConfig.from_mapping({"steps": 5, "scheduler": "unipc"}).steps == 5

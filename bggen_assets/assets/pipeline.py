@@ -122,7 +122,8 @@ def bucket_plans(context: AssetExecutionContext, catalog: dict, product_masks: d
 
 @asset(partitions_def=merchant_category, group_name=GROUP, io_manager_key="manifest_io_manager",
        op_tags=GPU_TAGS, retry_policy=TRANSIENT_RETRY,
-       check_specs=[AssetCheckSpec("product_fidelity", asset="generated_backgrounds")],
+       check_specs=[AssetCheckSpec("product_fidelity", asset="generated_backgrounds"),
+                    AssetCheckSpec("generation_quality_gates", asset="generated_backgrounds")],
        description="Per (product, bucket, prompt, model): the composited canvas, content-addressed: a rerun makes only what is missing.")
 def generated_backgrounds(context: AssetExecutionContext, bucket_plans: dict, product_masks: dict, masker: MaskerResource,
                           generator: GeneratorResource, store: ObjectStore, metadata_db: MetadataDB):
@@ -135,6 +136,15 @@ def generated_backgrounds(context: AssetExecutionContext, bucket_plans: dict, pr
     yield Output(
         manifest,
         metadata={"generated": manifest["generated"], "reused": manifest["reused"], "generator": manifest["generator_id"][:200]},
+    )
+    gates = manifest["gates"]
+    yield AssetCheckResult(
+        check_name="generation_quality_gates",
+        passed=not gates["failed"],
+        severity=AssetCheckSeverity.WARN,
+        metadata={"applies": generator.gated, "gated": gates["gated"], "retried": gates["retried"],
+                  "failed_after_retries": len(gates["failed"]), "failures": MetadataValue.json(gates["failed"][:50]),
+                  "max_object_expansion": generator.max_object_expansion, "max_edge_leakage": generator.max_edge_leakage},
     )
     fidelity = steps.fidelity_step(bucket_plans, manifest, product_masks, masker, store)
     yield AssetCheckResult(
