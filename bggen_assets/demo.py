@@ -58,7 +58,7 @@ def main(argv=None) -> int:
         _say(f"drew a sample catalog: {summary['products']} feed rows, merchants {', '.join(summary['merchants'])}")
     defs = build_definitions()
     resources = defs.resources
-    job = defs.get_job_def("bggen_pipeline")
+    job = defs.resolve_job_def("bggen_pipeline")
     instance = DagsterInstance.get()
     started = time.perf_counter()
 
@@ -73,7 +73,7 @@ def main(argv=None) -> int:
         _say(f"run {result.run_id[:8]} partition {run_request.partition_key}: {status}")
         return result.success
 
-    sensor = defs.get_sensor_def("new_product_sensor")
+    sensor = defs.resolve_sensor_def("new_product_sensor")
     cursor_file = data_dir / "new_product_sensor.cursor"
     cursor = cursor_file.read_text() if cursor_file.exists() else None
     with build_sensor_context(instance=instance, cursor=cursor, resources=resources) as ctx:
@@ -102,7 +102,7 @@ def main(argv=None) -> int:
         t = time.perf_counter()
         miss = service.serve(merchant, product_id, 400, 300, fill=0.6, anchor=(0.25, 0.5))
         _say(f"served {product_id} at 400x300 (not planned): hit={miss.hit}, fallback in {1000 * (time.perf_counter() - t):.1f} ms")
-        miss_sensor = defs.get_sensor_def("bucket_miss_sensor")
+        miss_sensor = defs.resolve_sensor_def("bucket_miss_sensor")
         with build_sensor_context(instance=instance, resources=resources) as ctx:
             miss_result = miss_sensor(ctx)
         for r in run_requests_of(miss_result):

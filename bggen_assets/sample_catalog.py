@@ -45,6 +45,9 @@ CATEGORIES = {
     "accessories": [("watches", "watch")],
 }
 
+SINGULAR = {"sneakers": "sneaker", "boots": "boot", "handbags": "handbag", "backpacks": "backpack", "lamps": "lamp",
+            "vases": "vase", "mugs": "mug", "fragrance": "fragrance", "watches": "watch"}
+
 STANDARD_SIZES = [
     "300x250", "728x90", "160x600", "300x600", "320x50", "970x250", "336x280", "468x60",
     "250x250", "120x600", "1200x628", "1080x1080", "1080x1920", "320x100", "200x200",
@@ -311,7 +314,7 @@ def generate_sample_catalog(out_dir: Path, products_per_merchant: int = 18, merc
             pid = f"{merchant[:2].upper()}-{i + 1:04d}"
             ext = "png" if background == "alpha" else "jpg"
             write_image(img_dir / f"{pid}.{ext}", img)
-            rows.append([pid, f"{colour.title()} {sub[:-1] if sub.endswith('s') else sub}", cat, sub, colour,
+            rows.append([pid, f"{colour.title()} {SINGULAR.get(sub, sub)}", cat, sub, colour,
                          f"../images/{merchant}/{pid}.{ext}"])
         if bad_rows and mi == 0:
             cat = cats[0]

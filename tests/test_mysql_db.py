@@ -25,6 +25,7 @@ def schema_diff(engine) -> list:
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
 
+    import resources.bandit_store  # noqa: F401  (its tables live on the same MetaData)
     from resources.metadata_db import metadata
 
     with engine.connect() as conn:
@@ -49,7 +50,7 @@ def test_migrations_build_exactly_the_declared_schema(fresh_url):
     try:
         assert schema_diff(db.engine) == []
         with db.engine.connect() as conn:
-            assert current_revision(conn) == head_revision() == "0002"
+            assert current_revision(conn) == head_revision() == "0003"
     finally:
         db.dispose()
 
@@ -102,6 +103,7 @@ db = MetadataDB(url=sys.argv[2])
 with db.engine.connect() as conn:
     print(current_revision(conn))
 """
+HEAD = "0003"
 
 
 def test_concurrent_first_starts_migrate_once(fresh_url):
@@ -111,7 +113,7 @@ def test_concurrent_first_starts_migrate_once(fresh_url):
     for p in procs:
         out, err = p.communicate(timeout=120)
         assert p.returncode == 0, err[-3000:]
-        assert out.strip() == "0002"
+        assert out.strip() == HEAD
 
 
 @services_only
