@@ -6,7 +6,10 @@ Revises: 0002
 Under migration control so that every replica starts on a complete schema, made once under the
 migration lock (BanditStore's own create_all is then a no-op; racing create_alls from several
 threads or processes failed with "Table 'clicks' already exists" on MySQL).
-Mirrors resources/bandit_store.py as it stands; tests/test_mysql_db.py compares the two.
+Mirrors resources/bandit_store.py; tests/test_mysql_db.py compares the two. Times are DOUBLE here
+although bandit_store.py declares sa.Float: on MySQL, Float renders as FLOAT (single precision:
+epoch seconds rounded to ~2 minutes) unless dagster._core.storage.sql has been imported, which
+globally compiles Float as DOUBLE. A migration must not depend on import order, so DOUBLE it is.
 """
 import sqlalchemy as sa
 from alembic import op
@@ -30,7 +33,7 @@ def upgrade() -> None:
             sa.Column("merchant", sa.String(64), primary_key=True),
             sa.Column("category", sa.String(64), primary_key=True),
             sa.Column("schema_json", sa.Text, nullable=False),
-            sa.Column("created_at", sa.Float, nullable=False),
+            sa.Column("created_at", sa.Double, nullable=False),
         )
     if "bandit_state" not in existing:
         op.create_table(
@@ -43,13 +46,13 @@ def upgrade() -> None:
             sa.Column("data", _BLOB, nullable=False),
             sa.Column("events", sa.BigInteger, nullable=False),
             sa.Column("version", sa.BigInteger, nullable=False),
-            sa.Column("updated_at", sa.Float, nullable=False),
+            sa.Column("updated_at", sa.Double, nullable=False),
         )
     if "impressions" not in existing:
         op.create_table(
             "impressions",
             sa.Column("impression_id", sa.String(32), primary_key=True),
-            sa.Column("ts", sa.Float, nullable=False),
+            sa.Column("ts", sa.Double, nullable=False),
             sa.Column("merchant", sa.String(64), nullable=False),
             sa.Column("category", sa.String(64), nullable=False),
             sa.Column("product_id", sa.String(128), nullable=False),
@@ -69,7 +72,7 @@ def upgrade() -> None:
         op.create_table(
             "clicks",
             sa.Column("impression_id", sa.String(32), primary_key=True),
-            sa.Column("ts", sa.Float, nullable=False),
+            sa.Column("ts", sa.Double, nullable=False),
         )
 
 
