@@ -37,7 +37,7 @@ bandit_schemas = sa.Table(
     sa.Column("merchant", sa.String(64), primary_key=True),
     sa.Column("category", sa.String(64), primary_key=True),
     sa.Column("schema_json", sa.Text, nullable=False),
-    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("created_at", sa.Double, nullable=False),
 )
 
 bandit_state = sa.Table(
@@ -51,14 +51,14 @@ bandit_state = sa.Table(
     sa.Column("data", _BLOB, nullable=False),  # float64 components, raveled and concatenated
     sa.Column("events", sa.BigInteger, nullable=False, default=0),  # flushes folded in (diagnostics)
     sa.Column("version", sa.BigInteger, nullable=False, default=0),
-    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Double, nullable=False),
 )
 
 impressions = sa.Table(
     "impressions",
     metadata,
     sa.Column("impression_id", sa.String(32), primary_key=True),
-    sa.Column("ts", sa.Float, nullable=False, index=True),
+    sa.Column("ts", sa.Double, nullable=False, index=True),
     sa.Column("merchant", sa.String(64), nullable=False),
     sa.Column("category", sa.String(64), nullable=False),
     sa.Column("product_id", sa.String(128), nullable=False),
@@ -78,7 +78,7 @@ clicks = sa.Table(
     "clicks",
     metadata,
     sa.Column("impression_id", sa.String(32), primary_key=True),
-    sa.Column("ts", sa.Float, nullable=False),
+    sa.Column("ts", sa.Double, nullable=False),
 )
 
 TABLES = [bandit_schemas, bandit_state, impressions, clicks]
@@ -221,7 +221,8 @@ class BanditStore(ConfigurableResource):
                     return True
                 except sa.exc.IntegrityError:
                     return False
-            return conn.execute(stmt).rowcount == 1
+            # mysql-connector reports -1 unless asked to keep the row count (SQLAlchemy 2.x)
+            return conn.execute(stmt, execution_options={"preserve_rowcount": True}).rowcount == 1
 
     def variant_counts(self, merchant: Optional[str] = None, since: Optional[float] = None) -> list[dict]:
         """Impressions and clicks per (merchant, variant): the A/B report's input."""

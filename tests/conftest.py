@@ -23,6 +23,23 @@ if BACKEND not in ("embedded", "services"):
 pytest_plugins = ["services"]
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "services: needs a real service (MariaDB, SeaweedFS, Redis, RabbitMQ); "
+                                       "runs in the BGGEN_TEST_BACKEND=services pass")
+
+
+def pytest_collection_modifyitems(config, items):
+    """The embedded pass deselects real-service tests (they run in the services pass), so no test
+    is ever skipped for a missing service."""
+    if BACKEND == "services":
+        return
+    keep = [i for i in items if i.get_closest_marker("services") is None]
+    dropped = [i for i in items if i.get_closest_marker("services") is not None]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
+
+
 @pytest.fixture
 def store(tmp_path, request):
     """The object store under test: local dir, or a fresh prefix in the SeaweedFS bucket."""

@@ -349,7 +349,6 @@ def redis_url() -> str:
 
 # -- selection --------------------------------------------------------------------------------------
 SERVICES = os.environ.get("BGGEN_TEST_BACKEND", "embedded") == "services"
-# Tests of one real service: they run in the services pass of CI (never silently: a missing service
-# fails them there); in the embedded pass they are skipped with this reason.
-services_only = pytest.mark.skipif(
-    not SERVICES, reason="real-service test: run with BGGEN_TEST_BACKEND=services after `bash scripts/ci_services.sh`")
+# Tests of one real service: they run in the services pass of CI, where a missing service fails
+# them with a clear message. The embedded pass deselects them (tests/conftest.py), never skips.
+services_only = pytest.mark.services

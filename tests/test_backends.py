@@ -301,17 +301,13 @@ def test_consumer_processes_claim_disjoint_misses(metadata_db):
 
 
 # -- the sensor reads whichever queue is configured ---------------------------------------------------
-@pytest.fixture(params=["db", "redis"])
+@pytest.fixture(params=["db", pytest.param("redis", marks=pytest.mark.services)])
 def configured_queue(request, metadata_db):
-    from services import SERVICES
-
     if request.param == "db":
         from resources.miss_queue import DbMissQueue
 
         yield DbMissQueue(metadata_db=metadata_db)
         return
-    if not SERVICES:
-        pytest.skip("Redis queue: services pass only (BGGEN_TEST_BACKEND=services)")
     import uuid
 
     from resources.redis_miss_queue import RedisMissQueue

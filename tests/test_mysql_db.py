@@ -180,8 +180,6 @@ def test_transient_errors_are_retried_then_reported_clearly(tmp_path):
 # -- MariaDB killed in the middle of a run -----------------------------------------------------------
 @pytest.fixture(scope="module")
 def private_server(tmp_path_factory):
-    if not SERVICES:
-        pytest.skip("real-service test: run with BGGEN_TEST_BACKEND=services")
     server = MariaDBServer(tmp_path_factory.mktemp("private-mariadb"))
     try:
         server.start()
