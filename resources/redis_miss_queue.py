@@ -101,8 +101,20 @@ return out
 # _CLAIM's reaper reads its cutoff from ARGV[2]; give it ARGV[7] instead.
 _CLAIM = _CLAIM.replace("'(' .. ARGV[2]", "'(' .. ARGV[7]", 1)
 
+# A claimed miss goes back to pending: off the claimed set, onto the LIFO list (once).
+_REQUEUE_FN = """
+local function requeue(KEYS, h, key)
+  redis.call('HSET', h, 'status', 'pending')
+  redis.call('HDEL', h, 'claimed_by')
+  redis.call('ZREM', KEYS[3], key)
+  if redis.call('SADD', KEYS[2], key) == 1 then
+    redis.call('LPUSH', KEYS[1], key)
+  end
+end
+"""
+
 # KEYS[1]=list KEYS[2]=queued KEYS[3]=claimed ; ARGV: ns served_before('' = none) done_ttl key...
-_DONE = """
+_DONE = _REQUEUE_FN + """
 local done = 0
 for i = 4, #ARGV do
   local key = ARGV[i]
@@ -121,12 +133,7 @@ for i = 4, #ARGV do
       done = done + 1
     elseif status == 'claimed' then
       -- requested again after the plan: back to the queue for the next plan
-      redis.call('HSET', h, 'status', 'pending')
-      redis.call('HDEL', h, 'claimed_by')
-      redis.call('ZREM', KEYS[3], key)
-      if redis.call('SADD', KEYS[2], key) == 1 then
-        redis.call('LPUSH', KEYS[1], key)
-      end
+      requeue(KEYS, h, key)
     end
   end
 end
@@ -134,18 +141,13 @@ return done
 """
 
 # KEYS[1]=list KEYS[2]=queued KEYS[3]=claimed ; ARGV: ns key...
-_RELEASE = """
+_RELEASE = _REQUEUE_FN + """
 local n = 0
 for i = 2, #ARGV do
   local key = ARGV[i]
   local h = ARGV[1] .. ':m:' .. key
   if redis.call('HGET', h, 'status') == 'claimed' then
-    redis.call('HSET', h, 'status', 'pending')
-    redis.call('HDEL', h, 'claimed_by')
-    redis.call('ZREM', KEYS[3], key)
-    if redis.call('SADD', KEYS[2], key) == 1 then
-      redis.call('LPUSH', KEYS[1], key)
-    end
+    requeue(KEYS, h, key)
     n = n + 1
   end
 end

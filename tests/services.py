@@ -166,13 +166,18 @@ def s3_resource(endpoint_url: str):
                       aws_secret_access_key=S3_SECRET)
 
 
-@pytest.fixture(scope="session")
-def seaweedfs(tmp_path_factory):
-    server = SeaweedServer(tmp_path_factory.mktemp("seaweedfs"))
+def start_or_fail(server, what: str):
+    """Start a service the test needs; if it cannot start, fail the test with why (never skip)."""
     try:
         server.start()
     except RuntimeError as exc:
-        pytest.fail(f"cannot start SeaweedFS for the S3 tests: {exc}", pytrace=False)
+        pytest.fail(f"cannot start {what}: {exc}", pytrace=False)
+    return server
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory):
+    server = start_or_fail(SeaweedServer(tmp_path_factory.mktemp("seaweedfs")), "SeaweedFS for the S3 tests")
     server.bucket = f"bggen-test-{uuid.uuid4().hex[:8]}"
     server.client().create_bucket(Bucket=server.bucket)
     yield server

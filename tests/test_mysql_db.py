@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from services import MariaDBServer, SERVICES, create_database, services_only
+from services import MariaDBServer, SERVICES, create_database, services_only, start_or_fail
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -180,11 +180,7 @@ def test_transient_errors_are_retried_then_reported_clearly(tmp_path):
 # -- MariaDB killed in the middle of a run -----------------------------------------------------------
 @pytest.fixture(scope="module")
 def private_server(tmp_path_factory):
-    server = MariaDBServer(tmp_path_factory.mktemp("private-mariadb"))
-    try:
-        server.start()
-    except RuntimeError as exc:
-        pytest.fail(f"cannot start a private mariadbd for the crash test: {exc}", pytrace=False)
+    server = start_or_fail(MariaDBServer(tmp_path_factory.mktemp("private-mariadb")), "a private mariadbd for the crash test")
     yield server
     server.kill()
 
