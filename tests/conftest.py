@@ -8,11 +8,35 @@ import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("YOLO_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Forced, not defaulted: no test may reach a model hub, whatever the caller's environment says.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["YOLO_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+import ipaddress  # noqa: E402
+import socket  # noqa: E402
 
 import pytest  # noqa: E402
+
+_connect = socket.socket.connect
+
+
+def _loopback_only_connect(self, address):
+    """Tests talk to 127.0.0.1 / localhost only: any other address fails at once, so a code path
+    that would download weights fails loudly instead of passing on a machine with internet."""
+    if self.family in (socket.AF_INET, socket.AF_INET6):
+        host = address[0]
+        if host != "localhost":
+            try:
+                ok = ipaddress.ip_address(host).is_loopback
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ConnectionRefusedError(f"tests may only connect to loopback, not {host!r}")
+    return _connect(self, address)
+
+
+socket.socket.connect = _loopback_only_connect
 
 sys.path.insert(0, str(Path(__file__).parent))
 
