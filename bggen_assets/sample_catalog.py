@@ -247,13 +247,11 @@ def photo(kind: str, colour, background: str, rng: np.random.Generator, size=(80
         sh = cv2.GaussianBlur(sh, (0, 0), max(3.0, pw * 0.04))
         bg = bg * (1 - 0.25 * sh[:, :, None])
     img = bg.copy()
-    m = full[:, :, None]
     img[y : y + ph, x : x + pw] = prod.rgb * prod.mask[:, :, None] + img[y : y + ph, x : x + pw] * (1 - prod.mask[:, :, None])
     img = np.clip(img + rng.normal(0, 1.2, img.shape), 0, 255).astype(np.uint8)
     if background == "alpha":
         rgba = np.dstack([img, np.clip(np.rint(full * 255), 0, 255).astype(np.uint8)])
         return rgba, full > 0.5
-    del m
     return img, full > 0.5
 
 

@@ -5,6 +5,7 @@ Each step streams images one product at a time and returns a small JSON manifest
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import time
@@ -19,9 +20,9 @@ import pandas as pd
 
 from .core import keys
 from .core.compositing import cut_back, fidelity_error, make_cutout, place_on_canvas, product_alpha, resample_product
-from .core.feeds import Prompt
+from .core.feeds import FEED_COLUMNS, Prompt
 from .core.generation import GenerationJob, derive_seed
-from .core.geometry import Bucket, canvas_layout, plan_buckets
+from .core.geometry import Bucket, CanvasLayout, canvas_layout, plan_buckets
 from .core.image_io import ImageDecodeError, image_sha256
 from .core.masking import MaskRejected
 
@@ -107,22 +108,16 @@ def catalog_step(cfg, store, db, merchant: str, category: str, log: Log = _quiet
             store.put_bytes(key, data)
         products.append({**record, "image_hash": digest})
         db_rows.append({**record, "merchant": merchant, "image_hash": digest, "status": "ok", "reason": ""})
-    frame = pd.DataFrame(products, columns=[*record_columns(), "image_hash"])
+    frame = pd.DataFrame(products, columns=[*FEED_COLUMNS, "image_hash"])
     buf = io.BytesIO()
     frame.to_parquet(buf, index=False)
     snapshot = buf.getvalue()
-    snapshot_key = f"{keys.partition_prefix('catalog', merchant, category)}/{keys.digest(snapshot.hex())[:24]}.parquet"
+    snapshot_key = f"{keys.partition_prefix('catalog', merchant, category)}/{hashlib.sha256(snapshot).hexdigest()[:24]}.parquet"
     store.put_bytes(snapshot_key, snapshot)
     db.upsert_products(db_rows)
     for r in rejected:
         log(f"rejected {r['product_id']} (feed line {r['line']}): {r['reason']}")
     return {"merchant": merchant, "category": category, "snapshot_key": snapshot_key, "products": products, "rejected": rejected}
-
-
-def record_columns() -> list[str]:
-    from .core.feeds import FEED_COLUMNS
-
-    return list(FEED_COLUMNS)
 
 
 # -- masks ---------------------------------------------------------------------------------------
@@ -258,9 +253,7 @@ def canvas_digest(item: dict, mask_info: dict, masker_id: str, prompt: dict, gen
                        generator_id)
 
 
-def item_layout(item: dict):
-    from .core.geometry import CanvasLayout
-
+def item_layout(item: dict) -> CanvasLayout:
     return CanvasLayout(*item["canvas"], *item["product_box"])
 
 
@@ -283,7 +276,7 @@ def generate_step(plans: dict, masks: dict, masker, generator_res, store, db, lo
     log(f"{len(plans['items'])} planned canvases: {len(plans['items']) - len(todo)} already in the store, {len(todo)} to generate")
     _record_orphans(plans, masks, images, {key for _, key in todo}, generator_id, db, log)
     todo.sort(key=lambda t: (t[0]["product_id"], t[0]["canvas"]))
-    batch_size = max(1, int(getattr(generator_res, "batch_size", 4)))
+    batch_size = max(1, generator_res.batch_size)
     done, records, started = 0, [], time.perf_counter()
     gate_stats = {"gated": 0, "retried": 0, "failed": []}
     last_log = started
@@ -335,7 +328,7 @@ def _record_orphans(plans: dict, masks: dict, images: dict, todo_keys: set, gene
     """Canvases in the store without their generated_images row: an earlier attempt stored them and
     died (DB down, process killed) before recording. Record them now, so no row is lost on a rerun."""
     stored = {k: key for k, key in images.items() if key not in todo_keys}
-    if not stored or not hasattr(db, "generated_keys"):
+    if not stored:
         return
     have = db.generated_keys(sorted(set(stored.values())))
     by_key = {item_key(i["product_id"], i["bucket_id"], i["prompt_id"]): i for i in plans["items"]}
@@ -400,7 +393,7 @@ def publish_index(store, merchant: str, category: str, document: dict) -> dict:
     version = (pointer["version"] + 1) if pointer else 1
     document = {**document, "version": version, "published_at": time.time()}
     body = json.dumps(document, sort_keys=True).encode()
-    key = f"{index_prefix(merchant, category)}/v{version:06d}-{keys.digest(body.hex())[:12]}.json"
+    key = f"{index_prefix(merchant, category)}/v{version:06d}-{hashlib.sha256(body).hexdigest()[:12]}.json"
     store.put_bytes(key, body, "application/json")
     new_pointer = {"version": version, "key": key, "entries": len(document["entries"])}
     store.put_bytes(f"{index_prefix(merchant, category)}/current.json", json.dumps(new_pointer).encode(), "application/json")

@@ -205,28 +205,28 @@ def _server_url(url: str):
     return sa.make_url(url).set(database=None)
 
 
+def _on_server(server_url: str, sql: str) -> None:
+    """One statement on the server itself (no database selected), on a throwaway connection."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(_server_url(server_url), poolclass=sa.pool.NullPool)
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(sql)
+    finally:
+        engine.dispose()
+
+
 def create_database(server_url: str, name: str) -> str:
     """CREATE DATABASE `name` on the server; returns the URL of that database."""
     import sqlalchemy as sa
 
-    engine = sa.create_engine(_server_url(server_url), poolclass=sa.pool.NullPool)
-    try:
-        with engine.begin() as conn:
-            conn.exec_driver_sql(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
-    finally:
-        engine.dispose()
+    _on_server(server_url, f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
     return sa.make_url(server_url).set(database=name).render_as_string(hide_password=False)
 
 
 def drop_database(server_url: str, name: str) -> None:
-    import sqlalchemy as sa
-
-    engine = sa.create_engine(_server_url(server_url), poolclass=sa.pool.NullPool)
-    try:
-        with engine.begin() as conn:
-            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS `{name}`")
-    finally:
-        engine.dispose()
+    _on_server(server_url, f"DROP DATABASE IF EXISTS `{name}`")
 
 
 @pytest.fixture(scope="session")

@@ -3,12 +3,9 @@ import io
 import json
 import shutil
 
-import numpy as np
 import pytest
-from dagster import DagsterInstance
 from PIL import Image
 
-from bggen_assets import steps
 from bggen_assets.core.compositing import crop_placement
 from bggen_assets.core.geometry import CanvasLayout, bucket_for, place_product
 from pipeline_helpers import checks_of, metadata_of, run_partition
