@@ -156,6 +156,7 @@ def params(world, **kw):
 def test_health_and_openapi(live):
     r = live.client.get("/health")
     assert r.status_code == 200 and r.json()["status"] == "ok"
+    assert {"prefetched_canvases", "prefetching", "cache_bytes"} <= set(r.json())
     spec = live.client.get("/openapi.json").json()
     assert {"/creative", "/events", "/health", "/preview"} <= set(spec["paths"])
     names = {p["name"] for p in spec["paths"]["/creative"]["get"]["parameters"]}

@@ -5,7 +5,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from bggen_assets.core.compositing import crop_placement
+from bggen_assets.core.compositing import canvas_pyramid, crop_placement
 from bggen_assets.core.geometry import (
     Bucket,
     GeometryError,
@@ -38,7 +38,7 @@ def served_product_box(bbox, placement, r, budget):
     canvas = np.zeros((layout.height, layout.width), np.uint8)
     x, y, w, h = layout.product_box
     canvas[y : y + h, x : x + w] = 255
-    out = np.asarray(crop_placement(Image.fromarray(canvas), layout, placed))
+    out = np.asarray(crop_placement(canvas_pyramid(Image.fromarray(canvas)), layout, placed))
     ys, xs = np.nonzero(out >= 128)
     return out.shape, (int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)), placed
 
@@ -54,6 +54,21 @@ def test_every_placement_is_an_exact_crop_of_its_bucket_canvas(bbox, placement, 
     shape, box, placed = served_product_box(bbox, placement, r, budget)
     assert shape == (placement.height, placement.width)  # exact size, so exact aspect ratio
     assert box == (placed.x, placed.y, placed.w, placed.h)  # product position exact to the pixel
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@given(bbox=bboxes, placement=placements, r=ratios, budget=st.sampled_from([20_000, 60_000]))
+def test_an_upscaled_placement_keeps_the_product_on_its_box(bbox, placement, r, budget):
+    """The canvas has less resolution than the placement (the bilinear warp path): the product's
+    edges still land on the placed box, within one pixel. (A product under 4 canvas pixels across
+    is a smear whose >= 50% extent is not its box, whatever the filter.)"""
+    placed = place_product(*bbox, placement)
+    layout = canvas_layout(bucket_for(placed, r), *bbox, budget)
+    assume(layout.product_w < placed.w and layout.product_h < placed.h)
+    assume(min(layout.product_w, layout.product_h) >= 4)
+    shape, box, placed = served_product_box(bbox, placement, r, budget)
+    assert shape == (placement.height, placement.width)
+    assert all(abs(a - b) <= 1 for a, b in zip(box, (placed.x, placed.y, placed.w, placed.h))), (box, placed)
 
 
 @settings(max_examples=300, deadline=None)

@@ -40,7 +40,7 @@ from resources.metadata_db import Miss
 from ..core.compositing import fallback_creative
 from ..core.geometry import GeometryError, Placement, bucket_for, place_product
 from ..core.keys import InvalidName, check_name, source_key
-from .creative import FORMATS, Creative, CreativeService, LRUBytes, NotFound
+from .creative import FORMATS, JPEG_QUALITY, Creative, CreativeService, LRUBytes, NotFound, keep_pillow_blocks
 from .personalize import (
     THEMED,
     Personalizer,
@@ -286,7 +286,7 @@ class ServingState:
     def control(self, doc: dict, product_id: str, width: int, height: int, fmt: str) -> bytes:
         key = source_key(doc["products"][product_id]["image_hash"])
         return self._encode_cached(("control", key, width, height, fmt),
-                                   lambda: fit_photo(self.service._canvas(key), width, height), fmt)
+                                   lambda: fit_photo(self.service._photo(key), width, height), fmt)
 
     def positioned(self, doc: dict, product_id: str, placement: Placement, fmt: str) -> tuple[bytes, str]:
         product = doc["products"][product_id]
@@ -327,20 +327,31 @@ def _error(status: int, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": message, **extra}, status_code=status)
 
 
+def _log_errors(fn):
+    def run():
+        try:
+            fn()
+        except Exception:  # a background warm-up failing must not take the API down; requests load lazily
+            log.exception("%s failed", fn.__name__)
+    return run
+
+
 def create_app(store, miss_queue, bandit_store=None, creative_config=None, serving_config: Optional[ServingConfig] = None,
                *, service: Optional[CreativeService] = None, cache_bytes: int = 512 * 2**20,
-               response_cache_bytes: int = 0, index_ttl_s: float = 5.0, jpeg_quality: int = 85,
-               background: bool = True) -> FastAPI:
+               response_cache_bytes: int = 0, index_ttl_s: float = 5.0, jpeg_quality: int = JPEG_QUALITY,
+               background: bool = True, prefetch: bool = True) -> FastAPI:
     """The API over an object store (serving indexes, images), a miss queue and (optionally) a
     :class:`resources.bandit_store.BanditStore` for bandit state, impressions and clicks.
 
     ``response_cache_bytes`` > 0 also keeps encoded responses of deterministic creatives (same
     image, placement, format -> same bytes) in an LRU. ``background=False`` leaves flushing to
-    the caller (``app.state.serving.flush()``), for tests.
+    the caller (``app.state.serving.flush()``), for tests. ``prefetch`` decodes the canvases of each
+    newly read index version in the background (see :class:`CreativeService`).
     """
     serving_config = serving_config or ServingConfig()
+    keep_pillow_blocks()
     service = service or CreativeService(store, miss_queue, creative_config, cache_bytes=cache_bytes,
-                                         index_ttl_s=index_ttl_s, jpeg_quality=jpeg_quality)
+                                         index_ttl_s=index_ttl_s, jpeg_quality=jpeg_quality, prefetch=prefetch)
     misses = BufferedMissQueue(miss_queue)
     service.miss_queue = misses  # the service records misses through the buffer: never blocks
     state = ServingState(service, Personalizer(serving_config, bandit_store), misses, ImpressionLog(bandit_store),
@@ -351,6 +362,8 @@ def create_app(store, miss_queue, bandit_store=None, creative_config=None, servi
         flusher = Flusher(state, serving_config.flush_interval_s) if background else None
         if flusher:
             flusher.start()
+        if service.prefetch:  # read every index at start-up, so its canvases are decoded before traffic
+            threading.Thread(target=_log_errors(service.load_all_indexes), name="load-indexes", daemon=True).start()
         try:
             yield
         finally:
@@ -420,6 +433,8 @@ def create_app(store, miss_queue, bandit_store=None, creative_config=None, servi
             "uptime_s": round(time.time() - state.started, 1),
             "served": dict(state.served),
             "cache_bytes": service.cache.size,
+            "prefetched_canvases": service.prefetched,
+            "prefetching": service.prefetching > 0,
             "pending_impressions": len(state.impressions),
             "pending_misses": len(state.misses),
             "policies": state.personalizer.snapshot(),
