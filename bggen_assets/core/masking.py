@@ -554,24 +554,56 @@ def _as_rgb_uint8(image: np.ndarray) -> np.ndarray:
     return image
 
 
-def _coverage(mask: np.ndarray, ev: np.ndarray, weak: np.ndarray | None = None) -> np.ndarray:
-    """Estimated product coverage in [0, 1] per pixel: 1 inside, 0 outside, ev/local-ev at the edge."""
+def _coverage(mask: np.ndarray, ev: np.ndarray, weak: np.ndarray | None = None,
+              rgb: np.ndarray | None = None, band_px: int = 2, min_contrast: float = 40.0) -> np.ndarray:
+    """Estimated product coverage in [0, 1] per pixel: 1 inside, 0 outside, unmixed at the edge.
+
+    In a band of ``band_px`` on either side of the mask edge, a pixel is a mix of the product next
+    to it and the background next to it. With ``rgb``, its coverage is its projection onto the
+    line between the local mean colour inside (pixels inside the band) and outside (beyond it):
+    linear unmixing. The evidence ratio it replaces over-counts where the background next to the
+    product is its own soft shadow (shadowed background already has some evidence), which put
+    the boundary 1-2 px out all round: the masks were too big, never too small. Where the two
+    means are closer than ``min_contrast`` (RGB distance) the projection is mostly noise, and a
+    light part next to a light background (a white sole) would be unmixed away: there, and
+    without ``rgb``, coverage is ev / local interior ev.
+    """
     m8 = mask.astype(np.uint8)
-    k = _disk(1)
+    k = _disk(band_px)
     inner = cv2.erode(m8, k)
     outer = cv2.dilate(m8, k)
     band = (outer > inner)
     frac = inner.astype(np.float32)
     if band.any():
-        evc = np.minimum(ev, 8.0).astype(np.float32)
-        num = cv2.boxFilter(evc * inner, cv2.CV_32F, (7, 7), normalize=False)
-        den = cv2.boxFilter(inner.astype(np.float32), cv2.CV_32F, (7, 7), normalize=False)
-        loc = np.where(den > 0, num / np.maximum(den, 1e-6), 2.0)
-        loc = np.maximum(loc, 1.0)
-        cov = np.clip(evc / loc, 0.0, 1.0)
-        # pixels of the mask whose evidence is weak (grabcut additions, filled holes) keep
-        # their mask value at the edge when they sit inside it
-        frac[band] = cov[band]
+        win = (4 * band_px + 3,) * 2
+        # only the band's bounding box (plus the window) is filtered: the band is a thin line
+        ys, xs = np.nonzero(band)
+        pad = win[0]
+        y0, y1 = max(0, ys.min() - pad), min(mask.shape[0], ys.max() + pad + 1)
+        x0, x1 = max(0, xs.min() - pad), min(mask.shape[1], xs.max() + pad + 1)
+        sub = (slice(y0, y1), slice(x0, x1))
+        at = (ys - y0, xs - x0)   # band pixels in the crop
+
+        def box(a: np.ndarray) -> np.ndarray:
+            return cv2.boxFilter(a, cv2.CV_32F, win, normalize=False)[at]
+
+        evc = np.minimum(ev[sub], 8.0).astype(np.float32)
+        inner_f = inner[sub].astype(np.float32)
+        den = box(inner_f)
+        loc = np.maximum(np.where(den > 0, box(evc * inner_f) / np.maximum(den, 1e-6), 2.0), 1.0)
+        cov = np.clip(evc[at] / loc, 0.0, 1.0)
+        if rgb is not None:
+            f = rgb[sub].astype(np.float32)
+            outside = (1 - outer[sub]).astype(np.float32)
+            den_o = box(outside)
+            mean_in = box(f * inner_f[:, :, None]) / np.maximum(den, 1e-6)[:, None]
+            mean_out = box(f * outside[:, :, None]) / np.maximum(den_o, 1e-6)[:, None]
+            d = mean_in - mean_out
+            dd = (d * d).sum(axis=1)
+            unmixed = ((f[at] - mean_out) * d).sum(axis=1) / np.maximum(dd, 1e-6)
+            ok = (den > 0) & (den_o > 0) & (dd > min_contrast**2)
+            cov = np.where(ok, np.clip(unmixed, 0.0, 1.0), cov)
+        frac[ys, xs] = cov
         if weak is not None:
             # parts found by their outline, not their colour: evidence says nothing there
             wb = band & weak
@@ -668,7 +700,7 @@ def classical_mask(image: np.ndarray, *, refine: bool = True, work_side: int = W
     # Sub-pixel boundary: in a 1-px band around the mask, a mixed pixel's evidence is about
     # (product share) x (the nearby product's evidence), so ev / local interior ev estimates
     # the product's coverage of that pixel; the boundary sits where coverage crosses 1/2.
-    frac = _coverage(coarse, ev, weak=protected)
+    frac = _coverage(coarse, ev, weak=protected, rgb=work)
     if (ww, wh) == (W, H):
         full = frac >= 0.5
     else:
