@@ -185,7 +185,8 @@ class CreativeService:
             try:
                 if self.cache.get(f"pyramid:{entry['image_key']}") is None:
                     self._pyramid(entry["image_key"])
-                    self.prefetched += 1
+                    with self._lock:  # two prefetch threads may run (two partitions published)
+                        self.prefetched += 1
             except Exception as exc:  # a missing or broken image is served as a miss later
                 log.warning("prefetch of %s failed: %s", entry["image_key"], exc)
 
