@@ -186,7 +186,8 @@ def prompt_dict(p: Prompt) -> dict:
     return {"id": p.id, "text": p.text, "negative": p.negative, "style": p.style, "palette": list(p.palette)}
 
 
-def plans_step(catalog: dict, masks: dict, cfg, miss_queue, merchant: str, category: str) -> dict:
+def plans_step(catalog: dict, masks: dict, cfg, miss_queue, merchant: str, category: str,
+               consumer: str = "plans") -> dict:
     placements = cfg.placements(merchant)
     prompts = cfg.prompts(category)
     r, budget = cfg.bucket_ratio, cfg.canvas_pixels
@@ -205,11 +206,16 @@ def plans_step(catalog: dict, masks: dict, cfg, miss_queue, merchant: str, categ
             for prompt in prompts:
                 add(pid, bucket, prompt.id, "placement")
     prompt_ids = {p.id for p in prompts}
-    miss_keys = []
-    for miss in miss_queue.pending(limit=10_000, merchant=merchant, category=category):
+    miss_keys, unusable = [], []
+    # claimed, not just read: two runs of one partition at once never plan the same misses (a
+    # claim that index_step does not mark done comes back after the queue's lease)
+    for miss in miss_queue.claim(consumer, limit=10_000, merchant=merchant, category=category):
         if miss.product_id in masks["products"] and miss.prompt_id in prompt_ids:
             add(miss.product_id, Bucket.from_id(miss.bucket_id), miss.prompt_id, "miss")
             miss_keys.append(miss.request_key)
+        else:  # a product masking rejected, or a theme no longer configured: may become valid later
+            unusable.append(miss.request_key)
+    miss_queue.release(unusable)
     requests = len(masks["products"]) * len(placements) * len(prompts)
     return {
         "merchant": merchant,

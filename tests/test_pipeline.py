@@ -168,3 +168,24 @@ def test_failed_generation_loses_nothing_and_rerun_completes(pipeline_resources,
     again, _ = run_partition(pipeline_resources, "acme-outfitters", "bags", instance=instance)
     md = metadata_of(again, "generated_backgrounds")
     assert md["reused"] == len(made) and md["generated"] > 0
+
+
+def test_concurrent_plans_of_one_partition_never_take_the_same_miss(footwear_run):
+    from bggen_assets import steps
+    from resources.metadata_db import Miss
+
+    _, _, res = footwear_run
+    store, queue = res["store"], res["miss_queue"]
+    catalog = json.loads(store.get_bytes("manifests/northwind/footwear/catalog.json"))
+    masks = json.loads(store.get_bytes("manifests/northwind/footwear/product_masks.json"))
+    pid = sorted(masks["products"])[0]
+    usable = Miss("northwind", "footwear", pid, "r1.2-t1-r7-b1-l7", "beach-sunset")
+    stale_theme = Miss("northwind", "footwear", pid, "r1.2-t1-r7-b1-l7", "no-such-theme")
+    queue.record(usable, now=100.0)
+    queue.record(stale_theme, now=101.0)
+    first = steps.plans_step(catalog, masks, res["creative_config"], queue, "northwind", "footwear", consumer="run:a")
+    second = steps.plans_step(catalog, masks, res["creative_config"], queue, "northwind", "footwear", consumer="run:b")
+    assert first["miss_keys"] == [usable.request_key] and second["miss_keys"] == []
+    assert any(i["source"] == "miss" and i["bucket_id"] == usable.bucket_id for i in first["items"])
+    # a miss the plan cannot use goes back to the queue (the theme may be configured again)
+    assert [m.request_key for m in queue.pending()] == [stale_theme.request_key]

@@ -104,7 +104,8 @@ def bucket_plans(context: AssetExecutionContext, catalog: dict, product_masks: d
                  miss_queue: MissQueue):
     merchant, category = _partition(context)
     try:
-        plan = steps.plans_step(catalog, product_masks, creative_config, miss_queue, merchant, category)
+        plan = steps.plans_step(catalog, product_masks, creative_config, miss_queue, merchant, category,
+                                consumer=f"run:{context.run_id}")
     except ConfigError as exc:
         raise Failure(description=str(exc)) from exc
     n = len(plan["items"])
