@@ -178,6 +178,18 @@ def _background_like(labels: np.ndarray, n: int, evidence: np.ndarray,
     return like
 
 
+def _inside_outline(edge: np.ndarray, rim_px: int = 1) -> np.ndarray:
+    """Pixels that crisp step edges close off from the image border, and the outline itself
+    (within ``rim_px``). A soft shadow has no such outline, so it is never inside one."""
+    walls = cv2.dilate(edge.astype(np.uint8), np.ones((3, 3), np.uint8))   # close 1-px gaps
+    n, labels = cv2.connectedComponents(1 - walls, connectivity=4)
+    reached = np.zeros(n, bool)
+    for border in (labels[0, :], labels[-1, :], labels[:, 0], labels[:, -1]):
+        reached[np.unique(border)] = True
+    inside = ~reached[labels] & (walls == 0)
+    return cv2.dilate(inside.astype(np.uint8), _disk(rim_px)).astype(bool)
+
+
 def _add_enclosed(mask: np.ndarray, edge: np.ndarray, ev: np.ndarray, residual: np.ndarray,
                   offset_tol: float, hp: np.ndarray, hp_tol: float,
                   hp_low: float = -np.inf) -> np.ndarray:
@@ -676,6 +688,9 @@ def classical_mask(image: np.ndarray, *, refine: bool = True, work_side: int = W
     if enclosed.any():
         coarse = fill_holes(coarse | enclosed, **holes)
     protected = enclosed | promoted
+    # GrabCut's colour model calls a light part the background's (a white sole's toe): what a
+    # crisp outline closes off from the image border is kept whatever GrabCut thinks
+    protected = protected | (coarse & _inside_outline(edge))
 
     gc_note = "no grabcut"
     agree = 1.0
