@@ -41,7 +41,7 @@ from bggen_assets.core.masking import (
 __all__ = ["MaskerResource", "MaskerConfigError", "CLASSICAL_VERSION", "YOLO_VERSION"]
 
 # Bump when the algorithm changes in a way that changes masks: stored masks are re-made.
-CLASSICAL_VERSION = "c3"
+CLASSICAL_VERSION = "c4"  # c4: edge pixels unmixed; GrabCut keeps what a crisp outline closes off
 YOLO_VERSION = "y1"
 YOLO_WORK_SIDE = 1024   # YOLO + refinement run on a copy whose long side is at most this
 
