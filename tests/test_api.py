@@ -136,14 +136,15 @@ def product(world, pid=None):
     return pid or sorted(world["doc"]["products"])[0]
 
 
-def find_miss_size(doc, pid):
-    """A placement whose bucket no plan covered (so every theme misses)."""
+def find_miss_size(doc, pid, fill=0.35, anchor=(0.1, 0.9)):
+    """A size whose bucket no plan covered (so every theme misses) when placed with this fill and
+    anchor (the preview's extra sizes use Placement's defaults)."""
     from bggen_assets.core.geometry import Placement
     from bggen_assets.serving.preview import cell_status
 
     for w in range(120, 1600, 37):
         for h in (40, 61, 90, 333, 1500):
-            if not any(cell_status(doc, pid, Placement(w, h, 0.35, 0.1, 0.9), t)[0] for t in doc["prompts"]):
+            if not any(cell_status(doc, pid, Placement(w, h, fill, *anchor), t)[0] for t in doc["prompts"]):
                 return w, h
     raise AssertionError("no miss size found")
 

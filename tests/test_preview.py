@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bggen_assets.core.geometry import Placement
+
 from test_api import CATEGORY, MERCHANT, LiveServer, bandit_only, find_miss_size, make_app, world  # noqa: F401
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -25,6 +27,10 @@ def preview_server(world, bandit_only):  # noqa: F811
         yield srv
 
 
+# ``sizes=WxH`` on /preview places the product with Placement's defaults
+PREVIEW_SIZE_PLACEMENT = {"fill": Placement(1, 1).fill, "anchor": (Placement(1, 1).anchor_x, Placement(1, 1).anchor_y)}
+
+
 def _chromium(tmp_path, *args):
     return subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}", *args],
                           capture_output=True, text=True, timeout=90)
@@ -34,7 +40,7 @@ def test_preview_html_marks_hits_and_misses(preview_server, world):  # noqa: F81
     import httpx
 
     pid = sorted(world["doc"]["products"])[0]
-    w, h = find_miss_size(world["doc"], pid)
+    w, h = find_miss_size(world["doc"], pid, **PREVIEW_SIZE_PLACEMENT)
     with httpx.Client(base_url=preview_server.url) as c:
         r = c.get("/preview", params={"merchant": MERCHANT, "product": pid, "sizes": f"{w}x{h}"})
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
@@ -68,7 +74,7 @@ def test_preview_renders_in_headless_chromium(preview_server, world, tmp_path): 
     if CHROMIUM is None:  # make test installs it: a missing browser is a failure, never a skip
         pytest.fail("chromium is not installed: run scripts/install_chromium.sh (as root), as `make test` does")
     pid = sorted(world["doc"]["products"])[0]
-    w, h = find_miss_size(world["doc"], pid)
+    w, h = find_miss_size(world["doc"], pid, **PREVIEW_SIZE_PLACEMENT)
     url = f"{preview_server.url}/preview?merchant={MERCHANT}&product={pid}&sizes={w}x{h}"
     shot = tmp_path / "preview.png"
     res = _chromium(tmp_path, f"--screenshot={shot}", "--window-size=1100,1300", url)
