@@ -19,7 +19,6 @@ import io
 import json
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import threading
@@ -188,7 +187,7 @@ def floor(data: Path, reqs: list[dict], mode: str) -> dict:
     "pyramid": canvas and its reductions in memory, the API's crop (compositing.crop_placement)."""
     from PIL import Image
 
-    from bggen_assets.core.compositing import canvas_pyramid, crop_placement
+    from bggen_assets.core.compositing import canvas_pyramid, crop_placement, lanczos_crop
     from bggen_assets.core.geometry import CanvasLayout, Placement, bucket_for, place_product
     from bggen_assets.serving.creative import keep_pillow_blocks
 
@@ -215,7 +214,7 @@ def floor(data: Path, reqs: list[dict], mode: str) -> dict:
     for k, layout, placed in jobs:
         t = time.perf_counter()
         canvas = Image.open(io.BytesIO(raw[k])).convert("RGB") if mode == "decode" else decoded[k]
-        img = crop_placement(canvas, layout, placed)
+        img = crop_placement(canvas, layout, placed) if mode == "pyramid" else lanczos_crop(canvas, layout, placed)
         buf = io.BytesIO()
         img.save(buf, "JPEG", quality=quality)
         lat.append(time.perf_counter() - t)
@@ -229,7 +228,7 @@ def fast_path_quality(data: Path) -> tuple[float, float]:
     import numpy as np
     from PIL import Image
 
-    from bggen_assets.core.compositing import canvas_pyramid, crop_placement
+    from bggen_assets.core.compositing import canvas_pyramid, crop_placement, lanczos_crop
     from bggen_assets.core.geometry import CanvasLayout, Placement, bucket_for, place_product
 
     store, *_ = resources(data)
@@ -243,10 +242,59 @@ def fast_path_quality(data: Path) -> tuple[float, float]:
             canvas = Image.open(io.BytesIO(store.get_bytes(e["image_key"]))).convert("RGB")
             layout = CanvasLayout(*e["canvas"], *e["product_box"])
             a = np.asarray(crop_placement(canvas_pyramid(canvas), layout, placed), np.float64)
-            b = np.asarray(crop_placement(canvas, layout, placed), np.float64)
+            b = np.asarray(lanczos_crop(canvas, layout, placed), np.float64)
             mse = np.mean((a - b) ** 2)
             out.append(99.0 if mse == 0 else 10 * np.log10(255.0**2 / mse))
     return min(out), sum(out) / len(out)
+
+
+def per_size_costs(data: Path, reps: int = 20) -> list[tuple]:
+    """Median ms per placement size of one product, in this process: one Lanczos pass over the
+    canvas, the API's crop, the JPEG encode; and the API's crop + encode of the largest size with
+    Pillow's block pool off, then on."""
+    from PIL import Image
+
+    from bggen_assets.core.compositing import canvas_pyramid, crop_placement, lanczos_crop
+    from bggen_assets.core.geometry import CanvasLayout, Placement, bucket_for, place_product
+
+    store, *_ = resources(data)
+    doc = json.loads(store.get_bytes(json.loads(store.get_bytes("index/northwind/footwear/current.json"))["key"]))
+    pid = sorted(doc["products"])[0]
+    p = doc["products"][pid]
+
+    def median_ms(fn) -> float:
+        fn()
+        ts = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t)
+        return 1000 * sorted(ts)[reps // 2]
+
+    def encode(img) -> bytes:
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=jpeg_quality())
+        return buf.getvalue()
+
+    rows = []
+    for w, h in SIZES:
+        placed = place_product(p["bbox"][2], p["bbox"][3], Placement(w, h))
+        e = doc["entries"][f"{pid}|{bucket_for(placed, doc['bucket_ratio']).id}|{doc['prompts'][0]}"]
+        canvas = Image.open(io.BytesIO(store.get_bytes(e["image_key"]))).convert("RGB")
+        pyramid, layout = canvas_pyramid(canvas), CanvasLayout(*e["canvas"], *e["product_box"])
+        out = crop_placement(pyramid, layout, placed)
+        scale = layout.product_w / placed.w
+        rows.append(((w, h), scale, median_ms(lambda: lanczos_crop(canvas, layout, placed)),
+                     median_ms(lambda: crop_placement(pyramid, layout, placed)), median_ms(lambda: encode(out)),
+                     (pyramid, layout, placed)))
+    pyramid, layout, placed = max(rows, key=lambda r: r[0][0] * r[0][1])[5]
+    blocks = Image.core.get_blocks_max()
+    pool = []
+    for n in (0, 8):
+        Image.core.set_blocks_max(n)
+        pool.append(median_ms(lambda: encode(crop_placement(pyramid, layout, placed))))
+    Image.core.set_blocks_max(blocks)
+    return [r[:5] for r in rows], pool
 
 
 def free_port() -> int:
@@ -315,6 +363,7 @@ def main(argv=None) -> int:
     fl_mem = floor(data, reqs, "memory")
     fl_pyr = floor(data, reqs, "pyramid")
     psnr_min, psnr_mean = fast_path_quality(data)
+    sizes, pool = per_size_costs(data)
     pin(1)
     api = measure_api(data, reqs, warm, 0)
     cpus = os.cpu_count()
@@ -335,6 +384,12 @@ def main(argv=None) -> int:
               f"throughput {fl['rps'] / api['conc']['rps']:.2f}x (floor req/s / API req/s at concurrency 8)")
     print(f"the API's crop vs one Lanczos pass: PSNR min {psnr_min:.1f} dB, mean {psnr_mean:.1f} dB; "
           f"p50 {fl_mem['p50_ms'] / fl_pyr['p50_ms']:.2f}x faster, p99 {fl_mem['p99_ms'] / fl_pyr['p99_ms']:.2f}x")
+    print("\nper size, one product, in-process medians (ms); scale = canvas px per output px:")
+    print(f"{'size':>10s} {'scale':>6s} {'Lanczos':>8s} {'API crop':>9s} {'encode':>7s}")
+    for (w, h), scale, lanczos, crop, enc in sizes:
+        print(f"{w:>4d}x{h:<5d} {scale:6.2f} {lanczos:8.2f} {crop:9.2f} {enc:7.2f}")
+    big = max(sizes, key=lambda r: r[0][0] * r[0][1])[0]
+    print(f"{big[0]}x{big[1]} crop + encode, Pillow block pool off / on: {pool[0]:.2f} / {pool[1]:.2f} ms")
     print(f"hits: {api['seq']['hits']}/{api['seq']['n']} sequential, {api['conc']['hits']}/{api['conc']['n']} concurrent")
     print(f"targets: <= 1.5x the floor, p99 <= 20 ms: sequential p99 {api['seq']['p99_ms']:.2f} ms, "
           f"open loop at half load p99 {api['half']['p99_ms']:.2f} ms, saturated p99 {api['conc']['p99_ms']:.2f} ms")

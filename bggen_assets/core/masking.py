@@ -712,9 +712,8 @@ def classical_mask(image: np.ndarray, *, refine: bool = True, work_side: int = W
             else:
                 gc_note = "grabcut emptied the mask; threshold kept"
 
-    # Sub-pixel boundary: in a 1-px band around the mask, a mixed pixel's evidence is about
-    # (product share) x (the nearby product's evidence), so ev / local interior ev estimates
-    # the product's coverage of that pixel; the boundary sits where coverage crosses 1/2.
+    # Sub-pixel boundary: each pixel near the edge gets an estimated product coverage (see
+    # _coverage); the boundary sits where coverage crosses 1/2.
     frac = _coverage(coarse, ev, weak=protected, rgb=work)
     if (ww, wh) == (W, H):
         full = frac >= 0.5

@@ -2,20 +2,19 @@
 
 A hit crops and resizes the bucket canvas (decoded canvases and their 2x/4x reductions are kept in
 a memory-bounded LRU). A miss records the miss for generation and answers at once with the
-fallback: the positioned product on a plain background. The published index of each partition is re-read when its pointer changes,
-so a new version is picked up without a restart.
+fallback: the positioned product on a plain background. The published index of each partition is
+re-read when its pointer changes, so a new version is picked up without a restart.
 """
 from __future__ import annotations
 
 import io
 import json
+import logging
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Optional
-
-import logging
 
 import cv2
 import numpy as np
@@ -24,7 +23,7 @@ from PIL import Image
 from resources.metadata_db import Miss
 from resources.object_store import ObjectNotFound
 
-from ..core.compositing import CanvasPyramid, canvas_pyramid, crop_placement, fallback_creative
+from ..core.compositing import PYRAMID_LEVELS, CanvasPyramid, canvas_pyramid, crop_placement, fallback_creative
 from ..core.geometry import CanvasLayout, Placement, bucket_for, place_product
 from ..core.keys import check_name
 
@@ -40,6 +39,10 @@ def keep_pillow_blocks(blocks: int = 8) -> None:
     of a 1080x1080 hit on the dev machine. Each kept block is at most 16 MB (Pillow's block size),
     so the pool holds at most blocks x 16 MB. Same as PILLOW_BLOCKS_MAX=8 in the environment."""
     Image.core.set_blocks_max(max(blocks, Image.core.get_blocks_max()))
+
+
+def _pyramid_key(image_key: str) -> str:
+    return f"pyramid:{image_key}"
 
 
 class NotFound(LookupError):
@@ -77,6 +80,10 @@ class LRUBytes:
             if value is not None:
                 self._items.move_to_end(key)
             return value
+
+    def __contains__(self, key: str) -> bool:  # without touching its recency
+        with self._lock:
+            return key in self._items
 
     def put(self, key: str, value, nbytes: int) -> None:
         with self._lock:
@@ -183,7 +190,7 @@ class CreativeService:
             if self.cache.size >= 0.9 * self.cache.max_bytes:
                 return  # never evict what requests are using to make room for guesses
             try:
-                if self.cache.get(f"pyramid:{entry['image_key']}") is None:
+                if _pyramid_key(entry["image_key"]) not in self.cache:
                     self._pyramid(entry["image_key"])
                     with self._lock:  # two prefetch threads may run (two partitions published)
                         self.prefetched += 1
@@ -212,25 +219,22 @@ class CreativeService:
         return Placement(width, height)
 
     # -- images ----------------------------------------------------------------------------------
-    def _photo(self, key: str) -> Image.Image:
-        img = self.cache.get(key)
-        if img is None:
-            img = Image.open(io.BytesIO(self.store.get_bytes(key)))
-            img.load()
-            img = img.convert("RGB")
-            self.cache.put(key, img, img.width * img.height * 3)
-        return img
-
-    def _pyramid(self, key: str) -> CanvasPyramid:
-        """A bucket canvas with its reductions, cached as one entry (see compositing.crop_placement)."""
-        cache_key = f"pyramid:{key}"
+    def _decoded(self, cache_key: str, key: str, levels: int) -> CanvasPyramid:
+        """The image at key decoded to RGB with ``levels`` pyramid levels, cached under cache_key."""
         pyramid = self.cache.get(cache_key)
         if pyramid is None:
             img = Image.open(io.BytesIO(self.store.get_bytes(key)))
             img.load()
-            pyramid = canvas_pyramid(img.convert("RGB"))
+            pyramid = canvas_pyramid(img.convert("RGB"), levels)
             self.cache.put(cache_key, pyramid, pyramid.nbytes)
         return pyramid
+
+    def _photo(self, key: str) -> Image.Image:
+        return self._decoded(key, key, levels=1).levels[0]
+
+    def _pyramid(self, key: str) -> CanvasPyramid:
+        """A bucket canvas with its reductions, cached as one entry (see compositing.crop_placement)."""
+        return self._decoded(_pyramid_key(key), key, levels=PYRAMID_LEVELS)
 
     def _cutout(self, key: str) -> np.ndarray:
         arr = self.cache.get(key)
