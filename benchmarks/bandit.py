@@ -7,7 +7,10 @@
    mabwiser (predict + partial_fit per event), side by side.
 2. Simulation on the realistic click model (CTR 0.5%-8%): random, UCB1, the best fixed theme
    (the ceiling of any context-free policy), LinUCB, LinUCB on 4 replicas merging deltas, and
-   the oracle.  A table of cumulative CTR / regret and a PNG.
+   the oracle.  A table of cumulative CTR / regret and a PNG; how often each theme is the best
+   one; the oracle's gain; LinUCB's regret for several alpha.
+3. The unit tests' setting (fast click model, 3,000 impressions, seeds 0-3): LinUCB's regret as
+   a ratio of random's and UCB1's, per seed.
 """
 import os
 
@@ -23,9 +26,9 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from bggen_assets.core.bandit import (  # noqa: E402
-    ClickModel, LinUCB, OraclePolicy, RandomPolicy, SimResult, UCB1, default_schema, simulate,
-    simulate_replicas,
+from bggen_assets.core.bandit import LinUCB, RandomPolicy, UCB1, default_schema  # noqa: E402
+from bggen_assets.core.bandit_simulation import (  # noqa: E402
+    ClickModel, FixedPolicy, OraclePolicy, best_fixed_arm, simulate, simulate_replicas,
 )
 
 ARMS = ("1", "2", "3")
@@ -131,19 +134,6 @@ def bench_throughput(quick):
     return ours
 
 
-def _best_fixed(model, n, seed):
-    """Cumulative arrays for the single theme with the best average CTR on these users."""
-    rng = np.random.default_rng(seed)
-    X = model.sample_contexts(n, rng)
-    C = model.ctr(X)
-    U = rng.random(n)
-    k = int(np.argmax(C.mean(axis=0)))
-    p = C[:, k]
-    best = C.max(axis=1)
-    return SimResult(np.cumsum(U < p).astype(float), np.cumsum(p), np.cumsum(best),
-                     np.cumsum(best - p), np.full(n, k))
-
-
 def bench_simulation(quick, out):
     n = 20_000 if quick else 200_000
     seeds = [0] if quick else [0, 1, 2]
@@ -151,7 +141,7 @@ def bench_simulation(quick, out):
     policies = {
         "random": lambda m, s: simulate(RandomPolicy(ARMS, seed=s), n, s, m),
         "UCB1 (c=sqrt 2)": lambda m, s: simulate(UCB1(ARMS, seed=s), n, s, m),
-        "best fixed theme": lambda m, s: _best_fixed(m, n, s),
+        "best fixed theme": lambda m, s: simulate(FixedPolicy(m.arms, best_fixed_arm(m, n, s)), n, s, m),
         "LinUCB (alpha=1)": lambda m, s: simulate(LinUCB(ARMS, d, alpha=1.0, seed=s), n, s, m),
         "LinUCB, 4 replicas": lambda m, s: simulate_replicas(
             lambda: LinUCB(ARMS, d, alpha=1.0, seed=s), n, s, m, replicas=4, sync_every=1000),
@@ -159,12 +149,14 @@ def bench_simulation(quick, out):
     }
     res = {k: [] for k in policies}
     secs = {k: 0.0 for k in policies}
-    for s in seeds:
-        model = ClickModel.synthetic(default_schema(), ARMS, seed=s)
+    best_share = {}
+    models = {s: ClickModel.synthetic(default_schema(), ARMS, seed=s) for s in seeds}
+    for s, model in models.items():
         for name, run in policies.items():
             t = time.perf_counter()
             res[name].append(run(model, s))
             secs[name] += time.perf_counter() - t
+        best_share[s] = np.bincount(res["oracle"][-1].choices, minlength=len(ARMS)) / n
 
     checkpoints = [c for c in (1_000, 10_000, 50_000, 200_000) if c <= n]
     rnd_ctr = np.mean([r.expected[-1] / n for r in res["random"]])
@@ -190,7 +182,42 @@ def bench_simulation(quick, out):
     rr = np.mean([r.regret[-1] for r in res["random"]])
     print(f"\nLinUCB regret = {lin / rr:.2f}x random, {lin / ucb:.2f}x UCB1 "
           f"(regret = expected clicks lost vs the oracle)")
+    oracle_ctr = np.mean([r.expected[-1] / n for r in res["oracle"]])
+    fixed_ctr = np.mean([r.expected[-1] / n for r in res["best fixed theme"]])
+    print(f"oracle CTR = {oracle_ctr / rnd_ctr - 1:+.1%} vs random, "
+          f"{oracle_ctr / fixed_ctr - 1:+.1%} vs the best fixed theme")
+    print("\nshare of users for whom each theme is the best (the oracle's choices):")
+    for s, share in best_share.items():
+        print(f"  seed {s}: " + ", ".join(f"theme {a} {p:.1%}" for a, p in zip(ARMS, share))
+              + f"  (range {share.min():.0%}-{share.max():.0%})")
+
+    alphas = (1.0, 0.3, 0.1, 0.05)
+    sweep = {1.0: [r.regret[-1] for r in res["LinUCB (alpha=1)"]]}
+    for s, model in models.items():
+        for a in alphas[1:]:
+            sweep.setdefault(a, []).append(
+                simulate(LinUCB(ARMS, d, alpha=a, seed=s), n, s, model).regret[-1])
+    print(f"\nLinUCB alpha sweep, regret@{n // 1000}k, mean of seeds {seeds}: "
+          + ", ".join(f"alpha={a:g}: {np.mean(sweep[a]):.0f}" for a in alphas))
     _plot(res, n, seeds, out)
+
+
+def bench_unit_test_setting():
+    """The regret test of tests/test_bandit.py: fast model, 3,000 impressions, seeds 0-3."""
+    n = 3000
+    print(f"\n## Unit-test setting: ClickModel.fast, n={n:,}, LinUCB (alpha=1) regret ratios")
+    print("| seed | LinUCB / random | LinUCB / UCB1 |")
+    print("|------|-----------------|---------------|")
+    ratios = []
+    for seed in range(4):
+        model = ClickModel.fast(seed=seed)
+        arms, d = model.arms, model.schema.dim
+        lin = simulate(LinUCB(arms, d, alpha=1.0, seed=seed), n, seed, model).regret[-1]
+        rnd = simulate(RandomPolicy(arms, seed=seed), n, seed, model).regret[-1]
+        ucb = simulate(UCB1(arms, seed=seed), n, seed, model).regret[-1]
+        ratios += [lin / rnd, lin / ucb]
+        print(f"| {seed:4d} | {lin / rnd:15.3f} | {lin / ucb:13.3f} |")
+    print(f"ratios range {min(ratios):.2f}-{max(ratios):.2f} (tests/test_bandit.py asks < 0.35)")
 
 
 def _k(v, _pos=None):
@@ -253,6 +280,7 @@ def main(argv=None):
           f"pinned to cpu {cpu}, BLAS threads 1, {'quick' if args.quick else 'full'} run")
     bench_throughput(args.quick)
     bench_simulation(args.quick, args.out)
+    bench_unit_test_setting()
     return 0
 
 

@@ -8,6 +8,10 @@ The same set of bucket jobs (several canvas shapes, several prompts, one seed ea
     SDPA attention, fused QKV, channels-last, ``torch.compile`` (on CUDA; ``--no-compile``).
 (c) optional (``--few-steps N``): ours with N denoising steps: faster, NOT the same outputs.
 
+It first prints the quality gates' scores on the constructed images of tests/gate_scenes.py
+(edge leakage of a clean product and of a halo drawn outside it, object expansion of a clean and of
+an extended product); ``--gates-only`` prints just those.
+
 Both paths get the same control edges (the project's ``control_edges``) and per-job seeds from a
 CPU ``torch.Generator``, so outputs are comparable pixel by pixel: the largest and mean absolute
 pixel differences between (a) and (b) are printed.
@@ -19,11 +23,13 @@ the tiny offline pipeline (``bggen_assets.tiny_pipeline``) at 64×64. ``--base-m
 ``--controlnet-model`` use real weights instead.
 
     .venv/bin/python benchmarks/diffusion.py --quick          # CPU, tiny model, seconds
+    .venv/bin/python benchmarks/diffusion.py --gates-only     # the quality gates' figures only
     .venv/bin/python benchmarks/diffusion.py                  # GPU: SD 1.5 architecture
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import tempfile
@@ -31,19 +37,22 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
 
+import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bggen_assets.core.diffusion import (  # noqa: E402
     DiffusionConfig,
     DiffusionGenerator,
-    _resize,
     generation_size,
     job_control_image,
-    make_scheduler,
+    resize_image,
 )
+from bggen_assets.core.diffusion_models import make_scheduler  # noqa: E402
 from bggen_assets.core.generation import GenerationJob  # noqa: E402
 
 PROMPTS = [
@@ -145,9 +154,9 @@ def plain_pipeline(paths, device: str, dtype, scheduler: str):
     """What a competent user writes: from_pretrained, the scheduler, .to(device)."""
     from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
 
-    cn = ControlNetModel.from_pretrained(paths["controlnet_model"], torch_dtype=dtype)
+    cn = ControlNetModel.from_pretrained(paths["controlnet_model"], dtype=dtype)
     pipe = StableDiffusionControlNetPipeline.from_pretrained(
-        paths["base_model"], controlnet=cn, torch_dtype=dtype, safety_checker=None,
+        paths["base_model"], controlnet=cn, dtype=dtype, safety_checker=None,
         requires_safety_checker=False)
     pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
@@ -167,7 +176,7 @@ def run_plain(pipe, jobs, cfg: DiffusionConfig) -> list[np.ndarray]:
                    guidance_scale=cfg.guidance_scale,
                    controlnet_conditioning_scale=cfg.controlnet_conditioning_scale,
                    generator=torch.Generator("cpu").manual_seed(j.seed), output_type="np").images[0]
-        out.append(_resize(np.clip(np.rint(img * 255), 0, 255).astype(np.uint8), w, h))
+        out.append(resize_image(np.clip(np.rint(img * 255), 0, 255).astype(np.uint8), w, h))
     return out
 
 
@@ -184,9 +193,43 @@ def diff(a: list[np.ndarray], b: list[np.ndarray]) -> tuple[int, float]:
     return int(max(x.max() for x in d)), float(np.mean([x.mean() for x in d]))
 
 
+def print_gate_figures() -> None:
+    """The quality gates' scores on constructed images (the cases tests/test_quality_gates.py checks)."""
+    from gate_scenes import MASK, H, W, bottle_mask, halo, left_half_halo, scene
+
+    from bggen_assets.core.masking import classical_mask
+    from bggen_assets.core.quality_gates import edge_leakage, object_expansion
+
+    def segment(img):
+        return classical_mask(img).mask
+
+    def scores(values):
+        return "/".join(f"{v:.3f}" for v in values)
+
+    offsets, extensions = (2, 3, 4), (10, 25, 40)
+    _, _, w, h = cv2.boundingRect(MASK.astype(np.uint8))
+    print(f"quality gates on constructed images (tests/gate_scenes.py: {W}x{H}, a {w}x{h} px bottle):")
+    print("  edge leakage, clean product: "
+          + ", ".join(f"{bg} {edge_leakage(scene(bg=bg), MASK):.3f}" for bg in ("plain", "busy")))
+    for bg in ("plain", "busy"):
+        print(f"  edge leakage, halo {'/'.join(map(str, offsets))} px outside the product, {bg}: "
+              + scores(edge_leakage(halo(scene(bg=bg), offset=o), MASK) for o in offsets))
+    print(f"  edge leakage, halo 12 px outside (beyond the ring), plain: "
+          f"{edge_leakage(halo(scene(), offset=12), MASK):.3f}")
+    print(f"  edge leakage, halo 3 px outside along the left half only, plain: "
+          f"{edge_leakage(left_half_halo(offset=3), MASK):.3f}")
+    print("  object expansion (classical masker), clean product: "
+          + ", ".join(f"{bg} {object_expansion(scene(bg=bg), MASK, segment):.3f}" for bg in ("plain", "busy")))
+    grown = [bottle_mask(e) for e in extensions]
+    print(f"  object expansion, product extended {'/'.join(map(str, extensions))} px down "
+          f"(added area / product area {scores((g & ~MASK).sum() / MASK.sum() for g in grown)}): "
+          + scores(object_expansion(scene(g), MASK, segment) for g in grown))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small run (CPU: a few seconds)")
+    ap.add_argument("--gates-only", action="store_true", help="print the quality gates' figures only")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
     ap.add_argument("--images", type=int, default=None, help="number of jobs (default 32 GPU, 16 CPU)")
     ap.add_argument("--steps", type=int, default=20)
@@ -204,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", default=None, help="where to build the random-weight models")
     args = ap.parse_args(argv)
 
+    print_gate_figures()
+    if args.gates_only:
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
@@ -247,13 +293,11 @@ def main(argv: list[str] | None = None) -> int:
     # both loaded side by side; timed passes alternate (a), (b), (c) for --repeats rounds and the
     # best pass of each counts, so a noisy machine disturbs both alike
     plain = plain_pipeline(paths, device, dtype, cfg.scheduler)
-    logs: list[str] = []
-    ours = DiffusionGenerator(cfg, log=logs.append)
+    ours = DiffusionGenerator(cfg)
     t_load, _ = timed(ours.load, device)
     fast = None
-    if args.few_steps:
-        fast = DiffusionGenerator(DiffusionConfig(**{**cfg.__dict__, "steps": args.few_steps}))
-        fast._pipe = ours.load()  # the same loaded (and compiled) pipeline, fewer steps
+    if args.few_steps:  # the same loaded (and compiled) pipeline, fewer steps
+        fast = DiffusionGenerator(dataclasses.replace(cfg, steps=args.few_steps), loaded=ours.load())
 
     warm_jobs = [next(j for j in jobs if generation_size(j.canvas_rgb.shape[1], j.canvas_rgb.shape[0],
                                                           budget, cfg.max_aspect) == s) for s in sizes]
@@ -275,8 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         if fast is not None:
             tc, out_c = timed(lambda: fast.generate(jobs), device)
             t_c.append(tc)
-    applied = next((m for m in logs if "loaded" in m), "")
-    applied = applied[applied.find("["):applied.find("]") + 1]
+    applied = f"[{', '.join(ours.load().speedups)}]"
 
     def line(name, t):
         return (f"{name:<38} {n / t:8.3f} images/s  {n * args.steps / t:9.2f} steps/s  "

@@ -1,15 +1,18 @@
 """Masking quality and speed on the labelled set of tests/masking_evalset.py.
 
-Prints mean IoU and boundary F-score per background type for each masker, and images/s at
-1024 px on one core (OpenCV, torch and BLAS limited to one thread).
+Prints mean IoU and boundary F-score per background type for each masker, the images below
+DESIGN.md's per-image target, and images/s at 1024 px on one core (OpenCV, torch and BLAS limited
+to one thread).
 
-    .venv/bin/python benchmarks/masking.py            # 24 images per background type
-    .venv/bin/python benchmarks/masking.py --quick    # 6 per type, fewer timing rounds
+    .venv/bin/python benchmarks/masking.py            # the tests' set: seeds 0-3, 12 per type
+    .venv/bin/python benchmarks/masking.py --quick    # seed 0, 6 per type, fewer timing rounds
     .venv/bin/python benchmarks/masking.py --yolo-weights path/to/yolo-seg.pt
 
-It also prints the classical masker's IoU on every sample-catalog product kind x opaque
-background (bggen_assets/sample_catalog.py, red, seed 0, at 400 and 800 px; min IoU and the
-sneaker's sole coverage), the case of the demo's dropped sneaker sole.
+It also prints the classical masker on every sample-catalog product kind x colour x opaque
+background (bggen_assets/sample_catalog.py) at 400 and 800 px, seeds 0 and 1: the red, seed-0
+tables, then every case below the catalog's IoU target and every sneaker whose sole is not
+covered (the demo's dropped sole) or whose floor shadow is kept.  tests/test_masking.py runs the
+same cases (one seed at 800 px) and marks each miss listed here as a strict xfail.
 
 Without --yolo-weights the yolo masker uses a model built offline from yolo11n-seg.yaml with
 random weights: it finds nothing and falls back to the classical masker (counted below), so
@@ -37,17 +40,35 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from masking_evalset import BACKGROUNDS, boundary_f, iou, make_evalset  # noqa: E402
+from masking_evalset import (  # noqa: E402
+    BACKGROUNDS,
+    CATALOG_BACKGROUNDS,
+    CATALOG_IOU,
+    CATALOG_SIZES,
+    EVAL_PER_BACKGROUND,
+    EVAL_SEEDS,
+    SHADOW_KEPT,
+    SOLE_COVERED,
+    TARGET_IMAGE_IOU,
+    TARGET_MEAN_IOU,
+    boundary_f,
+    catalog_photo,
+    iou,
+    make_evalset,
+    sole_scores,
+)
 
 from bggen_assets.core.masking import classical_mask  # noqa: E402
 
-TARGETS = {"white": 0.95, "offwhite": 0.95, "gradient": 0.90, "textured": None}
 
 
-def _evaluate(name, fn, items):
+def _evaluate(fn, items):
+    """Per background type: (IoU, F, wrong pixels outside, wrong pixels inside) per image, and
+    per image: (seed, item, IoU, share of the product cut, background kept / product area)."""
     per = collections.defaultdict(list)
+    images = []
     methods = collections.Counter()
-    for it in items:
+    for seed, it in items:
         try:
             r = fn(it.image)
             m = r.mask
@@ -55,9 +76,12 @@ def _evaluate(name, fn, items):
         except Exception as exc:  # a rejection counts as an empty mask
             m = np.zeros(it.mask.shape, bool)
             methods[f"rejected:{type(exc).__name__}"] += 1
-        per[it.background].append((iou(m, it.mask), boundary_f(m, it.mask),
-                                   float((m & ~it.mask).sum()), float((~m & it.mask).sum())))
-    return per, methods
+        kept, cut = float((m & ~it.mask).sum()), float((~m & it.mask).sum())
+        v = iou(m, it.mask)
+        per[it.background].append((v, boundary_f(m, it.mask), kept, cut))
+        area = max(1.0, float(it.mask.sum()))
+        images.append((seed, it, v, cut / area, kept / area))
+    return per, images, methods
 
 
 def _speed(fn, images, rounds):
@@ -77,39 +101,63 @@ def _speed(fn, images, rounds):
     return n / (time.perf_counter() - t), n / (time.process_time() - c)
 
 
-def _catalog_table(sizes=(400, 800)) -> None:
-    from bggen_assets.sample_catalog import COLOURS, PRODUCT_ASPECT, photo
+def _catalog(sizes, seeds) -> None:
+    from bggen_assets.sample_catalog import COLOURS, PRODUCT_ASPECT
 
-    bgs = ("white", "offwhite", "gradient", "texture")
+    res = {}
+    for size in sizes:
+        for seed in seeds:
+            for kind in PRODUCT_ASPECT:
+                for colour in COLOURS:
+                    for b in CATALOG_BACKGROUNDS:
+                        img, gt = catalog_photo(kind, colour, b, size, seed)
+                        m = classical_mask(img).mask
+                        res[size, seed, kind, colour, b] = (iou(m, gt),) + (
+                            sole_scores(m, gt) if kind == "sneaker" else (None, None))
     for size in sizes:
         print()
-        print(f"sample catalog, classical IoU at {size}x{size} (red, seed 0):")
-        print(f"  {'kind':10s} " + " ".join(f"{b:>9s}" for b in bgs))
-        worst = (1.0, "")
+        print(f"sample catalog, classical IoU at {size}x{size} (red, seed {seeds[0]}):")
+        print(f"  {'kind':10s} " + " ".join(f"{b:>9s}" for b in CATALOG_BACKGROUNDS))
         for kind in PRODUCT_ASPECT:
             cells = []
-            for b in bgs:
-                img, gt = photo(kind, COLOURS["red"], b, np.random.default_rng(0), size=(size, size))
-                m = classical_mask(img).mask
-                v = iou(m, gt)
-                worst = min(worst, (v, f"{kind}/{b}"))
-                cells.append(f"{v:9.3f}")
-                if kind == "sneaker":
-                    rows = np.nonzero(gt.any(axis=1))[0]
-                    sole = gt.copy()
-                    sole[: rows.max() + 1 - int(0.2 * (rows.max() + 1 - rows.min()))] = False
-                    cells[-1] += f" (sole {float((m & sole).sum()) / max(1, sole.sum()):.0%})"
+            for b in CATALOG_BACKGROUNDS:
+                v, sole, _ = res[size, seeds[0], kind, "red", b]
+                cells.append(f"{v:9.3f}" + (f" (sole {sole:.0%})" if sole is not None else ""))
             print(f"  {kind:10s} " + " ".join(cells))
-        print(f"  lowest: {worst[0]:.3f} ({worst[1]})")
+        worst = min((v[0], k) for k, v in res.items() if k[0] == size)
+        print(f"  lowest over every colour and seed: {worst[0]:.3f} ({' '.join(map(str, worst[1][1:]))})")
+    print()
+    print(f"sample catalog, every kind x {len(COLOURS)} colours x {len(CATALOG_BACKGROUNDS)} backgrounds, "
+          f"{' and '.join(map(str, sizes))} px, seeds {', '.join(map(str, seeds))}: "
+          f"{sum(v[0] < CATALOG_IOU for v in res.values())} of {len(res)} photos below IoU {CATALOG_IOU}:")
+    for k, (v, sole, _) in res.items():
+        if v < CATALOG_IOU:
+            print(f"  {k[0]} px seed {k[1]} {k[2]:8s} {k[3]:9s} {k[4]:9s} IoU {v:.3f}"
+                  + (f", sole {sole:.1%} covered" if sole is not None else ""))
+    soles = {k: v for k, v in res.items() if k[2] == "sneaker" and k[4] in ("white", "offwhite")}
+    bad = {k: v for k, v in soles.items() if v[1] < SOLE_COVERED or v[2] >= SHADOW_KEPT}
+    print(f"sneaker on white / off-white: {len(bad)} of {len(soles)} with the sole under "
+          f"{SOLE_COVERED:.0%} covered or the floor shadow kept (>= {SHADOW_KEPT:.1%} of the product):")
+    for k, (v, sole, floor) in bad.items():
+        print(f"  {k[0]} px seed {k[1]} {k[3]:9s} {k[4]:9s} sole {sole:.1%} covered, "
+              f"floor shadow {floor:.2%}, IoU {v:.3f}")
+    print(f"  (every sneaker on white / off-white: sole {min(v[1] for v in soles.values()):.1%}-"
+          f"{max(v[1] for v in soles.values()):.1%} covered, floor shadow at most "
+          f"{max(v[2] for v in soles.values()):.2%})")
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="6 images per background type")
-    ap.add_argument("--n", type=int, default=None, help="images per background type (default 24)")
+    ap.add_argument("--quick", action="store_true",
+                    help="seed 0, 6 images per background type, the catalog at 400 px and seed 0")
+    ap.add_argument("--n", type=int, default=None,
+                    help=f"images per background type and seed (default {EVAL_PER_BACKGROUND})")
+    ap.add_argument("--seeds", type=int, nargs="+", default=None,
+                    help=f"labelled-set seeds (default {' '.join(map(str, EVAL_SEEDS))})")
+    ap.add_argument("--catalog-seeds", type=int, nargs="+", default=None,
+                    help="sample-catalog seeds (default 0 1)")
     ap.add_argument("--yolo-weights", default=None, help="a local YOLO-seg .pt (default: random offline model)")
     ap.add_argument("--no-yolo", action="store_true")
-    ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
     cv2.setNumThreads(1)
@@ -119,11 +167,13 @@ def main(argv=None) -> int:
         torch.set_num_threads(1)
     except Exception:  # pragma: no cover
         pass
-    n = args.n or (6 if args.quick else 24)
+    n = args.n or (6 if args.quick else EVAL_PER_BACKGROUND)
+    seeds = args.seeds or ([0] if args.quick else list(EVAL_SEEDS))
     t0 = time.perf_counter()
-    items = make_evalset(n, seed=args.seed)
-    print(f"evaluation set: {len(items)} images ({n} per background type: {', '.join(BACKGROUNDS)}), "
-          f"sizes 480-900 px wide, seed {args.seed}; built in {time.perf_counter() - t0:.1f} s")
+    items = [(seed, it) for seed in seeds for it in make_evalset(n, seed=seed)]
+    print(f"evaluation set: {len(items)} images ({n} per background type: {', '.join(BACKGROUNDS)}; "
+          f"seeds {', '.join(map(str, seeds))}), sizes 480-900 px wide; "
+          f"built in {time.perf_counter() - t0:.1f} s")
 
     maskers = [
         ("classical (threshold + GrabCut)", lambda im: classical_mask(im)),
@@ -153,8 +203,9 @@ def main(argv=None) -> int:
     print(hdr)
     print("-" * len(hdr))
     summary = {}
+    images = {}
     for name, fn in maskers:
-        per, methods = _evaluate(name, fn, items)
+        per, images[name], methods = _evaluate(fn, items)
         cells = []
         alls = []
         for b in BACKGROUNDS:
@@ -171,21 +222,30 @@ def main(argv=None) -> int:
     if yolo_note:
         print(f"note: {yolo_note}")
 
+    # DESIGN.md's targets, which tests/test_masking.py holds the classical masker to
+    classical = maskers[0][0]
     print()
-    print("targets (classical, mean IoU): " + ", ".join(
-        f"{b} >= {t:.2f}: {'met' if summary[maskers[0][0]][b] >= t else 'NOT met'} ({summary[maskers[0][0]][b]:.4f})"
-        for b, t in TARGETS.items() if t is not None))
+    print(f"targets (classical, DESIGN.md): mean IoU >= {TARGET_MEAN_IOU} on every type: " + ", ".join(
+        f"{b} {'met' if summary[classical][b] >= TARGET_MEAN_IOU else 'NOT met'} ({summary[classical][b]:.4f})"
+        for b in BACKGROUNDS))
+    if len(seeds) > 1:
+        for b in BACKGROUNDS:
+            print(f"  {b:9s} mean IoU per seed: " + ", ".join(
+                f"{s} {np.mean([v for s2, it, v, _, _ in images[classical] if s2 == s and it.background == b]):.3f}"
+                for s in seeds))
+    low = [r for r in images[classical] if r[2] < TARGET_IMAGE_IOU]
+    print(f"no image below {TARGET_IMAGE_IOU}: {'met' if not low else 'NOT met'} ({len(low)} of "
+          f"{len(images[classical])} below; lowest {min(r[2] for r in images[classical]):.3f}):")
+    for seed, it, v, cut, kept in low:
+        h, w = it.mask.shape
+        print(f"  seed {seed} {it.background:9s} #{it.index:<2d} {it.shape} filled with {it.texture}, "
+              f"{w}x{h}: IoU {v:.3f} ({cut:.0%} of the product cut, background of {kept:.0%} of its area kept)")
 
-    # the fixed part tests/test_masking.py holds to IoU floors: 6 per background, 512x400, seed 7
-    floors = {b: [iou(classical_mask(it.image).mask, it.mask) for it in make_evalset(6, seed=7, size=(512, 400), backgrounds=(b,))]
-              for b in BACKGROUNDS}
-    print("the tests' fixed subset (6 per type, 512x400, seed 7), classical mean IoU: " + ", ".join(
-        f"{b} {np.mean(v):.3f}" for b, v in floors.items()) + f"; lowest item {min(min(v) for v in floors.values()):.3f}")
-
-    _catalog_table(sizes=(400,) if args.quick else (400, 800))
+    _catalog(sizes=(400,) if args.quick else CATALOG_SIZES,
+             seeds=args.catalog_seeds or ([0] if args.quick else [0, 1]))
 
     # speed at 1024 px on one core
-    speed_items = make_evalset(2 if args.quick else 4, seed=args.seed + 1, size=(1024, 768))
+    speed_items = make_evalset(2 if args.quick else 4, seed=1, size=(1024, 768))
     images = [it.image for it in speed_items]
     rounds = 2 if args.quick else 4
     print()

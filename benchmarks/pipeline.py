@@ -79,6 +79,7 @@ def partitions(sample: Path) -> list[tuple[str, str]]:
 
 def run_core(sample: Path, work: Path, canvas_pixels: int) -> dict:
     from bggen_assets import steps
+    from bggen_assets.core import serving_index
 
     r = resources_for(sample, work, canvas_pixels)
     n = 0
@@ -89,8 +90,8 @@ def run_core(sample: Path, work: Path, canvas_pixels: int) -> dict:
         gen = steps.generate_step(plans, masks, r["masker"], r["generator"], r["store"], r["metadata_db"])
         steps.fidelity_step(plans, gen, masks, r["masker"], r["store"])
         pointer = steps.index_step(plans, gen, masks, cat, r["store"], r["miss_queue"])
-        steps.index_completeness(plans, pointer, r["store"])
-        n += len(cat["products"])
+        serving_index.completeness(plans, pointer, r["store"])
+        n += len(cat.products)
     return {"products": n}
 
 
@@ -99,7 +100,9 @@ def run_dagster(sample: Path, work: Path, canvas_pixels: int, storage: str = "sq
 
     from bggen_assets.assets.pipeline import pipeline_assets
     from bggen_assets.jobs import pipeline_job
+    from bggen_assets.core.manifests import CatalogManifest
     from bggen_assets.partitions import partition_key
+    from resources.io_manager import manifest_key
 
     r = resources_for(sample, work, canvas_pixels)
     job = Definitions(assets=pipeline_assets, jobs=[pipeline_job], resources=r).get_job_def("bggen_pipeline")
@@ -112,8 +115,8 @@ def run_dagster(sample: Path, work: Path, canvas_pixels: int, storage: str = "sq
         instance.add_dynamic_partitions("category", sorted({c for _, c in parts}))
         for merchant, category in parts:
             result = job.execute_in_process(partition_key=partition_key(merchant, category), instance=instance)
-            catalog = json.loads(r["store"].get_bytes(f"manifests/{merchant}/{category}/catalog.json"))
-            n += len(catalog["products"])
+            catalog = CatalogManifest.from_json(r["store"].get_bytes(manifest_key("catalog", merchant, category)))
+            n += len(catalog.products)
             assert result.success
     return {"products": n}
 

@@ -8,6 +8,8 @@
    resize + JPEG encode (the issue's floor); the same without the decode (canvas in memory); and
    the API's own crop (canvas and its 2x/4x reductions in memory), with its PSNR against the
    direct Lanczos pass.
+4. In the same process: the PNG decode of each canvas (what a request pays without the API's
+   prefetch) and the bandit choice (``Personalizer.choose``: context encode + LinUCB scores).
 Prints p50/p99 latency and requests/s, sequential and with 8 concurrent clients, and the ratios.
 
     .venv/bin/python benchmarks/serving.py [--quick] [--requests 2000]
@@ -16,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import socket
 import subprocess
@@ -90,10 +91,11 @@ def serve(data: Path, port: int, response_cache_mb: int) -> None:
 
 
 def request_list(data: Path, n: int) -> list[dict]:
+    from bggen_assets.core import serving_index
+
     store, *_ = resources(data)
-    ptr = json.loads(store.get_bytes("index/northwind/footwear/current.json"))
-    doc = json.loads(store.get_bytes(ptr["key"]))
-    pids = sorted(doc["products"])
+    doc = serving_index.read_current(store, "northwind", "footwear")
+    pids = sorted(doc.products)
     out = []
     for i in range(n):
         w, h = SIZES[i % len(SIZES)]
@@ -187,28 +189,28 @@ def floor(data: Path, reqs: list[dict], mode: str) -> dict:
     "pyramid": canvas and its reductions in memory, the API's crop (compositing.crop_placement)."""
     from PIL import Image
 
+    from bggen_assets.core import serving_index
     from bggen_assets.core.compositing import canvas_pyramid, crop_placement, lanczos_crop
-    from bggen_assets.core.geometry import CanvasLayout, Placement, bucket_for, place_product
+    from bggen_assets.core.geometry import Placement, bucket_for, place_product
     from bggen_assets.serving.creative import keep_pillow_blocks
 
     quality = jpeg_quality()
     keep_pillow_blocks()  # as the API does
     store, *_ = resources(data)
-    ptr = json.loads(store.get_bytes("index/northwind/footwear/current.json"))
-    doc = json.loads(store.get_bytes(ptr["key"]))
-    theme = doc["prompts"][0]
+    doc = serving_index.read_current(store, "northwind", "footwear")
+    theme = doc.prompts[0]
     raw, decoded = {}, {}
     jobs = []
     for q in reqs:
-        p = doc["products"][q["product"]]
-        placed = place_product(p["bbox"][2], p["bbox"][3], Placement(q["width"], q["height"]))
-        e = doc["entries"][f"{q['product']}|{bucket_for(placed, doc['bucket_ratio']).id}|{theme}"]
-        k = e["image_key"]
+        p = doc.products[q["product"]]
+        placed = place_product(p.bbox[2], p.bbox[3], Placement(q["width"], q["height"]))
+        e = doc.entry(q["product"], bucket_for(placed, doc.bucket_ratio).id, theme)
+        k = e.image_key
         if k not in raw:
             raw[k] = store.get_bytes(k)
             im = Image.open(io.BytesIO(raw[k])).convert("RGB")
             decoded[k] = canvas_pyramid(im) if mode == "pyramid" else im
-        jobs.append((k, CanvasLayout(*e["canvas"], *e["product_box"]), placed))
+        jobs.append((k, e.layout, placed))
     lat = []
     t0 = time.perf_counter()
     for k, layout, placed in jobs:
@@ -228,19 +230,20 @@ def fast_path_quality(data: Path) -> tuple[float, float]:
     import numpy as np
     from PIL import Image
 
+    from bggen_assets.core import serving_index
     from bggen_assets.core.compositing import canvas_pyramid, crop_placement, lanczos_crop
-    from bggen_assets.core.geometry import CanvasLayout, Placement, bucket_for, place_product
+    from bggen_assets.core.geometry import Placement, bucket_for, place_product
 
     store, *_ = resources(data)
-    doc = json.loads(store.get_bytes(json.loads(store.get_bytes("index/northwind/footwear/current.json"))["key"]))
-    theme = doc["prompts"][0]
+    doc = serving_index.read_current(store, "northwind", "footwear")
+    theme = doc.prompts[0]
     out = []
-    for pid, p in sorted(doc["products"].items()):
+    for pid, p in sorted(doc.products.items()):
         for w, h in SIZES:
-            placed = place_product(p["bbox"][2], p["bbox"][3], Placement(w, h))
-            e = doc["entries"][f"{pid}|{bucket_for(placed, doc['bucket_ratio']).id}|{theme}"]
-            canvas = Image.open(io.BytesIO(store.get_bytes(e["image_key"]))).convert("RGB")
-            layout = CanvasLayout(*e["canvas"], *e["product_box"])
+            placed = place_product(p.bbox[2], p.bbox[3], Placement(w, h))
+            e = doc.entry(pid, bucket_for(placed, doc.bucket_ratio).id, theme)
+            canvas = Image.open(io.BytesIO(store.get_bytes(e.image_key))).convert("RGB")
+            layout = e.layout
             a = np.asarray(crop_placement(canvas_pyramid(canvas), layout, placed), np.float64)
             b = np.asarray(lanczos_crop(canvas, layout, placed), np.float64)
             mse = np.mean((a - b) ** 2)
@@ -254,13 +257,14 @@ def per_size_costs(data: Path, reps: int = 20) -> list[tuple]:
     Pillow's block pool off, then on."""
     from PIL import Image
 
+    from bggen_assets.core import serving_index
     from bggen_assets.core.compositing import canvas_pyramid, crop_placement, lanczos_crop
-    from bggen_assets.core.geometry import CanvasLayout, Placement, bucket_for, place_product
+    from bggen_assets.core.geometry import Placement, bucket_for, place_product
 
     store, *_ = resources(data)
-    doc = json.loads(store.get_bytes(json.loads(store.get_bytes("index/northwind/footwear/current.json"))["key"]))
-    pid = sorted(doc["products"])[0]
-    p = doc["products"][pid]
+    doc = serving_index.read_current(store, "northwind", "footwear")
+    pid = sorted(doc.products)[0]
+    p = doc.products[pid]
 
     def median_ms(fn) -> float:
         fn()
@@ -278,10 +282,10 @@ def per_size_costs(data: Path, reps: int = 20) -> list[tuple]:
 
     rows = []
     for w, h in SIZES:
-        placed = place_product(p["bbox"][2], p["bbox"][3], Placement(w, h))
-        e = doc["entries"][f"{pid}|{bucket_for(placed, doc['bucket_ratio']).id}|{doc['prompts'][0]}"]
-        canvas = Image.open(io.BytesIO(store.get_bytes(e["image_key"]))).convert("RGB")
-        pyramid, layout = canvas_pyramid(canvas), CanvasLayout(*e["canvas"], *e["product_box"])
+        placed = place_product(p.bbox[2], p.bbox[3], Placement(w, h))
+        e = doc.entry(pid, bucket_for(placed, doc.bucket_ratio).id, doc.prompts[0])
+        canvas = Image.open(io.BytesIO(store.get_bytes(e.image_key))).convert("RGB")
+        pyramid, layout = canvas_pyramid(canvas), e.layout
         out = crop_placement(pyramid, layout, placed)
         scale = layout.product_w / placed.w
         rows.append(((w, h), scale, median_ms(lambda: lanczos_crop(canvas, layout, placed)),
@@ -295,6 +299,72 @@ def per_size_costs(data: Path, reps: int = 20) -> list[tuple]:
         pool.append(median_ms(lambda: encode(crop_placement(pyramid, layout, placed))))
     Image.core.set_blocks_max(blocks)
     return [r[:5] for r in rows], pool
+
+
+def canvas_decode_ms(data: Path) -> dict:
+    """What a request pays when its canvas is not decoded yet (no prefetch): ms to decode each
+    canvas PNG of the partition to RGB, and the same plus the 2x/4x reductions the API caches
+    (``CreativeService._decoded``); medians and maxima over the canvases, each decoded 3 times."""
+    from PIL import Image
+
+    from bggen_assets.core import serving_index
+    from bggen_assets.core.compositing import PYRAMID_LEVELS, canvas_pyramid
+
+    store, *_ = resources(data)
+    doc = serving_index.read_current(store, "northwind", "footwear")
+    raws = [store.get_bytes(k) for k in sorted({e.image_key for e in doc.entries.values()})]
+
+    def decode(raw: bytes):
+        img = Image.open(io.BytesIO(raw))
+        img.load()
+        return img.convert("RGB")
+
+    plain, pyramid = [], []
+    for raw in raws:
+        for _ in range(3):
+            t = time.perf_counter()
+            img = decode(raw)
+            plain.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            canvas_pyramid(decode(raw), PYRAMID_LEVELS)
+            pyramid.append(time.perf_counter() - t)
+    size = img.size
+    return {"n": len(raws), "px": size[0] * size[1], "decode_p50": 1000 * pct(plain, 0.5), "decode_max": 1000 * max(plain),
+            "pyramid_p50": 1000 * pct(pyramid, 0.5), "pyramid_max": 1000 * max(pyramid)}
+
+
+def bandit_choice_us(data: Path, reqs: list[dict]) -> dict:
+    """µs per bandit choice as the API makes it (``Personalizer.choose`` for the bandit variant:
+    the context encoded, then LinUCB's scores of every arm under the policy's lock), in this
+    process without a DB, over the contexts of the benchmark's requests after one warm-up pass;
+    and the same with ``build_features`` (the request's context dict) included."""
+    from bggen_assets.core import serving_index
+    from bggen_assets.serving.personalize import Personalizer, ServingConfig, build_features
+
+    store, *_ = resources(data)
+    doc = serving_index.read_current(store, "northwind", "footwear")
+    arms, products = doc.prompts, doc.products
+    personalizer = Personalizer(ServingConfig(variant_shares={"bandit": 1.0}))
+
+    def features(q):
+        info = products[q["product"]]
+        return build_features(country=q["country"], device=q["device"], subcategory=info.subcategory,
+                              colour=info.colour, width=q["width"], height=q["height"])
+
+    contexts = [features(q) for q in reqs]
+    for f in contexts:  # creates the policy and its schema, as the first requests do
+        first = personalizer.choose("bandit", "northwind", "footwear", arms, products, f)
+    choose, with_features = [], []
+    for q, f in zip(reqs, contexts):
+        t = time.perf_counter_ns()
+        personalizer.choose("bandit", "northwind", "footwear", arms, products, f)
+        choose.append(time.perf_counter_ns() - t)
+        t = time.perf_counter_ns()
+        personalizer.choose("bandit", "northwind", "footwear", arms, products, features(q))
+        with_features.append(time.perf_counter_ns() - t)
+    return {"n": len(choose), "arms": len(arms), "dim": len(first.x), "policy": first.policy,
+            "choose_p50": pct(choose, 0.5) / 1000, "choose_p99": pct(choose, 0.99) / 1000,
+            "features_p50": pct(with_features, 0.5) / 1000}
 
 
 def free_port() -> int:
@@ -364,6 +434,8 @@ def main(argv=None) -> int:
     fl_pyr = floor(data, reqs, "pyramid")
     psnr_min, psnr_mean = fast_path_quality(data)
     sizes, pool = per_size_costs(data)
+    decode = canvas_decode_ms(data)
+    choice = bandit_choice_us(data, reqs)
     pin(1)
     api = measure_api(data, reqs, warm, 0)
     cpus = os.cpu_count()
@@ -390,6 +462,12 @@ def main(argv=None) -> int:
         print(f"{w:>4d}x{h:<5d} {scale:6.2f} {lanczos:8.2f} {crop:9.2f} {enc:7.2f}")
     big = max(sizes, key=lambda r: r[0][0] * r[0][1])[0]
     print(f"{big[0]}x{big[1]} crop + encode, Pillow block pool off / on: {pool[0]:.2f} / {pool[1]:.2f} ms")
+    print(f"PNG decode of a canvas ({decode['px']:,} px) to RGB, in-process over {decode['n']} canvases: "
+          f"median {decode['decode_p50']:.1f} ms, max {decode['decode_max']:.1f} ms; with the 2x/4x reductions the "
+          f"API caches: median {decode['pyramid_p50']:.1f} ms, max {decode['pyramid_max']:.1f} ms")
+    print(f"bandit choice ({choice['policy']}, {choice['arms']} arms, context dimension {choice['dim']}), in-process over "
+          f"{choice['n']} request contexts: median {choice['choose_p50']:.1f} µs, p99 {choice['choose_p99']:.1f} µs; "
+          f"with build_features: median {choice['features_p50']:.1f} µs")
     print(f"hits: {api['seq']['hits']}/{api['seq']['n']} sequential, {api['conc']['hits']}/{api['conc']['n']} concurrent")
     print(f"targets: <= 1.5x the floor, p99 <= 20 ms: sequential p99 {api['seq']['p99_ms']:.2f} ms, "
           f"open loop at half load p99 {api['half']['p99_ms']:.2f} ms, saturated p99 {api['conc']['p99_ms']:.2f} ms")

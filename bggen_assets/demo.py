@@ -4,11 +4,13 @@
 2. evaluates `new_product_sensor`, which adds the merchant/category partitions and asks for runs;
 3. executes each requested run of the `bggen_pipeline` job on a persistent Dagster instance
    (DAGSTER_HOME=bggen_data/dagster_home, so `dagster dev` shows these runs afterwards);
+   the sensors' cursors are stored in that instance, where the daemon of `make ui` reads them;
 4. serves creatives (hits), asks for a size nobody planned (a miss: fallback at once), lets
    `bucket_miss_sensor` turn the miss into a run, and serves it again (now a hit);
 5. writes a contact sheet (products x placements x themes) and prints its path.
 
     bggen-demo [--data-dir bggen_data] [--fresh]
+    bggen-demo --instance-only     only write the demo instance's dagster.yaml (what `make ui` runs)
 """
 from __future__ import annotations
 
@@ -19,12 +21,93 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
+
+# The code location as `dagster dev -w workspace.yaml` loads it: the instance keeps each sensor's
+# state (its cursor) under that location's name, the repository and the sensor's name.
+WORKSPACE = Path(__file__).resolve().parents[1] / "workspace.yaml"
+
+# Written into DAGSTER_HOME when it has no dagster.yaml. SQLite storage in DAGSTER_HOME (Dagster's
+# default); one run at a time, so that when `make ui` starts the daemon on a small machine, what
+# the sensors request waits in the queue instead of starting at once; one generation step at a
+# time (the pool "gpu" of generated_backgrounds, and any other pool).
+DEMO_INSTANCE_YAML = """\
+# The bggen demo's Dagster instance (bggen_assets/demo.py writes it; edit freely, it is kept).
+run_coordinator:
+  module: dagster._core.run_coordinator
+  class: QueuedRunCoordinator
+concurrency:
+  runs:
+    max_concurrent_runs: 1
+  pools:
+    default_limit: 1
+telemetry:
+  enabled: false
+"""
 
 
 def _say(msg: str) -> None:
     print(f"[bggen-demo] {msg}", flush=True)
+
+
+def prepare_instance(dagster_home: Path) -> Path:
+    """DAGSTER_HOME with the demo's dagster.yaml; one already there is kept."""
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    path = dagster_home / "dagster.yaml"
+    if not path.exists():
+        path.write_text(DEMO_INSTANCE_YAML)
+    return path
+
+
+def sensor_origin(sensor_name: str, workspace: Path = WORKSPACE):
+    """The sensor's origin in the workspace's code location: its state in the instance is keyed by it."""
+    from dagster._core.definitions.repository_definition import SINGLETON_REPOSITORY_NAME
+    from dagster._core.remote_origin import RemoteInstigatorOrigin, RemoteRepositoryOrigin
+    from dagster._core.workspace.load_target import WorkspaceFileTarget
+
+    [location] = WorkspaceFileTarget(paths=[str(workspace)]).create_origins()
+    return RemoteInstigatorOrigin(RemoteRepositoryOrigin(location, SINGLETON_REPOSITORY_NAME), sensor_name)
+
+
+def stored_cursor(instance, origin) -> Optional[str]:
+    state = instance.get_instigator_state(origin.get_id(), origin.get_selector().get_id())
+    return state.instigator_data.cursor if state is not None and state.instigator_data else None
+
+
+def store_cursor(instance, origin, sensor_def, cursor: str) -> None:
+    """Save the cursor where the daemon reads it, as a sensor running by its code default."""
+    from dagster._core.scheduler.instigation import (
+        InstigatorState,
+        InstigatorStatus,
+        InstigatorType,
+        SensorInstigatorData,
+    )
+
+    state = instance.get_instigator_state(origin.get_id(), origin.get_selector().get_id())
+    if state is None:
+        data = SensorInstigatorData(min_interval=sensor_def.minimum_interval_seconds, cursor=cursor,
+                                    sensor_type=sensor_def.sensor_type)
+        instance.add_instigator_state(InstigatorState(origin, InstigatorType.SENSOR, InstigatorStatus.DECLARED_IN_CODE, data))
+    else:  # the daemon's state (ticks, status): only the cursor changes
+        instance.update_instigator_state(state.with_data(state.instigator_data._replace(cursor=cursor)))
+
+
+def sensor_tick(instance, sensor_def, resources: dict, workspace: Path = WORKSPACE):
+    """Evaluate the sensor once as the daemon would: from the instance's cursor, saving the new one
+    there, and adding the dynamic partitions it asks for. Returns the evaluation's result."""
+    from dagster import build_sensor_context
+
+    origin = sensor_origin(sensor_def.name, workspace)
+    with build_sensor_context(instance=instance, cursor=stored_cursor(instance, origin), resources=resources) as ctx:
+        result = sensor_def(ctx)
+    for req in getattr(result, "dynamic_partitions_requests", None) or []:
+        instance.add_dynamic_partitions(req.partitions_def_name, list(req.partition_keys))
+        _say(f"added {req.partitions_def_name} partitions: {', '.join(req.partition_keys)}")
+    if getattr(result, "cursor", None):
+        store_cursor(instance, origin, sensor_def, result.cursor)
+    return result
 
 
 def run_requests_of(result) -> list:
@@ -44,6 +127,7 @@ def main(argv=None) -> int:
     p.add_argument("--data-dir", default=os.environ.get("BGGEN_DATA_DIR", "bggen_data"))
     p.add_argument("--fresh", action="store_true", help="delete the data dir first")
     p.add_argument("--products-per-merchant", type=int, default=18)
+    p.add_argument("--instance-only", action="store_true", help="write DAGSTER_HOME/dagster.yaml and stop")
     a = p.parse_args(argv)
 
     data_dir = Path(a.data_dir).resolve()
@@ -51,12 +135,16 @@ def main(argv=None) -> int:
         shutil.rmtree(data_dir)
     os.environ["BGGEN_DATA_DIR"] = str(data_dir)
     os.environ.setdefault("DAGSTER_HOME", str(data_dir / "dagster_home"))
-    Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
+    instance_yaml = prepare_instance(Path(os.environ["DAGSTER_HOME"]))
+    if a.instance_only:
+        _say(f"Dagster instance config: {instance_yaml}")
+        return 0
 
-    from dagster import DagsterInstance, build_sensor_context
+    from dagster import DagsterInstance
 
     from .core.contact_sheet import contact_sheet
     from .definitions import build_definitions
+    from .deployment import build_resources
     from .sample_catalog import generate_sample_catalog
     from .serving.creative import CreativeService
 
@@ -65,7 +153,7 @@ def main(argv=None) -> int:
         summary = generate_sample_catalog(sample, products_per_merchant=a.products_per_merchant)
         _say(f"drew a sample catalog: {summary['products']} feed rows, merchants {', '.join(summary['merchants'])}")
     defs = build_definitions()
-    resources = defs.resources
+    resources = build_resources(read_secrets_now=True)  # used here directly, not through a Dagster run
     job = defs.resolve_job_def("bggen_pipeline")
     instance = DagsterInstance.get()
     started = time.perf_counter()
@@ -81,20 +169,7 @@ def main(argv=None) -> int:
         _say(f"run {result.run_id[:8]} partition {run_request.partition_key}: {status}")
         return result.success
 
-    sensor = defs.resolve_sensor_def("new_product_sensor")
-    cursor_file = data_dir / "new_product_sensor.cursor"
-    cursor = cursor_file.read_text() if cursor_file.exists() else None
-    with build_sensor_context(instance=instance, cursor=cursor, resources=resources) as ctx:
-        result = sensor(ctx)
-    if hasattr(result, "dynamic_partitions_requests"):
-        for req in result.dynamic_partitions_requests or []:
-            instance.add_dynamic_partitions(req.partitions_def_name, list(req.partition_keys))
-            _say(f"added {req.partitions_def_name} partitions: {', '.join(req.partition_keys)}")
-        requests = run_requests_of(result)
-        if result.cursor:
-            cursor_file.write_text(result.cursor)
-    else:
-        requests = []
+    requests = run_requests_of(sensor_tick(instance, defs.resolve_sensor_def("new_product_sensor"), resources))
     _say(f"new_product_sensor requested {len(requests)} partition runs")
     failures = sum(not execute(r) for r in requests)
 
@@ -103,16 +178,14 @@ def main(argv=None) -> int:
     merchant, product_id = "northwind", None
     for category in service.categories(merchant):
         doc = service.index(merchant, category)
-        if doc and doc["products"]:
-            product_id = sorted(doc["products"])[0]
+        if doc is not None and doc.products:
+            product_id = sorted(doc.products)[0]
             break
     if product_id:
         t = time.perf_counter()
         miss = service.serve(merchant, product_id, 400, 300, fill=0.6, anchor=(0.25, 0.5))
         _say(f"served {product_id} at 400x300 (not planned): hit={miss.hit}, fallback in {1000 * (time.perf_counter() - t):.1f} ms")
-        miss_sensor = defs.resolve_sensor_def("bucket_miss_sensor")
-        with build_sensor_context(instance=instance, resources=resources) as ctx:
-            miss_result = miss_sensor(ctx)
+        miss_result = sensor_tick(instance, defs.resolve_sensor_def("bucket_miss_sensor"), resources)
         for r in run_requests_of(miss_result):
             failures += not execute(r)
         service = CreativeService(resources["store"], resources["miss_queue"], resources["creative_config"])
@@ -138,16 +211,16 @@ def write_contact_sheet(service, path: Path, contact_sheet, per_category: int = 
     for merchant in ("northwind", "acme-outfitters"):
         for category in service.categories(merchant):
             doc = service.index(merchant, category)
-            if not doc:
+            if doc is None:
                 continue
-            for pid in sorted(doc["products"])[:per_category]:
-                info = doc["products"][pid]
-                for prompt in doc["prompts"]:
+            for pid in sorted(doc.products)[:per_category]:
+                info = doc.products[pid]
+                for prompt in doc.prompts:
                     cells = []
                     for w, h in SHEET_SIZES:
                         c = service.serve(merchant, pid, w, h, prompt_id=prompt, fmt="png")
                         cells.append(np.asarray(Image.open(io.BytesIO(c.body)).convert("RGB")))
-                    rows.append((f"{merchant}\n{category}: {info['title']}\ntheme: {prompt}", cells))
+                    rows.append((f"{merchant}\n{category}: {info.title}\ntheme: {prompt}", cells))
     sheet = contact_sheet([f"{w}x{h}" for w, h in SHEET_SIZES], rows,
                           title="bggen demo: products x placements x themes (template generator)")
     path.parent.mkdir(parents=True, exist_ok=True)

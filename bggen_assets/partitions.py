@@ -1,4 +1,9 @@
-"""Every asset is partitioned by merchant x category, both dynamic (sensors add new ones)."""
+"""Every asset is partitioned by merchant x category, both dynamic (sensors add new ones).
+
+One order everywhere: code passes (merchant, category) pairs and builds or splits a key only
+through these functions. A key's string form is Dagster's own, which joins the dimension values in
+dimension-name order ("category|merchant"); it appears in run tags, the UI and sensor cursors.
+"""
 from dagster import DynamicPartitionsDefinition, MultiPartitionKey, MultiPartitionsDefinition
 
 merchant_partitions = DynamicPartitionsDefinition(name="merchant")
@@ -10,11 +15,10 @@ def partition_key(merchant: str, category: str) -> MultiPartitionKey:
     return MultiPartitionKey({"merchant": merchant, "category": category})
 
 
-def split_key(key) -> tuple[str, str]:
+def split_key(key: MultiPartitionKey | str) -> tuple[str, str]:
     """(merchant, category) from a MultiPartitionKey or its string form."""
-    dims = key.keys_by_dimension if hasattr(key, "keys_by_dimension") else None
-    if dims is None:
-        # string form joins dimension values in dimension-name order: category|merchant
-        category, merchant = str(key).split("|")
-        return merchant, category
-    return dims["merchant"], dims["category"]
+    if isinstance(key, MultiPartitionKey):
+        dims = key.keys_by_dimension
+        return dims["merchant"], dims["category"]
+    category, merchant = str(key).split("|")  # the string form: dimension-name order
+    return merchant, category

@@ -1,36 +1,46 @@
-"""The background generator resource: `template` (CPU, the embedded default) or `diffusion`."""
+"""The background generator resource: `template` (CPU, the embedded default) or `diffusion`.
 
+The diffusion settings are nested under `diffusion`, as a Dagster `Config` made from the fields of
+`DiffusionConfig` (bggen_assets/core/diffusion_config.py): names, types and defaults are the
+dataclass's, so each setting has one default and a new setting needs no edit here.
+"""
+
+import dataclasses
+import typing
 from typing import Optional
 
-from dagster import ConfigurableResource, InitResourceContext
-from pydantic import PrivateAttr
+from dagster import Config, ConfigurableResource, InitResourceContext
+from pydantic import Field, PrivateAttr, create_model
 
+from bggen_assets.core.diffusion_config import DiffusionConfig
 from bggen_assets.core.generation import BackgroundGenerator
 from bggen_assets.core.template_bg import TemplateGenerator
 
 GENERATOR_KINDS = ("template", "diffusion")
+# Jobs per generate() call, for either kind: the resource owns it, not the nested settings.
+RESOURCE_FIELDS = ("batch_size",)
+
+
+class _DiffusionSettings(Config):
+    def to_config(self, **resource_fields) -> DiffusionConfig:
+        return DiffusionConfig(**self.model_dump(), **resource_fields)
+
+
+def _settings_from(config_cls: type, exclude: tuple[str, ...]) -> type[_DiffusionSettings]:
+    hints = typing.get_type_hints(config_cls)
+    fields = {f.name: (hints[f.name], f.default) for f in dataclasses.fields(config_cls) if f.name not in exclude}
+    return create_model("DiffusionSettings", __base__=_DiffusionSettings, __module__=__name__,
+                        __doc__=config_cls.__doc__, **fields)
+
+
+DiffusionSettings = _settings_from(DiffusionConfig, exclude=RESOURCE_FIELDS)
+_CONFIG_DEFAULTS = DiffusionConfig()
 
 
 class GeneratorResource(ConfigurableResource):
     kind: str = "template"
-    batch_size: int = 4
-    # diffusion settings (ignored by the template generator)
-    base_model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-    controlnet_model: str = "lllyasviel/sd-controlnet-canny"
-    local_files_only: bool = False
-    device: str = "auto"
-    dtype: str = "auto"
-    steps: int = 20
-    guidance_scale: float = 7.5
-    controlnet_conditioning_scale: float = 1.0
-    scheduler: str = "dpmpp"
-    pixel_budget: int = 512 * 512
-    max_aspect: float = 2.0
-    use_inpaint: bool = False
-    contour_thickness: int = 2
-    reinforce_contour: bool = True
-    channels_last: Optional[bool] = None  # None: on for CUDA, off for CPU
-    compile: Optional[bool] = None  # None: torch.compile on CUDA, off on CPU
+    batch_size: int = _CONFIG_DEFAULTS.batch_size
+    diffusion: DiffusionSettings = Field(default_factory=DiffusionSettings)  # ignored by the template generator
     # quality gates on the raw generation (diffusion): regenerate with the next seed past these
     max_object_expansion: float = 0.10
     max_edge_leakage: float = 0.25
@@ -52,28 +62,8 @@ class GeneratorResource(ConfigurableResource):
             generator.load()  # missing model dir, wrong model type, CUDA without CUDA: fail here
             self._generator = generator
 
-    def diffusion_config(self):
-        from bggen_assets.core.diffusion import DiffusionConfig
-
-        return DiffusionConfig(
-            base_model=self.base_model,
-            controlnet_model=self.controlnet_model,
-            local_files_only=self.local_files_only,
-            device=self.device,
-            dtype=self.dtype,
-            steps=self.steps,
-            guidance_scale=self.guidance_scale,
-            controlnet_conditioning_scale=self.controlnet_conditioning_scale,
-            scheduler=self.scheduler,
-            pixel_budget=self.pixel_budget,
-            max_aspect=self.max_aspect,
-            use_inpaint=self.use_inpaint,
-            batch_size=self.batch_size,
-            contour_thickness=self.contour_thickness,
-            reinforce_contour=self.reinforce_contour,
-            channels_last=self.channels_last,
-            compile=self.compile,
-        )
+    def diffusion_config(self) -> DiffusionConfig:
+        return self.diffusion.to_config(batch_size=self.batch_size)
 
     def get(self) -> BackgroundGenerator:
         if self._generator is None:

@@ -4,10 +4,9 @@
 border-background masker of :mod:`bggen_assets.core.masking`.
 
 ``method="yolo"``: an ultralytics YOLO segmentation model loaded once from ``yolo_weights``
-(a local file; nothing is ever downloaded).  The product instance is the one with the best
-confidence × centrality × area among those that pass the mask checks; its boundary is refined
-with GrabCut; when YOLO finds nothing usable, the classical masker runs and the result says so
-(``method="classical"``, ``reason="yolo found no instance above conf 0.25; classical fallback: ..."``).
+(a local file; nothing is ever downloaded), applied by :func:`bggen_assets.core.yolo_masking.yolo_mask`
+(the product instance chosen, its boundary refined; the classical masker when YOLO finds
+nothing usable, and the result says so).
 
 ``identity()`` names the masker (method, weights content hash, parameters, algorithm
 version) so that masks stored under it are recomputed when the masker changes.
@@ -19,31 +18,18 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
-import cv2
 import numpy as np
 from dagster import ConfigurableResource, InitResourceContext
 from pydantic import PrivateAttr
 
 from bggen_assets.core.image_io import decode_image
-from bggen_assets.core.masking import (
-    MaskRejected,
-    MaskResult,
-    alpha_mask,
-    borders_touched,
-    classical_mask,
-    fill_holes,
-    largest_component,
-    mask_bbox,
-    refine_with_grabcut,
-    validate_mask,
-)
+from bggen_assets.core.masking import MaskRejected, MaskResult, classical_mask, validate_mask
+from bggen_assets.core.yolo_masking import YOLO_VERSION, yolo_mask
 
-__all__ = ["MaskerResource", "MaskerConfigError", "CLASSICAL_VERSION", "YOLO_VERSION"]
+__all__ = ["MaskerResource", "MaskerConfigError", "CLASSICAL_VERSION"]
 
 # Bump when the algorithm changes in a way that changes masks: stored masks are re-made.
 CLASSICAL_VERSION = "c4"  # c4: edge pixels unmixed; GrabCut keeps what a crisp outline closes off
-YOLO_VERSION = "y1"
-YOLO_WORK_SIDE = 1024   # YOLO + refinement run on a copy whose long side is at most this
 
 
 class MaskerConfigError(ValueError):
@@ -147,7 +133,9 @@ class MaskerResource(ConfigurableResource):
         """Mask the product; raises :class:`MaskRejected` (reason attached) when unusable."""
         self._check_config()
         if self.method == "yolo":
-            res = self._mask_yolo(image)
+            self._load_yolo()
+            res = yolo_mask(image, self._model, confidence=self.confidence, classes=self.classes,
+                            imgsz=self.imgsz, device=self.device, max_borders=self._max_borders)
         else:
             res = classical_mask(image)
         try:
@@ -156,87 +144,6 @@ class MaskerResource(ConfigurableResource):
             raise MaskRejected(f"{exc.reason} [{res.method}: {res.reason}]", result=res) from None
         return res
 
-    # ------------------------------------------------------------------ yolo
     @property
     def _max_borders(self) -> int:
         return 4 if self.allow_border_touch else 2
-
-    def _mask_yolo(self, image: np.ndarray) -> MaskResult:
-        a = alpha_mask(image) if image.ndim == 3 and image.shape[2] == 4 else None
-        if a is not None:
-            return a
-        self._load_yolo()
-        rgb = np.ascontiguousarray(image[:, :, :3]) if image.ndim == 3 else np.repeat(image[:, :, None], 3, 2)
-        H, W = rgb.shape[:2]
-        s = min(1.0, YOLO_WORK_SIDE / max(H, W))
-        ww, wh = max(1, round(W * s)), max(1, round(H * s))
-        work = rgb if s == 1.0 else cv2.resize(rgb, (ww, wh), interpolation=cv2.INTER_AREA)
-
-        results = self._model.predict(
-            np.ascontiguousarray(work[:, :, ::-1]),   # ultralytics takes numpy images as BGR
-            conf=self.confidence, classes=self.classes, imgsz=self.imgsz, device=self.device,
-            retina_masks=True, verbose=False, max_det=50)
-        r = results[0]
-        n = 0 if r.masks is None else len(r.masks.data)
-        if n == 0:
-            return self._fallback(image, f"yolo found no instance above conf {self.confidence:g}")
-
-        masks = r.masks.data.cpu().numpy() > 0.5
-        confs = r.boxes.conf.cpu().numpy()
-        clss = r.boxes.cls.cpu().numpy().astype(int)
-        if masks.shape[1:] != (wh, ww):
-            masks = np.stack([cv2.resize(m.astype(np.uint8), (ww, wh), interpolation=cv2.INTER_NEAREST)
-                              for m in masks]).astype(bool)
-        pick, sel_score, details = select_instance(masks, confs, max_borders=self._max_borders)
-        if pick is None:
-            return self._fallback(image, f"yolo found {n} instance(s) above conf {self.confidence:g}, "
-                                         f"none usable ({details})")
-        m = largest_component(masks[pick])
-        gc = refine_with_grabcut(work, m)
-        note = "grabcut refined"
-        if gc is not None:
-            refined = (m & ~(gc < 0.05)) | (gc > 0.95)
-            if refined.any():
-                m = fill_holes(largest_component(refined))
-            else:
-                note = "grabcut emptied the mask; yolo mask kept"
-        else:
-            note = "no grabcut (mask too small or too large)"
-        if (ww, wh) != (W, H):
-            m = cv2.resize(m.astype(np.float32), (W, H), interpolation=cv2.INTER_LINEAR) >= 0.5
-        name = r.names.get(int(clss[pick]), str(clss[pick])) if isinstance(r.names, dict) else str(clss[pick])
-        reason = (f"yolo instance {pick + 1} of {n}: class {int(clss[pick])} ({name}), conf {confs[pick]:.2f}, "
-                  f"selection score {sel_score:.3f} (conf x centrality x area); {note}")
-        return MaskResult(mask=m, bbox=mask_bbox(m), method="yolo", score=float(confs[pick]), reason=reason)
-
-    def _fallback(self, image: np.ndarray, why: str) -> MaskResult:
-        res = classical_mask(image)
-        return MaskResult(mask=res.mask, bbox=res.bbox, method=res.method, score=res.score,
-                          reason=f"{why}; classical fallback: {res.reason}")
-
-
-def select_instance(masks: np.ndarray, confs: np.ndarray, *, max_borders: int = 2,
-                    min_fraction: float = 0.01, max_fraction: float = 0.95
-                    ) -> tuple[Optional[int], float, str]:
-    """Pick the product among instance masks: best confidence × centrality × area, among
-    those that would pass the mask checks.  Returns (index or None, its score, a note)."""
-    n, h, w = masks.shape
-    cy0, cx0 = (h - 1) / 2.0, (w - 1) / 2.0
-    half_diag = float(np.hypot(cy0 + 0.5, cx0 + 0.5))
-    best, best_score, rejected = None, -1.0, []
-    for i in range(n):
-        m = masks[i]
-        area = float(m.mean())
-        if area < min_fraction or area > max_fraction:
-            rejected.append(f"#{i + 1} covers {area:.1%}")
-            continue
-        if borders_touched(m) > max_borders:
-            rejected.append(f"#{i + 1} touches {borders_touched(m)} borders")
-            continue
-        ys, xs = np.nonzero(m)
-        dist = float(np.hypot(ys.mean() - cy0, xs.mean() - cx0)) / half_diag
-        centrality = max(0.0, 1.0 - dist)
-        score = float(confs[i]) * centrality * area
-        if score > best_score:
-            best, best_score = i, score
-    return best, max(best_score, 0.0), "; ".join(rejected) or "none"

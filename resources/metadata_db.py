@@ -22,7 +22,6 @@ import random
 import uuid
 
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -444,8 +443,3 @@ class MetadataDB(ConfigurableResource):
 
 # A repeat request keeps a claim (the consumer that holds it will serve it); otherwise -> pending.
 _status_after_request = sa.case((misses.c.status == "claimed", "claimed"), else_="pending")
-
-
-def db_url_from_env(data_dir: str, env: Optional[dict] = None) -> str:
-    env = dict(os.environ if env is None else env)
-    return env.get("BGGEN_DB_URL") or f"sqlite:///{os.path.join(data_dir, 'bggen.db')}"

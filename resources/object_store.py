@@ -10,17 +10,14 @@ S3 errors (endpoint down, refused, timed out after the client's retries) surface
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator
 
 from dagster import ConfigurableResource
 from dagster_aws.s3 import S3Resource
 from pydantic import PrivateAttr
 
 from bggen_assets.core.keys import check_key
-
-
-class ObjectNotFound(KeyError):
-    pass
+from bggen_assets.core.store import ObjectNotFound
 
 
 class ObjectStoreError(RuntimeError):
@@ -28,7 +25,8 @@ class ObjectStoreError(RuntimeError):
 
 
 class ObjectStore(ConfigurableResource):
-    """Interface shared by the stores. Keys are validated: no key is built from unchecked input."""
+    """Interface shared by the stores (they satisfy `bggen_assets.core.store.ObjectStore`, the
+    protocol core code takes). Keys are validated: no key is built from unchecked input."""
 
     def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
         raise NotImplementedError
@@ -192,26 +190,3 @@ class S3ObjectStore(ObjectStore):
 
     def describe(self) -> str:
         return f"s3://{self.bucket}/{self.prefix.strip('/')}"
-
-
-def object_store_from_env(data_dir: str, env: Optional[dict] = None) -> ObjectStore:
-    """BGGEN_STORE=local (default) or s3 with BGGEN_S3_BUCKET, BGGEN_S3_ENDPOINT_URL, AWS credentials."""
-    env = dict(os.environ if env is None else env)
-    kind = env.get("BGGEN_STORE", "local")
-    if kind == "local":
-        return LocalObjectStore(root=env.get("BGGEN_STORE_ROOT", os.path.join(data_dir, "objects")))
-    if kind == "s3":
-        if not env.get("BGGEN_S3_BUCKET"):
-            raise ValueError("BGGEN_STORE=s3 needs BGGEN_S3_BUCKET")
-        return S3ObjectStore(
-            bucket=env["BGGEN_S3_BUCKET"],
-            prefix=env.get("BGGEN_S3_PREFIX", ""),
-            create_bucket=env.get("BGGEN_S3_CREATE_BUCKET", "0") == "1",
-            s3=S3Resource(
-                endpoint_url=env.get("BGGEN_S3_ENDPOINT_URL") or None,
-                region_name=env.get("AWS_REGION", "us-east-1"),
-                aws_access_key_id=env.get("AWS_ACCESS_KEY_ID") or None,
-                aws_secret_access_key=env.get("AWS_SECRET_ACCESS_KEY") or None,
-            ),
-        )
-    raise ValueError(f"BGGEN_STORE must be 'local' or 's3', got {kind!r}")

@@ -8,13 +8,19 @@ import concurrent.futures as cf
 import io
 import json
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
+
+from bggen_assets.core import serving_index
+from bggen_assets.core.keys import source_key
 
 MERCHANT, CATEGORY = "northwind", "footwear"
 _GOLDEN: dict = {}
@@ -50,12 +56,12 @@ def golden_world(tmp_path_factory, sample_dir) -> dict:
     result = materialize(pipeline_assets, partition_key=partition_key(MERCHANT, CATEGORY), resources=resources,
                          instance=instance, raise_on_error=True)
     assert result.success
-    pointer = json.loads(store.get_bytes(f"index/{MERCHANT}/{CATEGORY}/current.json"))
-    doc = json.loads(store.get_bytes(pointer["key"]))
-    keys = [f"index/{MERCHANT}/{CATEGORY}/current.json", pointer["key"]]
-    keys += sorted({e["image_key"] for e in doc["entries"].values()})
-    for p in doc["products"].values():
-        keys += [p["cutout_key"], f"sources/{p['image_hash'][:2]}/{p['image_hash']}"]
+    pointer = serving_index.read_pointer(store, MERCHANT, CATEGORY)
+    doc = serving_index.read_document(store, pointer)
+    keys = [serving_index.pointer_key(MERCHANT, CATEGORY), pointer.key]
+    keys += sorted({e.image_key for e in doc.entries.values()})
+    for p in doc.products.values():
+        keys += [p.cutout_key, source_key(p.image_hash)]
     _GOLDEN.update(root=base / "objects", keys=keys, doc=doc, pointer=pointer)
     return _GOLDEN
 
@@ -133,7 +139,7 @@ def live(world, bandit_only):
 
 
 def product(world, pid=None):
-    return pid or sorted(world["doc"]["products"])[0]
+    return pid or sorted(world["doc"].products)[0]
 
 
 def find_miss_size(doc, pid, fill=0.35, anchor=(0.1, 0.9)):
@@ -144,13 +150,39 @@ def find_miss_size(doc, pid, fill=0.35, anchor=(0.1, 0.9)):
 
     for w in range(120, 1600, 37):
         for h in (40, 61, 90, 333, 1500):
-            if not any(cell_status(doc, pid, Placement(w, h, fill, *anchor), t)[0] for t in doc["prompts"]):
+            if not any(cell_status(doc, pid, Placement(w, h, fill, *anchor), t)[0] for t in doc.prompts):
                 return w, h
     raise AssertionError("no miss size found")
 
 
 def params(world, **kw):
     return {"merchant": MERCHANT, "product": product(world), "width": 300, "height": 250, **kw}
+
+
+#: a JPEG q85 of a crop is above this PSNR to the crop; the crops of two themes are far below it
+JPEG_PSNR_DB = 30.0
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
+
+
+def expected_crop(world, pid: str, width: int, height: int, theme: str) -> tuple[np.ndarray, str]:
+    """The crop a hit must show, from the stored canvas with the core functions: (RGB pixels, bucket id)."""
+    from bggen_assets.core.compositing import canvas_pyramid, crop_placement
+    from bggen_assets.core.geometry import Placement, bucket_for, place_product
+
+    doc = world["doc"]
+    configured = [p for p in world["creative_config"].placements(MERCHANT) if (p.width, p.height) == (width, height)]
+    placement = configured[0] if configured else Placement(width, height)
+    _, _, bw, bh = doc.products[pid].bbox
+    placed = place_product(bw, bh, placement)
+    bucket = bucket_for(placed, doc.bucket_ratio)
+    entry = doc.entry(pid, bucket.id, theme)
+    canvas = Image.open(io.BytesIO(world["store"].get_bytes(entry.image_key))).convert("RGB")
+    crop = crop_placement(canvas_pyramid(canvas), entry.layout, placed)
+    return np.asarray(crop), bucket.id
 
 
 # ---------------------------------------------------------------------------------------- tests
@@ -169,11 +201,19 @@ def test_hit_serves_the_bucket_crop_with_headers(live, world):
     assert r.status_code == 200, r.text
     assert r.headers["content-type"] == "image/jpeg"
     assert r.headers["x-cache"] == "hit" and r.headers["x-variant"] == "bandit" and r.headers["x-policy"] == "linucb"
-    assert r.headers["x-theme"] in world["doc"]["prompts"]
+    assert r.headers["x-theme"] in world["doc"].prompts
     assert r.headers["x-bucket"].startswith("r1.2-")
     assert len(r.headers["x-impression-id"]) == 32
     img = Image.open(io.BytesIO(r.content))
     assert img.format == "JPEG" and img.size == (300, 250)
+    # the pixels are the crop of the bucket canvas of that theme (computed here from the stored
+    # canvas with the core functions), within what JPEG q85 changes, and not another theme's crop
+    expected = {theme: expected_crop(world, product(world), 300, 250, theme) for theme in world["doc"].prompts}
+    assert r.headers["x-bucket"] == expected[r.headers["x-theme"]][1]
+    got = np.asarray(img.convert("RGB"))
+    print("PROBE", r.headers["x-theme"], {t: psnr(got, c) for t, (c, _) in expected.items()})
+    assert psnr(got, expected[r.headers["x-theme"]][0]) > JPEG_PSNR_DB
+    assert all(psnr(got, crop) < JPEG_PSNR_DB for theme, (crop, _) in expected.items() if theme != r.headers["x-theme"])
     # the same bytes as the serving function for that theme (the API adds no pixel change)
     from bggen_assets.serving.creative import CreativeService
 
@@ -287,7 +327,51 @@ def test_bad_accept_events_and_methods_are_4xx(live, world):
     assert live.client.post("/creative", params=params(world)).status_code == 405
     assert live.client.get("/nope").status_code == 404
     r = live.client.get("/creative?" + "x=" + "a" * 20000 + "&" + "&".join(f"{k}={v}" for k, v in params(world).items()))
-    assert 400 <= r.status_code < 500
+    assert r.status_code == 414 and r.json() == {"error": "query string longer than 2048 bytes"}
+
+
+def _break_canvases(world, pid):
+    """Every canvas the product's 300x250 hit could come from, overwritten with bytes that are no image."""
+    for theme in world["doc"].prompts:
+        _, bucket_id = expected_crop(world, pid, 300, 250, theme)
+        world["store"].put_bytes(world["doc"].entry(pid, bucket_id, theme).image_key, b"this is not a PNG")
+
+
+def _break_index(world, pid):
+    world["store"].put_bytes(serving_index.read_pointer(world["store"], MERCHANT, CATEGORY).key, b'{"products": ')
+
+
+@pytest.mark.parametrize("fault,raised", [(_break_canvases, UnidentifiedImageError), (_break_index, ValueError)])
+def test_an_internal_error_is_a_bare_500_and_logged(world, bandit_only, caplog, fault, raised):
+    """A real fault below the API (a stored canvas or index that does not decode): the answer is
+    500 with no internals (no exception type or text, no traceback, no key or path); the log has it."""
+    pid = product(world)
+    fault(world, pid)
+    app = make_app(world, bandit_only, prefetch=False)
+    with caplog.at_level("ERROR", logger="bggen.serving"), LiveServer(app) as srv, httpx.Client(base_url=srv.url) as c:
+        r = c.get("/creative", params=params(world))
+    assert r.status_code == 500
+    assert r.headers["content-type"] == "application/json" and r.json() == {"error": "internal error"}
+    logged = [rec for rec in caplog.records if rec.name == "bggen.serving" and rec.exc_info]
+    assert len(logged) == 1 and isinstance(logged[0].exc_info[1], raised) and str(logged[0].exc_info[1])
+
+
+def test_the_api_starts_without_the_dagster_definitions(tmp_path):
+    """bggen-serve builds its resources without importing the code location (assets, sensors, jobs)."""
+    code = (
+        "import sys\n"
+        "from fastapi.testclient import TestClient\n"
+        "from bggen_assets.serving.api import app_from_env\n"
+        "app = app_from_env(env={'BGGEN_DATA_DIR': sys.argv[1]}, background=False, prefetch=False)\n"
+        "with TestClient(app) as c:\n"
+        "    assert c.get('/health').json()['status'] == 'ok'\n"
+        "print(sorted(m for m in sys.modules if m == 'bggen_assets.definitions' or m == 'bggen_assets.jobs'\n"
+        "             or m.startswith(('bggen_assets.assets', 'sensors'))))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "data")], capture_output=True, text=True,
+                         timeout=300, cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"
 
 
 def test_ab_variants_are_deterministic_with_configured_shares(world):
@@ -325,13 +409,9 @@ def test_new_index_version_is_picked_up_without_restart(world, bandit_only):
         pid = product(world)
         assert c.get("/creative", params=params(world)).status_code == 200
         # publish a new version without that product: the API answers 404 at once
-        pointer = json.loads(store.get_bytes(f"index/{MERCHANT}/{CATEGORY}/current.json"))
-        doc = json.loads(store.get_bytes(pointer["key"]))
-        doc["products"].pop(pid)
-        new_key = pointer["key"].replace("v000001", "v000002")
-        store.put_bytes(new_key, json.dumps(doc).encode())
-        store.put_bytes(f"index/{MERCHANT}/{CATEGORY}/current.json",
-                        json.dumps({**pointer, "version": pointer["version"] + 1, "key": new_key}).encode())
+        doc = serving_index.read_current(store, MERCHANT, CATEGORY)
+        others = {k: p for k, p in doc.products.items() if k != pid}
+        assert serving_index.publish(store, doc.model_copy(update={"products": others})).version == doc.version + 1
         r = c.get("/creative", params=params(world))
         assert r.status_code == 404 and "unknown product" in r.json()["error"]
     # the decoded-canvas LRU is bounded by bytes

@@ -5,16 +5,22 @@ MariaDB under BGGEN_TEST_BACKEND=services, so every test here runs on both in CI
 
 - the serving index is published atomically: a publisher SIGKILLed mid-write of the new version,
   or between the version and the pointer flip, leaves readers on the previous complete index;
+  publishers killed at random points of their upload never show a reader a partial index;
 - the miss queue: a storm over one key queues once (threads), concurrent consumers (threads and
   processes) claim disjoint misses, none lost;
-- the bucket_miss_sensor reads whichever queue is configured (DB or Redis).
+- the bucket_miss_sensor reads whichever queue is configured (DB or Redis), requests the misses of
+  a failed run again (new run key per attempt), and no partition is starved by another's storm.
 
-Run as a script (`python tests/test_backends.py publish-child ...`) it is the publisher child.
+The publisher children are forked from a forkserver that has done the imports once, so a child
+starts uploading within milliseconds and the kills land where the test says they do.
 """
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
+import random
+import re
 import subprocess
 import sys
 import threading
@@ -22,18 +28,18 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
+
+from bggen_assets.core import serving_index
+from bggen_assets.core.manifests import IndexDocument, IndexEntry
+
 ROOT = Path(__file__).resolve().parents[1]
-if __name__ == "__main__":  # the child process: make the repo importable
-    sys.path.insert(0, str(ROOT))
-
-import pytest  # noqa: E402
-
 MERCHANT, CATEGORY = "northwind", "bags"
 
 
-# -- publisher child ----------------------------------------------------------------------------
+# -- publisher children ---------------------------------------------------------------------------
 def store_env(store) -> dict:
-    """Environment that rebuilds the same store in another process (object_store_from_env)."""
+    """Environment that rebuilds the same store in another process (store_from_env)."""
     from resources.object_store import LocalObjectStore
 
     if isinstance(store, LocalObjectStore):
@@ -43,24 +49,43 @@ def store_env(store) -> dict:
             "AWS_SECRET_ACCESS_KEY": store.s3.aws_secret_access_key, "AWS_REGION": store.s3.region_name}
 
 
-def big_document(version_tag: str, entries: int) -> dict:
-    return {"format": 1, "merchant": MERCHANT, "category": CATEGORY, "tag": version_tag, "products": {},
-            "entries": {f"p{i}|b{i % 97}|warm": {"image_key": f"canvas/{i:08d}.png", "canvas": [512, 512],
-                                                  "product_box": [1, 2, 3, 4], "pad": "x" * 200}
-                        for i in range(entries)}}
+def store_from_env(env: dict):
+    from bggen_assets.deployment import DeploymentEnv, build_store
+
+    return build_store(DeploymentEnv(env, read_secrets_now=True))
 
 
-def _publish_child(mode: str, tag: str, entries: int) -> None:
-    """Publish one index; stop (print READY, sleep) at the point `mode` names, to be SIGKILLed there."""
-    from bggen_assets import steps
-    from resources.object_store import LocalObjectStore, object_store_from_env
+def big_document(tag: str, entries: int) -> IndexDocument:
+    """An index of `entries` canvases, ~250 bytes of JSON each (20,000 make a ~5 MB version object)."""
+    pad = "x" * 180
+    return IndexDocument(
+        merchant=MERCHANT, category=CATEGORY, bucket_ratio=1.2, canvas_pixels=120_000, generator_id=tag,
+        prompts=("warm",), products={},
+        entries={f"p{i}|b{i % 97}|warm": IndexEntry(image_key=f"canvas/{i:08d}-{pad}.png", canvas=(512, 512),
+                                                     product_box=(1, 2, 3, 4)) for i in range(entries)})
 
-    store = object_store_from_env("/nonexistent", dict(os.environ))
-    park = lambda: (print("READY", flush=True), time.sleep(60))  # noqa: E731
-    if mode == "mid-version":
-        # the new version object is half written when the process dies
+
+def _publisher(env: dict, marks_path: str, mode: str, entries: int) -> None:
+    """The publisher child. Before and after every object it uploads it appends a marker line
+    (`<time> put <key> <bytes>`, `<time> stored <key>`), and `<time> published <version>` after
+    each publish. mode `loop`: publish version after version until killed; `mid-version` /
+    `before-flip`: publish once, stop at that point (`<time> parked`) and wait to be killed."""
+    from resources.object_store import LocalObjectStore
+
+    fd = os.open(marks_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def mark(*words) -> None:  # one write(2) per line: whole lines, in order, whatever kills us
+        os.write(fd, (" ".join(map(str, (repr(time.time()), *words))) + "\n").encode())
+
+    def park() -> None:
+        mark("parked")
+        time.sleep(600)
+
+    store = store_from_env(env)
+    document = big_document("child", entries)
+    if mode == "mid-version":  # the new version object is half written when the process dies
         if isinstance(store, LocalObjectStore):
-            os.fsync = lambda fd: park()  # data written to the temp file, not yet renamed into place
+            os.fsync = lambda fd: park()  # bytes in the temp file, not yet renamed into place
         else:
             client = store._c()
             real_put = client.put_object
@@ -69,14 +94,14 @@ def _publish_child(mode: str, tag: str, entries: int) -> None:
                 """A request body that sends half of itself, then parks the process."""
 
                 def __init__(self, data: bytes):
-                    self.data, self.pos = data, 0
+                    self.data, self.pos, self.armed = data, 0, False
 
                 def read(self, n: int = -1) -> bytes:
                     half = len(self.data) // 2
-                    if self.pos >= half and n != 0 and getattr(self, "armed", False):
+                    if self.armed and self.pos >= half and n != 0:
                         park()
                     end = len(self.data) if n is None or n < 0 else min(len(self.data), self.pos + n)
-                    if getattr(self, "armed", False) and self.pos < half < end:
+                    if self.armed and self.pos < half < end:
                         end = half
                     out, self.pos = self.data[self.pos:end], end
                     return out
@@ -93,112 +118,225 @@ def _publish_child(mode: str, tag: str, entries: int) -> None:
                     return len(self.data)
 
             def put_object(**kw):
-                if not kw["Key"].endswith("current.json"):
+                if not kw["Key"].endswith(serving_index.POINTER_NAME):
                     kw["Body"] = HalfThenPark(kw["Body"])
                     kw["ContentLength"] = len(kw["Body"])
                 return real_put(**kw)
 
             client.put_object = put_object
-    elif mode == "before-flip":
-        real = store.put_bytes
+    elif mode not in ("loop", "before-flip"):
+        raise ValueError(f"unknown publisher mode {mode!r}")
+    real = store.put_bytes
 
-        def put_bytes(key, data, content_type="application/octet-stream"):
-            if key.endswith("current.json"):
-                park()  # the new version is complete in the store; the pointer still names the old one
-            return real(key, data, content_type)
+    def put_bytes(key, data, content_type="application/octet-stream"):
+        if mode == "before-flip" and key.endswith(serving_index.POINTER_NAME):
+            park()  # the new version is complete in the store; the pointer still names the old one
+        mark("put", key, len(data))
+        real(key, data, content_type)
+        mark("stored", key)
 
-        store.__dict__["put_bytes"] = put_bytes  # instance attribute shadows the method
-    elif mode != "complete":
-        raise SystemExit(f"unknown mode {mode}")
-    steps.publish_index(store, MERCHANT, CATEGORY, big_document(tag, entries))
-    print("PUBLISHED", flush=True)
-
-
-def run_child(store, mode: str, tag: str, entries: int) -> subprocess.Popen:
-    env = {**os.environ, **store_env(store), "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, __file__, "publish-child", mode, tag, str(entries)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def wait_line(proc: subprocess.Popen, want: str, timeout: float = 60.0) -> None:
-    box: list = []
-    t = threading.Thread(target=lambda: box.append(proc.stdout.readline()), daemon=True)
-    t.start()
-    t.join(timeout)
-    line = box[0].strip() if box else ""
-    if line != want:
-        proc.kill()
-        raise AssertionError(f"child said {line!r}, wanted {want!r}; stderr:\n{proc.stderr.read()[-3000:]}")
+    store.__dict__["put_bytes"] = put_bytes  # instance attribute shadows the method
+    n = 0
+    while True:
+        n += 1
+        pointer = serving_index.publish(store, document.model_copy(update={"generator_id": f"child-{n}"}))
+        mark("published", pointer.version)
+        if mode != "loop":
+            return
 
 
-def read_current(store) -> dict:
+def _reader(env: dict, stop, results) -> None:
+    """What a serving replica does, in a loop until `stop`: pointer -> document, parsed whole."""
+    store = store_from_env(env)
+    reads, versions, errors = 0, [], []
+    while not stop.is_set():
+        try:
+            versions.append(read_current(store).version)
+            reads += 1
+        except Exception as exc:  # noqa: BLE001 - every failure is the finding
+            errors.append(repr(exc)[:300])
+    results.put({"reads": reads, "versions": versions, "errors": errors[:5]})
+
+
+def forkserver():
+    """A forkserver that has imported what the children need: a child starts in milliseconds."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload([_publisher.__module__, "bggen_assets.deployment", "bggen_assets.core.serving_index"])
+    return ctx
+
+
+class Publisher:
+    """A publisher child and the markers it has written: [(time, what, args...)]."""
+
+    def __init__(self, store, marks_path: Path, mode: str, entries: int):
+        self.marks_path = marks_path
+        self.proc = forkserver().Process(target=_publisher, args=(store_env(store), str(marks_path), mode, entries),
+                                         daemon=True)
+        self.proc.start()
+
+    def marks(self) -> list[tuple]:
+        try:
+            lines = self.marks_path.read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        return [(float(t), *rest) for t, *rest in (line.split() for line in lines)]
+
+    def wait_for(self, found, timeout: float = 60.0):
+        """Poll the markers until found(marks) returns something; returns it."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            hit = found(self.marks())
+            if hit:
+                return hit
+            if not self.proc.is_alive():
+                raise AssertionError(f"publisher exited with {self.proc.exitcode}; markers: {self.marks()[-5:]}")
+            time.sleep(0.0005)
+        self.kill()
+        raise AssertionError(f"publisher did not get there within {timeout:.0f}s; markers: {self.marks()[-5:]}")
+
+    def kill(self) -> None:
+        if self.proc.is_alive():
+            self.proc.kill()  # SIGKILL: no handler, no cleanup, no flush
+        self.proc.join(30)
+
+
+def read_current(store) -> IndexDocument:
     """What a serving reader does: pointer -> document; must always parse and be complete."""
-    from bggen_assets import steps
-
-    pointer = steps.read_index_pointer(store, MERCHANT, CATEGORY)
-    doc = json.loads(store.get_bytes(pointer["key"]))
-    assert doc["version"] == pointer["version"] and len(doc["entries"]) == pointer["entries"]
+    pointer = serving_index.read_pointer(store, MERCHANT, CATEGORY)
+    doc = serving_index.read_document(store, pointer)
+    assert doc.version == pointer.version and len(doc.entries) == pointer.entries
     return doc
 
 
-@pytest.mark.parametrize("mode", ["mid-version", "before-flip"])
-def test_publish_killed_midway_leaves_previous_index(store, mode):
-    from bggen_assets import steps
+def is_version(key: str) -> bool:
+    return not key.endswith(serving_index.POINTER_NAME)
 
-    entries = 20_000  # ~5 MB: the kill lands inside a real transfer
-    first = steps.publish_index(store, MERCHANT, CATEGORY, big_document("first", 100))
-    proc = run_child(store, mode, "second", entries)
+
+def temp_files(store) -> set[str]:
+    """The local store's temp files in the index directory (a write not yet renamed into place)."""
+    from resources.object_store import LocalObjectStore
+
+    if not isinstance(store, LocalObjectStore):
+        return set()
+    where = Path(store.root) / serving_index.index_prefix(MERCHANT, CATEGORY)
+    return {p.name for p in where.glob(".tmp-*")}
+
+
+def version_of(key: str) -> int:
+    return int(re.search(r"/v(\d{6})-[0-9a-f]{12}\.json$", key).group(1))
+
+
+def listed_versions(store) -> list[str]:
+    """Every version object under the partition's index prefix, each parsed whole."""
+    prefix = serving_index.index_prefix(MERCHANT, CATEGORY)
+    keys = [k for k in store.list_keys(prefix) if not k.endswith(serving_index.POINTER_NAME)]
+    for key in keys:
+        IndexDocument.from_json(store.get_bytes(key))  # no partial object is visible
+    return keys
+
+
+@pytest.mark.parametrize("mode", ["mid-version", "before-flip"])
+def test_publish_killed_midway_leaves_previous_index(store, mode, tmp_path):
+    first = serving_index.publish(store, big_document("first", 100))
+    child = Publisher(store, tmp_path / "marks", mode, 20_000)  # ~5 MB: the kill lands inside a real transfer
     try:
-        wait_line(proc, "READY")
+        child.wait_for(lambda marks: any(m[1] == "parked" for m in marks))
         # while the publisher is parked half-way, readers see the first index, whole
-        assert read_current(store)["tag"] == "first"
+        assert read_current(store).generator_id == "first"
     finally:
-        proc.kill()
-        proc.wait(timeout=30)
+        child.kill()
     doc = read_current(store)
-    assert doc["tag"] == "first" and doc["version"] == first["version"]
-    # no partial object is visible under the index prefix: every listed object parses completely
-    prefix = steps.index_prefix(MERCHANT, CATEGORY)
-    versions = [k for k in store.list_keys(prefix) if not k.endswith("current.json")]
-    for key in versions:
-        json.loads(store.get_bytes(key))
+    assert doc.generator_id == "first" and doc.version == first.version
+    versions = listed_versions(store)
     if mode == "mid-version":
-        assert versions == [first["key"]], versions  # the half-sent version never became an object
+        assert versions == [first.key], versions  # the half-sent version never became an object
     else:
         assert len(versions) == 2  # complete but unreferenced (the next publish supersedes it)
     # the next publish (a retried run) works and readers move to it
-    again = steps.publish_index(store, MERCHANT, CATEGORY, big_document("third", 100))
-    assert read_current(store)["tag"] == "third" and again["version"] == first["version"] + 1
+    again = serving_index.publish(store, big_document("third", 100))
+    assert read_current(store).generator_id == "third" and again.version == first.version + 1
 
 
-def test_readers_never_see_partial_index_under_repeated_kills(store):
-    """A reader loops while publishers are killed at arbitrary moments: every read is whole."""
-    from bggen_assets import steps
+# Phases of a publish a kill can land in, from the markers the child wrote before it died.
+IN_VERSION, BEFORE_FLIP, IN_FLIP, AFTER_FLIP, BETWEEN = (
+    "in the version upload", "version stored, pointer not yet written", "in the pointer upload",
+    "pointer stored", "between publishes")
+MID_UPLOAD = (IN_VERSION, BEFORE_FLIP, IN_FLIP)
 
-    steps.publish_index(store, MERCHANT, CATEGORY, big_document("base", 50))
-    stop, reads, errors = threading.Event(), [0], []
 
-    def reader():
-        while not stop.is_set():
-            try:
-                read_current(store)
-                reads[0] += 1
-            except Exception as exc:  # noqa: BLE001
-                errors.append(repr(exc))
+def phase_at_kill(marks: list[tuple]) -> tuple[str, int]:
+    """(phase, version being published) from the markers after the child's last `published`."""
+    last_done = max((i for i, m in enumerate(marks) if m[1] == "published"), default=-1)
+    tail = marks[last_done + 1:]
+    if not tail:
+        return BETWEEN, int(marks[last_done][2]) + 1
+    what, key = tail[-1][1], tail[-1][2]
+    version = version_of(next(m[2] for m in tail if m[1] == "put"))
+    pointer = key.endswith(serving_index.POINTER_NAME)
+    return {("put", False): IN_VERSION, ("stored", False): BEFORE_FLIP, ("put", True): IN_FLIP,
+            ("stored", True): AFTER_FLIP}[(what, pointer)], version
 
-    t = threading.Thread(target=reader)
-    t.start()
+
+def test_readers_never_see_a_partial_index_while_publishers_are_killed_mid_upload(store, tmp_path):
+    """Publishers are SIGKILLed at random points after they started uploading a version; the kills
+    are placed by the child's own markers and the store then shows what was and was not uploaded.
+    A reader process loops meanwhile: every read it makes is a whole index."""
+    from resources.object_store import LocalObjectStore
+
+    seed = int.from_bytes(os.urandom(4), "little")
+    rng = random.Random(seed)
+    serving_index.publish(store, big_document("base", 50))
+    ctx = forkserver()
+    stop, results = ctx.Event(), ctx.Queue()
+    reader = ctx.Process(target=_reader, args=(store_env(store), stop, results), daemon=True)
+    reader.start()
+    landed: list[str] = []
     try:
-        for i, delay in enumerate((0.4, 0.7, 1.0)):
-            proc = run_child(store, "complete", f"kill-{i}", 5_000)
-            time.sleep(delay)  # somewhere in imports, the version PUT, the flip, or done
-            proc.kill()
-            proc.wait(timeout=30)
+        for attempt in range(12):
+            child = Publisher(store, tmp_path / f"marks-{attempt}", "loop", 20_000)
+            # one whole publish first: how long an upload (version PUT to stored pointer) takes here
+            marks = child.wait_for(lambda m: m if any(x[1] == "published" for x in m) else None)
+            done = next(i for i, x in enumerate(marks) if x[1] == "published")
+            upload_s = marks[done - 1][0] - next(x[0] for x in marks if x[1] == "put" and is_version(x[2]))
+            # then kill the next publish at a random point after its version upload started
+            temp_before = temp_files(store)
+            child.wait_for(lambda m: sum(x[1] == "put" and is_version(x[2]) for x in m) == 2)
+            time.sleep(rng.uniform(0.0, upload_s))
+            child.kill()
+            phase, version = phase_at_kill(child.marks())
+            landed.append(phase)
+            pointer = serving_index.read_pointer(store, MERCHANT, CATEGORY)
+            read_current(store)
+            keys = listed_versions(store)
+            published_before = max(int(m[2]) for m in child.marks() if m[1] == "published")
+            in_flight = [k for k in keys if version_of(k) == version]
+            if phase in (IN_VERSION, BEFORE_FLIP):
+                # some of the upload happened, not all: readers stay on the last whole version
+                assert pointer.version == published_before == version - 1, (phase, pointer, seed)
+                if phase == BEFORE_FLIP:
+                    assert len(in_flight) == 1, (keys, seed)  # the version is whole in the store, unreferenced
+                elif isinstance(store, LocalObjectStore):  # its bytes went to a temp file never renamed
+                    assert in_flight or temp_files(store) - temp_before, seed
+            elif phase == IN_FLIP:
+                assert pointer.version in (version - 1, version) and len(in_flight) == 1, (pointer, seed)
+            elif phase == AFTER_FLIP:
+                assert pointer.version == version and len(in_flight) == 1, (pointer, seed)
+            else:  # BETWEEN: the next version was being serialised, nothing of it uploaded
+                assert pointer.version == version - 1 and not in_flight, (pointer, seed)
+            if len(landed) >= 5 and IN_VERSION in landed:
+                break
     finally:
         stop.set()
-        t.join()
-    assert not errors, errors[:3]
-    assert reads[0] > 0
+        outcome = results.get(timeout=60)
+        reader.join(30)
+    print("LANDED", landed, outcome["reads"], len(set(outcome["versions"])))
+    assert not outcome["errors"], outcome["errors"]
+    assert outcome["reads"] > 0 and len(set(outcome["versions"])) >= 2, outcome["reads"]
+    assert outcome["versions"] == sorted(outcome["versions"])  # no reader ever went back to an older index
+    # the kills landed mid-upload: mostly, and at least one inside a version object's transfer
+    assert IN_VERSION in landed and sum(p in MID_UPLOAD for p in landed) * 2 >= len(landed) + 1, (landed, seed)
+    again = serving_index.publish(store, big_document("after", 50))
+    assert read_current(store).generator_id == "after" and again.version == pointer.version + 1
 
 
 # -- miss queue: storms and concurrent consumers ------------------------------------------------------
@@ -318,25 +456,151 @@ def configured_queue(request, metadata_db):
     q.close()
 
 
+def with_lease(queue, claim_lease_s: float):
+    """The same queue (same table / keys) read with another claim lease: `0.0` is the world after
+    every claim's lease has run out, without waiting 15 minutes."""
+    from resources.metadata_db import MetadataDB
+    from resources.miss_queue import DbMissQueue
+
+    if isinstance(queue, DbMissQueue):
+        return DbMissQueue(metadata_db=MetadataDB(url=queue.metadata_db.url, claim_lease_s=claim_lease_s))
+    return type(queue)(redis_url=queue.redis_url, namespace=queue.namespace, claim_lease_s=claim_lease_s)
+
+
+def tick(instance, queue, cursor=None):
+    """One evaluation of bucket_miss_sensor, as the daemon makes it."""
+    from dagster import build_sensor_context
+
+    from sensors.misses import bucket_miss_sensor
+
+    with build_sensor_context(instance=instance, cursor=cursor, resources={"miss_queue": queue}) as ctx:
+        return bucket_miss_sensor(ctx)
+
+
+def requests_of(result) -> list:
+    return list(getattr(result, "run_requests", None) or [])
+
+
 def test_bucket_miss_sensor_reads_configured_queue(configured_queue):
-    from dagster import DagsterInstance, build_sensor_context
+    from dagster import DagsterInstance
 
     from bggen_assets.partitions import partition_key
     from resources.metadata_db import Miss
-    from sensors.misses import bucket_miss_sensor
 
     t0 = time.time()
     configured_queue.record(Miss("northwind", "bags", "p1", "b1", "warm"), now=t0 - 5)
     for _ in range(30):  # a storm: one request for generation
         configured_queue.record(Miss("acme-outfitters", "footwear", "p9", "b2", "warm"), now=t0)
     with DagsterInstance.ephemeral() as instance:
-        with build_sensor_context(instance=instance, resources={"miss_queue": configured_queue}) as ctx:
-            result = bucket_miss_sensor(ctx)
-    requests = result.run_requests
-    assert [r.partition_key for r in requests] == [partition_key("acme-outfitters", "footwear"),
-                                                   partition_key("northwind", "bags")]  # newest first
-    assert requests[0].tags["bggen/pending_misses"] == "1"  # the storm counts once
+        requests = requests_of(tick(instance, configured_queue))
+    # the partition that has waited longest first
+    assert [r.partition_key for r in requests] == [partition_key("northwind", "bags"),
+                                                   partition_key("acme-outfitters", "footwear")]
+    assert requests[1].tags["bggen/pending_misses"] == "1"  # the storm counts once
 
 
-if __name__ == "__main__" and len(sys.argv) >= 2 and sys.argv[1] == "publish-child":
-    _publish_child(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+# What the sensor's pending() read was cut to: the newest misses of the whole queue.
+OLD_PENDING_LIMIT = 5000
+
+
+def test_a_partition_with_old_misses_is_not_starved_by_a_storm_of_newer_ones(configured_queue):
+    """More newer misses in one partition than the queue read returns must not hide another
+    partition's older ones: it is requested too, and first (it has waited longest)."""
+    from dagster import DagsterInstance
+
+    from bggen_assets.partitions import partition_key
+    from resources.metadata_db import Miss
+
+    configured_queue.record(Miss("northwind", "bags", "p-old", "b1", "warm"), now=1000.0)
+    newer = [Miss("acme-outfitters", "footwear", f"p{i:05d}", "b1", "warm") for i in range(OLD_PENDING_LIMIT + 1)]
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda i: configured_queue.record(newer[i], now=2000.0 + i), range(len(newer))))
+    with DagsterInstance.ephemeral() as instance:
+        requests = requests_of(tick(instance, configured_queue))
+    assert [(r.partition_key, r.tags["bggen/pending_misses"]) for r in requests] == [
+        (partition_key("northwind", "bags"), "1"), (partition_key("acme-outfitters", "footwear"), str(len(newer)))]
+    # within a partition the newest misses are planned first (LIFO)
+    assert [m.product_id for m in configured_queue.claim("run:x", 2, "acme-outfitters", "footwear")] == \
+        [newer[-1].product_id, newer[-2].product_id]
+
+
+def execute(instance, request, resources):
+    """Run what a RunRequest asks for, as the daemon would launch it (its partition, assets, tags)."""
+    from dagster import materialize
+
+    from bggen_assets.assets.pipeline import pipeline_assets
+
+    return materialize(pipeline_assets, selection=request.asset_selection, partition_key=request.partition_key,
+                       tags=request.tags, resources=resources, instance=instance, raise_on_error=False)
+
+
+def test_misses_of_a_failed_run_are_requested_again_with_a_new_run_key(configured_queue, store, metadata_db,
+                                                                         creative_config, tmp_path):
+    """record miss -> the sensor requests a run -> it fails before claiming (a broken placements
+    file) -> the next tick requests it again, under a new run key -> that run claims the miss and
+    dies (the GPU fell off the bus) -> while the claim holds nothing is requested -> the claim
+    lapses -> the next tick requests a run, again a new key -> it serves the miss -> nothing left."""
+    from dagster import DagsterInstance, Failure
+
+    from pipeline_helpers import run_partition
+    from pipeline_util import HookedGenerator, reset_hooks
+
+    from bggen_assets.core.manifests import item_key
+    from resources.io_manager import ManifestIOManager
+    from resources.masker import MaskerResource
+    from resources.metadata_db import Miss
+
+    def resources(queue, config=creative_config):
+        return {"store": store, "metadata_db": metadata_db, "miss_queue": queue, "creative_config": config,
+                "masker": MaskerResource(), "generator": HookedGenerator(batch_size=4),
+                "manifest_io_manager": ManifestIOManager(store=store)}
+
+    instance = DagsterInstance.ephemeral()
+    # the partition's catalog and masks exist (an earlier run); a shopper misses a size
+    first, _ = run_partition(resources(configured_queue), MERCHANT, CATEGORY, instance=instance,
+                             selection=["catalog", "product_masks"])
+    assert first.success
+    product = sorted(p.product_id for p in creative_config.read_feed(MERCHANT) if p.category == CATEGORY)[0]
+    theme = creative_config.prompts(CATEGORY)[0].id
+    miss = Miss(MERCHANT, CATEGORY, product, "r1.2-t1-r7-b1-l7", theme)
+    configured_queue.record(miss)
+
+    one = tick(instance, configured_queue)
+    [r1] = requests_of(one)
+    broken = creative_config.model_copy(update={"placements_path": str(tmp_path / "placements.yaml")})
+    (tmp_path / "placements.yaml").write_text("placements: [unclosed\n")
+    assert not execute(instance, r1, resources(configured_queue, broken)).success  # failed before claiming
+    assert [m.request_key for m in configured_queue.pending()] == [miss.request_key]
+
+    two = tick(instance, configured_queue, one.cursor)
+    [r2] = requests_of(two)  # the failed run's miss, asked for again
+    assert r2.run_key != r1.run_key and r2.partition_key == r1.partition_key
+
+    def gpu_lost(_n):
+        raise Failure("CUDA error: an illegal memory access was encountered", allow_retries=False)
+
+    reset_hooks(on_generate=gpu_lost)
+    try:
+        assert not execute(instance, r2, resources(configured_queue)).success  # failed holding the claim
+    finally:
+        reset_hooks()
+    assert configured_queue.pending() == []  # claimed by the dead run until its lease runs out
+    three = tick(instance, configured_queue, two.cursor)
+    assert not requests_of(three)
+
+    later = with_lease(configured_queue, 0.0)
+    try:
+        assert [m.request_key for m in later.pending()] == [miss.request_key]  # the claim lapsed
+        four = tick(instance, later, three.cursor or two.cursor)
+        [r3] = requests_of(four)
+        assert r3.run_key not in (r1.run_key, r2.run_key) and r3.partition_key == r1.partition_key
+        assert execute(instance, r3, resources(later)).success
+        doc = serving_index.read_current(store, MERCHANT, CATEGORY)
+        assert item_key(miss.product_id, miss.bucket_id, miss.prompt_id) in doc.entries  # served
+        assert later.pending() == []
+        assert not requests_of(tick(instance, later, four.cursor))
+    finally:
+        if hasattr(later, "metadata_db"):
+            later.metadata_db.dispose()
+        else:
+            later.close()

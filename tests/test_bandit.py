@@ -1,15 +1,19 @@
-"""Bandit layer: context encoding, LinUCB (vs mabwiser), Sherman-Morrison, merging, simulation."""
+"""Bandit layer: context encoding, LinUCB (vs mabwiser), Sherman-Morrison, delayed rewards,
+merging, simulation."""
 import math
+from collections import Counter
 
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
 from bggen_assets.core.bandit import (
-    BanditError, ClickModel, ContextDimensionError, ContextSchema, InvalidContextError,
-    InvalidRewardError, LinUCB, OraclePolicy, RandomPolicy, StateMismatchError, UCB1,
-    UnknownArmError, aspect_class, default_schema, make_policy, merge_states, policy_from_state,
-    simulate, simulate_replicas, size_class,
+    BanditError, ContextDimensionError, ContextSchema, InvalidContextError, InvalidRewardError,
+    LinUCB, RandomPolicy, StateMismatchError, UCB1, UnknownArmError, aspect_class, default_schema,
+    make_policy, merge_states, policy_from_state, size_class, sum_deltas,
+)
+from bggen_assets.core.bandit_simulation import (
+    ClickModel, FixedPolicy, OraclePolicy, best_fixed_arm, simulate, simulate_replicas,
 )
 
 ARMS = ("p1", "p2", "p3")
@@ -56,7 +60,8 @@ def test_encode_unknown_missing_and_extra_features_never_fail():
 
 def test_schema_round_trip_and_bad_schemas():
     s = default_schema()
-    assert 25 <= s.dim <= 40
+    assert s.dim == 34  # docs/bandit.md: 1 + 10 + 2 + 3 + 4 + 8 + 3 + 3
+    assert len(s.names()) == 34 and s.names()[:2] == ["bias", "country=us"]
     assert ContextSchema.from_dict(s.to_dict()) == s
     with pytest.raises(BanditError, match="duplicate"):
         ContextSchema({"g": ["a", "A"]})
@@ -276,6 +281,110 @@ def test_ucb1_counts_merge_exactly():
     assert merge_states(base, r1.take_deltas(), r2.take_deltas()) == one.state()
 
 
+# ----------------------------------------------------------------------------- delayed rewards
+@pytest.mark.parametrize("kind", ["linucb", "ucb1", "random"])
+def test_delayed_rewards_equal_immediate_updates(kind):
+    """Serving records an impression with reward 0 and adds its click later (other impressions in
+    between, a publish in between): the sums are those of one update with the final reward."""
+    schema = default_schema()
+    events = _events(1200, schema, seed=21)
+    now = make_policy(kind, ARMS, dim=schema.dim, seed=0)
+    later = make_policy(kind, ARMS, dim=schema.dim, seed=0)
+    published = []
+    clicks = []
+    for i, (arm, x, r) in enumerate(events):
+        now.update(arm, x, r)
+        later.update(arm, x, 0.0)
+        if r:
+            clicks.append((arm, x, r))
+        if i % 7 == 6:  # the clicks of the last few impressions arrive
+            for c in clicks:
+                later.add_reward(*c)
+            clicks = []
+        if i % 500 == 499:
+            published.append(later.take_deltas())
+    for c in clicks:
+        later.add_reward(*c)
+    published.append(later.take_deltas())
+    assert later.pending == 0
+    got = merge_states(later.prior_state(), *published)
+    want = now.state()
+    assert later.state().keys() == want.keys() == got.keys()
+    for arm in ARMS:
+        for g, loc, w in zip(got[arm], later.state()[arm], want[arm]):
+            assert np.array_equal(g, w) and np.array_equal(loc, w), arm  # one-hot, 0/1: exact
+    if kind == "linucb":
+        for x in [e[1] for e in events[:20]]:
+            np.testing.assert_allclose(later.scores(x), now.scores(x), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["linucb", "ucb1"])
+def test_a_reward_after_a_publish_is_in_the_next_delta(kind):
+    pol = make_policy(kind, ARMS, dim=3, seed=0)
+    x = np.array([1.0, 0.0, 1.0])
+    pol.update("p2", x, 0.0)
+    first = pol.take_deltas()
+    pol.add_reward("p2", x, 1.0)
+    assert pol.pending == 1
+    second = pol.take_deltas()
+    assert list(first) == list(second) == ["p2"] and pol.pending == 0 and pol.take_deltas() == {}
+    if kind == "linucb":
+        assert np.array_equal(first["p2"][0], np.outer(x, x)) and not first["p2"][1].any()
+        assert not second["p2"][0].any() and np.array_equal(second["p2"][1], x)
+        assert np.array_equal(pol.state()["p2"][1], x)
+    else:
+        assert first == {"p2": (1, 0.0)} and second == {"p2": (0, 1.0)}
+        assert pol.state()["p2"] == (1, 1.0)
+
+
+@pytest.mark.parametrize("kind", ["linucb", "ucb1", "random"])
+def test_add_reward_rejects_bad_input_without_mutation(kind):
+    pol = make_policy(kind, ARMS, dim=3, seed=0)
+    pol.update("p1", np.ones(3), 0.0)
+    before = pol.state()
+    with pytest.raises(UnknownArmError, match="unknown arm 'p9'"):
+        pol.add_reward("p9", np.ones(3), 1.0)
+    for bad in (float("nan"), math.inf, "x", None):
+        with pytest.raises(InvalidRewardError, match="reward"):
+            pol.add_reward("p1", np.ones(3), bad)
+    if kind == "linucb":
+        with pytest.raises(ContextDimensionError, match="dim=3"):
+            pol.add_reward("p1", np.ones(4), 1.0)
+        with pytest.raises(InvalidContextError, match="NaN"):
+            pol.add_reward("p1", np.array([1.0, np.nan, 0.0]), 1.0)
+    after = pol.state()
+    for arm in ARMS:
+        for a, b in zip(after[arm], before[arm]):
+            assert np.array_equal(a, b)
+    assert pol.pending == 1
+
+
+def test_prior_state_is_the_state_of_nothing_seen():
+    lin = LinUCB(ARMS, 4, ridge=2.5)
+    prior = lin.prior_state()
+    for arm in ARMS:
+        assert np.array_equal(prior[arm][0], 2.5 * np.eye(4)) and np.array_equal(prior[arm][1], np.zeros(4))
+        assert np.array_equal(LinUCB.initial_state(ARMS, 4, ridge=2.5)[arm][0], prior[arm][0])
+        assert np.array_equal(lin.state()[arm][0], prior[arm][0])
+    _replay(_dense_events(30, 4, seed=1), lin)
+    assert np.array_equal(lin.prior_state()["p1"][0], 2.5 * np.eye(4))  # not the learned state
+    assert UCB1(ARMS).prior_state() == UCB1.initial_state(ARMS) == {a: (0, 0.0) for a in ARMS}
+
+
+def test_sum_deltas_adds_arm_by_arm_over_the_union():
+    d1 = {"p1": (np.eye(2), np.array([1.0, 0.0]))}
+    d2 = {"p1": (np.ones((2, 2)), np.array([0.0, 2.0])), "p3": (np.eye(2), np.ones(2))}
+    total = sum_deltas(d1, d2)
+    assert set(total) == {"p1", "p3"}
+    assert np.array_equal(total["p1"][0], np.eye(2) + 1) and np.array_equal(total["p1"][1], [1.0, 2.0])
+    assert np.array_equal(total["p3"][0], np.eye(2)) and np.array_equal(total["p3"][1], np.ones(2))
+    assert np.array_equal(d1["p1"][0], np.eye(2))  # inputs untouched
+    assert sum_deltas({"p1": (2, 0.0)}, {"p1": (1, 1.0), "p2": (3, 2.0)}) == {"p1": (3, 1.0), "p2": (3, 2.0)}
+    assert sum_deltas() == {}
+    with pytest.raises(StateMismatchError, match="shape"):
+        sum_deltas(d1, {"p1": (np.eye(3), np.zeros(3))})
+
+
 def test_state_round_trip():
     schema = default_schema()
     pol = _replay(_events(500, schema, seed=3), LinUCB(ARMS, schema.dim, alpha=0.3))
@@ -290,15 +399,55 @@ def test_state_round_trip():
 
 
 # ----------------------------------------------------------------------------- selection
-def test_ties_broken_at_random_and_seeded():
+def _uniform(counts, n, arms=ARMS):
+    """Every arm drawn n/K times, to within 5 binomial standard deviations."""
+    p = 1 / len(arms)
+    sd = math.sqrt(n * p * (1 - p))
+    return set(counts) == set(arms) and all(abs(counts[a] - n * p) < 5 * sd for a in arms)
+
+
+def test_ties_broken_uniformly_and_seeded():
     d = default_schema().dim
     x = default_schema().encode({})
     pol = LinUCB(ARMS, d, seed=0)
-    picks = [pol.select(x) for _ in range(300)]  # untrained: all scores equal
-    assert set(picks) == set(ARMS)
-    a = [LinUCB(ARMS, d).select(x, np.random.default_rng(5)) for _ in range(5)]
-    assert len(set(a)) == 1
-    assert set(UCB1(ARMS, seed=1).select() for _ in range(1)) <= set(ARMS)
+    n = 3000
+    counts = Counter(pol.select(x) for _ in range(n))  # untrained: all scores equal
+    assert _uniform(counts, n), counts
+    # the generator passed in breaks the ties: the same stream gives the same picks
+    rng1, rng2 = np.random.default_rng(5), np.random.default_rng(5)
+    pol1, pol2 = LinUCB(ARMS, d), LinUCB(ARMS, d)
+    one = [pol1.select(x, rng1) for _ in range(60)]
+    assert one == [pol2.select(x, rng2) for _ in range(60)] and set(one) == set(ARMS)
+    # and a policy's own seed does when none is passed
+    p1, p2 = LinUCB(ARMS, d, seed=3), LinUCB(ARMS, d, seed=3)
+    assert [p1.select(x) for _ in range(60)] == [p2.select(x) for _ in range(60)]
+
+
+def test_ucb1_plays_unplayed_arms_first_then_the_highest_bound():
+    ucb = UCB1(ARMS, seed=1)
+    n = 3000
+    assert _uniform(Counter(ucb.select() for _ in range(n)), n)  # nothing played: a uniform tie
+    first = []
+    for _ in ARMS:  # each pick is an arm not yet played
+        a = ucb.select()
+        first.append(a)
+        ucb.update(a, None, 0.0)
+    assert sorted(first) == sorted(ARMS)
+    ucb.update("p2", None, 1.0)  # p2: n=2, mean 0.5; p1, p3: n=1, mean 0
+    bound = {a: m + math.sqrt(2) * math.sqrt(math.log(4) / k)
+             for a, m, k in (("p1", 0.0, 1), ("p2", 0.5, 2), ("p3", 0.0, 1))}
+    np.testing.assert_allclose(ucb.scores(), [bound[a] for a in ARMS], rtol=0, atol=1e-12)
+    assert bound["p2"] > bound["p1"]  # 1.677 > 1.665
+    assert Counter(ucb.select() for _ in range(500)) == {"p2": 500}
+
+
+def test_random_policy_is_uniform_whatever_it_learned():
+    pol = RandomPolicy(ARMS, seed=2)
+    for _ in range(50):
+        pol.update("p1", None, 1.0)
+    n = 3000
+    assert _uniform(Counter(pol.select() for _ in range(n)), n)
+    assert pol.state() == {"p1": (50, 50.0), "p2": (0, 0.0), "p3": (0, 0.0)}
 
 
 def test_select_picks_highest_score():
@@ -317,12 +466,23 @@ def test_policies_are_interchangeable(kind):
     model = ClickModel.fast(seed=0)
     pol = make_policy(kind, model.arms, dim=model.schema.dim, seed=0)
     res = simulate(pol, 300, seed=1, model=model)
-    assert res.regret.shape == (300,) and res.clicks[-1] >= 0
+    assert res.regret.shape == (300,)
     assert np.all(np.diff(res.regret) >= -1e-15)
+    np.testing.assert_allclose(res.regret, res.oracle - res.expected, rtol=0, atol=1e-12)
+    clicks = np.diff(res.clicks, prepend=0.0)
+    assert set(np.unique(clicks)) <= {0.0, 1.0} and res.clicks[-1] > 0
+    # the policy was taught exactly the impressions it chose and the clicks they got
+    state = pol.state()
+    for k, arm in enumerate(model.arms):
+        shown = res.choices == k
+        if kind == "linucb":
+            A, b = state[arm]
+            assert A[0, 0] == 1.0 + shown.sum()  # ridge + one per impression (bias coordinate)
+            assert b[0] == clicks[shown].sum()
+        else:
+            assert state[arm] == (shown.sum(), clicks[shown].sum())
     if kind == "linucb":
         assert sum(pol.counts.values()) == 300
-    else:
-        assert sum(n for n, _ in pol.state().values()) == 300
     pol2 = policy_from_state(kind, pol.state(), **({"alpha": 1.0} if kind == "linucb" else {}))
     assert pol2.arms == pol.arms
 
@@ -340,8 +500,9 @@ def test_linucb_regret_well_below_random_and_ucb1():
         ]}
         oracle = simulate(OraclePolicy(model), n, seed=seed, model=model)
         assert oracle.regret[-1] == 0
-        assert reg["linucb"] < 0.5 * reg["random"], (seed, reg)
-        assert reg["linucb"] < 0.5 * reg["ucb1"], (seed, reg)
+        # benchmarks/bandit.py prints these ratios (0.20-0.26); the margin is for other BLAS
+        assert reg["linucb"] < 0.35 * reg["random"], (seed, reg)
+        assert reg["linucb"] < 0.35 * reg["ucb1"], (seed, reg)
 
 
 def test_realistic_ctr_model_range():
@@ -349,8 +510,32 @@ def test_realistic_ctr_model_range():
     C = model.ctr(model.sample_contexts(20000, np.random.default_rng(0)))
     assert C.min() >= 0.005 and C.max() <= 0.08
     best = np.bincount(C.argmax(axis=1), minlength=3) / len(C)
-    assert best.max() < 0.8  # the best theme depends on the context
+    # the best theme depends on the context: each is best for 27-43% of these users
+    assert best.min() > 0.25 and best.max() < 0.45, best
     assert C.max(axis=1).mean() > 1.1 * C.mean(axis=0).max()
+
+
+def test_simulation_faces_every_policy_with_the_same_users():
+    """Common random numbers: the contexts and the click uniforms depend on the seed only, so an
+    impression's CTR and click depend only on (seed, t, arm shown)."""
+    model = ClickModel.fast(seed=2)
+    n = 400
+    fixed = [simulate(FixedPolicy(model.arms, a), n, seed=4, model=model) for a in model.arms]
+    ctr = np.stack([np.diff(r.expected, prepend=0.0) for r in fixed], axis=1)    # (n, K)
+    click = np.stack([np.diff(r.clicks, prepend=0.0) for r in fixed], axis=1)
+    for r, k in zip(fixed, range(len(model.arms))):
+        assert np.array_equal(r.choices, np.full(n, k))
+    rows = np.arange(n)
+    for pol in (LinUCB(model.arms, model.schema.dim, seed=0), UCB1(model.arms, seed=0),
+                OraclePolicy(model)):
+        res = simulate(pol, n, seed=4, model=model)
+        np.testing.assert_allclose(np.diff(res.expected, prepend=0.0), ctr[rows, res.choices], rtol=0, atol=1e-12)
+        assert np.array_equal(np.diff(res.clicks, prepend=0.0), click[rows, res.choices])
+        np.testing.assert_allclose(np.diff(res.oracle, prepend=0.0), ctr.max(axis=1), rtol=0, atol=1e-12)
+    oracle = simulate(OraclePolicy(model), n, seed=4, model=model)
+    assert np.array_equal(oracle.choices, ctr.argmax(axis=1)) and oracle.regret[-1] == 0
+    # the best fixed arm in hindsight is the one with the most expected clicks on these users
+    assert best_fixed_arm(model, n, seed=4) == model.arms[int(np.argmax([r.expected[-1] for r in fixed]))]
 
 
 def test_replicas_learn_like_one():
@@ -358,8 +543,14 @@ def test_replicas_learn_like_one():
     d = model.schema.dim
     rep = simulate_replicas(lambda: LinUCB(model.arms, d), 3000, seed=1, model=model,
                             replicas=4, sync_every=100)
+    one = simulate(LinUCB(model.arms, d, seed=1), 3000, seed=1, model=model)
     rnd = simulate(RandomPolicy(model.arms, seed=1), 3000, seed=1, model=model)
     assert rep.regret[-1] < 0.5 * rnd.regret[-1]
+    assert rep.regret[-1] < 1.25 * one.regret[-1], (rep.regret[-1], one.regret[-1])  # measured 1.10x
+    # one replica that publishes and reloads every 100 impressions serves exactly like no sync
+    solo = simulate_replicas(lambda: LinUCB(model.arms, d, seed=1), 3000, seed=1, model=model,
+                             replicas=1, sync_every=100)
+    assert np.array_equal(solo.choices, one.choices)
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -408,8 +599,11 @@ def test_int_and_list_contexts_accepted():
     pol = LinUCB(ARMS, 3)
     pol.update("p1", np.array([1, 0, 1]), 1)
     pol.update("p1", [1, 0, 1], True)
-    assert pol.select([1, 0, 1]) in ARMS
     assert pol.state()["p1"][0][0, 0] == 3.0
+    # A = I + 2 x x^T, b = 2x: theta.x = 0.8, bonus sqrt(0.4); the unplayed arms: sqrt(2)
+    np.testing.assert_allclose(pol.scores([1, 0, 1]), [0.8 + math.sqrt(0.4), math.sqrt(2), math.sqrt(2)],
+                               rtol=0, atol=1e-12)
+    assert Counter(pol.select([1, 0, 1]) for _ in range(200)) == {"p1": 200}
 
 
 def test_bad_constructor_and_state_arguments():

@@ -1,6 +1,11 @@
 """Diffusion generator on the tiny offline SD + ControlNet pipeline (random weights, real code path)."""
+import hashlib
 import json
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,8 +19,8 @@ from bggen_assets.core.diffusion import (
     ModelNotFoundError,
     WrongModelTypeError,
     generation_size,
-    load_pipeline,
 )
+from bggen_assets.core.diffusion_models import load_pipeline
 from bggen_assets.core.generation import GenerationJob
 from bggen_assets.tiny_pipeline import build_tiny_pipeline
 
@@ -116,11 +121,7 @@ def test_a_job_does_not_depend_on_its_batch(gen):
     jobs = [job(80, 80, 11, "beach"), job(160, 80, 12, "forest"), job(80, 80, 13, "kitchen"),
             job(80, 80, 14, "beach"), job(160, 80, 15, "beach"), job(80, 80, 11, "marble")]
     logs = []
-    gen._log = logs.append
-    try:
-        batched = gen.generate(jobs)
-    finally:
-        gen._log = lambda _m: None
+    batched = DiffusionGenerator(gen.config, log=logs.append, loaded=gen.load()).generate(jobs)
     assert any("3 image(s) at 64x64" in m for m in logs), logs  # really batched
     alone = [gen.generate([j])[0] for j in jobs]
     for i, (x, y) in enumerate(zip(batched, alone)):
@@ -162,13 +163,18 @@ def test_identity_names_models_and_output_settings(tiny, tmp_path):
 
 
 def test_generation_size_rule():
-    for w, h in [(512, 512), (728, 90), (90, 728), (1200, 628), (300, 250), (3000, 2000), (1, 1)]:
+    within_cap = [(512, 512), (1200, 628), (300, 250), (3000, 2000), (1, 1)]
+    beyond_cap = [(728, 90), (90, 728), (970, 250)]
+    for w, h in within_cap + beyond_cap:
         gw, gh = generation_size(w, h, 512 * 512, 2.0)
         assert gw % 8 == 0 and gh % 8 == 0
         assert 0.85 * 512 * 512 <= gw * gh <= 1.1 * 512 * 512
         assert max(gw / gh, gh / gw) <= 2.0
-        if max(w / h, h / w) <= 1.9:
-            assert abs(gw / gh - w / h) / (w / h) < 0.05
+    for w, h in within_cap:  # the canvas's aspect ratio, to rounding
+        gw, gh = generation_size(w, h, 512 * 512, 2.0)
+        assert abs(gw / gh - w / h) / (w / h) < 0.05, (w, h, gw, gh)
+    for w, h in beyond_cap:  # generated at the cap, in the canvas's orientation
+        assert generation_size(w, h, 512 * 512, 2.0) == ((720, 360) if w > h else (360, 720))
     assert generation_size(512, 512) == (512, 512)
     assert generation_size(728, 90, max_aspect=3.0)[0] / generation_size(728, 90, max_aspect=3.0)[1] > 2.5
 
@@ -218,42 +224,117 @@ def test_quality_gates_on_the_tiny_pipeline(gen):
     from bggen_assets.core.quality_gates import generate_many_with_gates
 
     jobs = [job(seed=21), job(96, 64, seed=22, prompt="forest")]
-    # strict gates on noise-like tiny outputs: retries happen, with the next seeds, batched
-    rs = generate_many_with_gates(gen, jobs, max_expansion=0.0, max_leakage=0.0, max_attempts=2,
+    firsts = [gen.generate([j])[0] for j in jobs]
+    logs = []
+    logged = DiffusionGenerator(gen.config, log=logs.append, loaded=gen.load())
+
+    def calls():  # one "N image(s) in M batch(es)" line per generate() call
+        return [m.split(": ")[1].split(" image(s)")[0] for m in logs if " batch(es), " in m]
+
+    # a segmenter that sees the product fill the frame: it "grew" on every seed, so both jobs are
+    # regenerated once with seed + 1, in one call, and the kept image is the first attempt's
+    # (all attempts score the same expansion; the first of equals is kept)
+    rs = generate_many_with_gates(logged, jobs, max_expansion=0.1, max_leakage=1.0, max_attempts=2,
+                                  segment=lambda img: np.ones(img.shape[:2], bool))
+    assert calls() == ["2", "2"]
+    for r, j, first in zip(rs, jobs, firsts):
+        assert not r.passed and r.attempts == 2 and r.seeds_tried == (j.seed, j.seed + 1)
+        assert [m["seed"] for m in r.metrics] == [j.seed, j.seed + 1]
+        assert all(m["object_expansion"] > 0.1 and not m["passed"] for m in r.metrics)
+        assert r.chosen_seed == j.seed and maxdiff(r.image, first) == 0
+    # a segmenter that finds nothing grown and a leakage limit no image exceeds: one attempt each
+    logs.clear()
+    rs = generate_many_with_gates(logged, jobs, max_expansion=0.1, max_leakage=1.0, max_attempts=2,
                                   segment=lambda img: np.zeros(img.shape[:2], bool))
-    for r, j in zip(rs, jobs):
-        assert r.seeds_tried[0] == j.seed and r.image.shape == j.canvas_rgb.shape
-        assert all({"object_expansion", "edge_leakage", "passed", "seed"} <= set(m) for m in r.metrics)
-        if not r.passed:
-            assert r.seeds_tried == (j.seed, j.seed + 1)
-    first = gen.generate([jobs[0]])[0]
-    if rs[0].chosen_seed == jobs[0].seed:
-        assert maxdiff(rs[0].image, first) == 0
+    assert calls() == ["2"]
+    for r, j, first in zip(rs, jobs, firsts):
+        assert r.passed and r.attempts == 1 and r.seeds_tried == (j.seed,) and r.chosen_seed == j.seed
+        assert r.metrics[0]["object_expansion"] == 0.0 and r.metrics[0]["passed"]
+        assert maxdiff(r.image, first) == 0
 
 
-def _fake_hub_cache(cache, repo, src, commit):
-    """Lay a directory out as the Hugging Face cache holds a downloaded snapshot."""
-    root = cache / ("models--" + repo.replace("/", "--"))
-    shutil.copytree(src, root / "snapshots" / commit)
-    (root / "refs").mkdir()
+def _hub_cache_snapshot(cache: Path, repo: str, src: Path, commit: str) -> None:
+    """Store the directory ``src`` in ``cache`` as huggingface_hub stores a downloaded snapshot:
+    file contents in ``blobs/<sha256>``, ``snapshots/<commit>/<path>`` as relative symlinks to
+    them, and ``refs/main`` holding the commit."""
+    from huggingface_hub.file_download import repo_folder_name
+
+    root = cache / repo_folder_name(repo_id=repo, repo_type="model")
+    for f in sorted(p for p in src.rglob("*") if p.is_file()):
+        data = f.read_bytes()
+        blob = root / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        link = root / "snapshots" / commit / f.relative_to(src)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    (root / "refs").mkdir(exist_ok=True)
     (root / "refs" / "main").write_text(commit)
 
 
 def test_hub_ids_resolve_from_the_local_cache_with_their_commit(tiny, tmp_path):
     cache = tmp_path / "hf"
-    _fake_hub_cache(cache, "bggen-test/tiny-sd", tiny["base_model"], "a" * 40)
-    _fake_hub_cache(cache, "bggen-test/tiny-cn", tiny["controlnet_model"], "b" * 40)
-    hub = DiffusionGenerator(DiffusionConfig(
-        base_model="bggen-test/tiny-sd", controlnet_model="bggen-test/tiny-cn", cache_dir=str(cache),
-        pixel_budget=BUDGET, steps=10))
+    _hub_cache_snapshot(cache, "bggen-test/tiny-sd", tiny["base_model"], "a" * 40)
+    _hub_cache_snapshot(cache, "bggen-test/tiny-cn", tiny["controlnet_model"], "b" * 40)
+
+    def hub_cfg(**kw):
+        return DiffusionConfig(base_model="bggen-test/tiny-sd", controlnet_model="bggen-test/tiny-cn",
+                               cache_dir=str(cache), pixel_budget=BUDGET, steps=10, **kw)
+
+    hub = DiffusionGenerator(hub_cfg())
     details = hub.identity_details()
     assert details["base_model"] == "bggen-test/tiny-sd@" + "a" * 40
     assert details["controlnet_model"] == "bggen-test/tiny-cn@" + "b" * 40
     local = DiffusionGenerator(_cfg(tiny))
     assert maxdiff(hub.generate([job(seed=9)])[0], local.generate([job(seed=9)])[0]) == 0
+    # main moves to a new commit (same files): the identity follows it; a pinned revision does not
+    _hub_cache_snapshot(cache, "bggen-test/tiny-sd", tiny["base_model"], "c" * 40)
+    assert DiffusionGenerator(hub_cfg()).identity_details()["base_model"] == "bggen-test/tiny-sd@" + "c" * 40
+    pinned = DiffusionGenerator(hub_cfg(base_revision="a" * 40))
+    assert pinned.identity() == hub.identity()
+    assert pinned.load().base.revision == "a" * 40  # the weights load at the commit named
+    with pytest.raises(ModelNotFoundError, match="bggen-test/tiny-sd.*local cache"):
+        load_pipeline(hub_cfg(base_revision="e" * 40))
     with pytest.raises(WrongModelTypeError, match="controlnet_model.*ControlNetModel"):
         load_pipeline(DiffusionConfig(base_model="bggen-test/tiny-sd", controlnet_model="bggen-test/tiny-sd",
                                       cache_dir=str(cache)))
+
+
+_GENERATE_BY_HUB_ID = """
+import json, sys
+import numpy as np, torch
+from bggen_assets.core.diffusion import DiffusionConfig, DiffusionGenerator
+from bggen_assets.core.generation import GenerationJob
+
+torch.set_num_threads(1)
+job = np.load(sys.argv[1])
+gen = DiffusionGenerator(DiffusionConfig(base_model="bggen-test/tiny-sd", controlnet_model="bggen-test/tiny-cn",
+                                         pixel_budget=64 * 64, steps=10))
+image = gen.generate([GenerationJob(canvas_rgb=job["canvas"], product_mask=job["mask"], prompt=str(job["prompt"]),
+                                    negative_prompt="", seed=int(job["seed"]), theme_id="t")])[0]
+np.save(sys.argv[2], image)
+print(json.dumps(gen.identity_details()))
+"""
+
+
+def test_hub_ids_load_offline_from_the_cache_named_by_HF_HUB_CACHE(tiny, tmp_path):
+    """No cache_dir: the hub cache is huggingface_hub's own default, here set by HF_HUB_CACHE (read
+    when huggingface_hub is imported, hence a fresh interpreter), offline."""
+    cache = tmp_path / "hub"
+    _hub_cache_snapshot(cache, "bggen-test/tiny-sd", tiny["base_model"], "d" * 40)
+    _hub_cache_snapshot(cache, "bggen-test/tiny-cn", tiny["controlnet_model"], "f" * 40)
+    j = job(seed=9)
+    np.savez(tmp_path / "job.npz", canvas=j.canvas_rgb, mask=j.product_mask, prompt=j.prompt, seed=j.seed)
+    env = {k: v for k, v in os.environ.items() if k not in ("HUGGINGFACE_HUB_CACHE", "HF_HOME")}
+    env.update(HF_HUB_CACHE=str(cache), HF_HUB_OFFLINE="1")
+    run = subprocess.run([sys.executable, "-c", _GENERATE_BY_HUB_ID, str(tmp_path / "job.npz"),
+                          str(tmp_path / "out.npy")], env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    details = json.loads(run.stdout.strip().splitlines()[-1])
+    assert details["base_model"] == "bggen-test/tiny-sd@" + "d" * 40
+    assert details["controlnet_model"] == "bggen-test/tiny-cn@" + "f" * 40
+    local = DiffusionGenerator(_cfg(tiny)).generate([j])[0]
+    assert maxdiff(np.load(tmp_path / "out.npy"), local) == 0
 
 
 def test_bad_jobs_are_named_before_any_work(gen):

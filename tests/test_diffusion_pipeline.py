@@ -1,7 +1,6 @@
 """The `diffusion` generator through the real config path, end to end in the asset graph, with a
 tiny Stable Diffusion + ControlNet pipeline built offline (random weights; no mock of diffusers)."""
 import io
-import json
 import re
 
 import numpy as np
@@ -11,11 +10,12 @@ from dagster import DagsterInstance, materialize
 from PIL import Image
 
 from bggen_assets.assets.pipeline import pipeline_assets
+from bggen_assets.core import serving_index
 from bggen_assets.partitions import partition_key
 from bggen_assets.tiny_pipeline import build_tiny_pipeline
 from pipeline_helpers import checks_of, metadata_of, run_partition
 from resources.creative_config import CreativeConfig
-from resources.generator import GeneratorResource
+from resources.generator import DiffusionSettings, GeneratorResource
 
 
 @pytest.fixture(scope="module")
@@ -35,10 +35,10 @@ def small_plan_config(tmp_path, sample_dir):
                           prompts_path=str(tmp_path / "prompts.yaml"), canvas_pixels=40_000)
 
 
-def _diffusion(tiny_models, **kw):
-    return GeneratorResource(kind="diffusion", base_model=str(tiny_models["base_model"]),
-                             controlnet_model=str(tiny_models["controlnet_model"]), local_files_only=True,
-                             pixel_budget=64 * 64, steps=4, device="cpu", **kw)
+def _diffusion(tiny_models, **settings):
+    return GeneratorResource(kind="diffusion", diffusion=DiffusionSettings(**{
+        "base_model": str(tiny_models["base_model"]), "controlnet_model": str(tiny_models["controlnet_model"]),
+        "local_files_only": True, "pixel_budget": 64 * 64, "steps": 4, "device": "cpu", **settings}))
 
 
 def test_diffusion_generates_the_partition_end_to_end(pipeline_resources, small_plan_config, tiny_models):
@@ -52,9 +52,9 @@ def test_diffusion_generates_the_partition_end_to_end(pipeline_resources, small_
     assert checks["index_complete"].passed
     assert checks["generation_quality_gates"].metadata["gated"].value == gen["generated"]
     store = res["store"]
-    doc = json.loads(store.get_bytes(json.loads(store.get_bytes("index/acme-outfitters/bags/current.json"))["key"]))
-    entry = next(iter(doc["entries"].values()))
-    assert Image.open(io.BytesIO(store.get_bytes(entry["image_key"]))).size == tuple(entry["canvas"])
+    doc = serving_index.read_current(store, "acme-outfitters", "bags")
+    entry = next(iter(doc.entries.values()))
+    assert Image.open(io.BytesIO(store.get_bytes(entry.image_key))).size == entry.canvas
     # same model, same settings: nothing regenerates
     again, _ = run_partition(res, "acme-outfitters", "bags", instance=instance)
     assert metadata_of(again, "generated_backgrounds")["generated"] == 0
@@ -76,7 +76,7 @@ def test_bad_diffusion_config_fails_at_resource_setup(pipeline_resources, small_
         pytest.skip("this machine has CUDA")
     if override.get("controlnet_model") == "BASE":
         override = {"controlnet_model": str(tiny_models["base_model"])}  # a pipeline dir is not a ControlNet
-    gen = GeneratorResource(**{**_diffusion(tiny_models).model_dump(), **override})
+    gen = _diffusion(tiny_models, **override)
     res = {**pipeline_resources, "creative_config": small_plan_config, "generator": gen}
     instance = DagsterInstance.ephemeral()
     instance.add_dynamic_partitions("merchant", ["acme-outfitters"])

@@ -1,7 +1,9 @@
 """Product masking: classical and alpha masks, rejections, the YOLO resource built offline,
-and IoU floors on a fixed part of the labelled set (tests/masking_evalset.py)."""
+and the documented quality targets on the labelled set and the sample catalog
+(tests/masking_evalset.py), with each known miss a strict xfail."""
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from pathlib import Path
@@ -12,7 +14,23 @@ import pytest
 os.environ.setdefault("YOLO_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parent))
 
-from masking_evalset import BACKGROUNDS, boundary_f, iou, render_item  # noqa: E402
+from masking_evalset import (  # noqa: E402
+    BACKGROUNDS,
+    CATALOG_BACKGROUNDS,
+    CATALOG_IOU,
+    CATALOG_SIZES,
+    EVAL_PER_BACKGROUND,
+    EVAL_SEEDS,
+    SHADOW_KEPT,
+    SOLE_COVERED,
+    TARGET_IMAGE_IOU,
+    TARGET_MEAN_IOU,
+    boundary_f,
+    catalog_photo,
+    iou,
+    render_item,
+    sole_scores,
+)
 
 from bggen_assets.core.masking import (  # noqa: E402
     MaskRejected,
@@ -181,73 +199,199 @@ def test_reject_cut_off_product_unless_allowed():
     assert iou(r.mask, gt) > 0.98
 
 
-# ----------------------------------------------------------------------------- IoU floors
-# A fixed part of the labelled set (6 items per background type, 512x400, seed 7); floors sit a
-# little under the measured values so that a regression fails.  Measured (see docs/masking.md):
-# mean IoU 0.955 / 0.988 / 0.921 / 0.963, lowest item 0.593 (a grey product on a gradient).
-FLOORS = {"white": 0.93, "offwhite": 0.97, "gradient": 0.90, "textured": 0.94}
-ITEM_FLOOR = 0.55
+# ----------------------------------------------------------------------------- the labelled set
+# EVAL_SEEDS x EVAL_PER_BACKGROUND images per background type (480-900 px wide, as in the
+# benchmark), held to DESIGN.md's targets: every image >= TARGET_IMAGE_IOU (0.85), the mean per
+# background type >= TARGET_MEAN_IOU (0.97).  The targets are the floors; nothing here is fitted to
+# a draw.  What misses them today is a strict xfail naming the image and its measured IoU
+# (benchmarks/masking.py prints them all): a fix turns the xfail into a failure, and then the
+# entry is deleted.
+IMAGE_MISSES: dict[tuple[int, str, int], str] = {
+    # the mug filled with the astronaut crop: its white suit on a light background is cut off
+    (0, "white", 5): "mug filled with astronaut, 772x815: IoU 0.810 (10% of the product cut, "
+                     "background of 11% of its area kept)",
+    (0, "textured", 5): "mug filled with astronaut, 481x521: IoU 0.584 (42% of the product cut)",
+    (2, "gradient", 5): "mug filled with astronaut, 764x938: IoU 0.664 (33% of the product cut)",
+    (3, "white", 5): "mug filled with astronaut, 490x624: IoU 0.582 (42% of the product cut)",
+    (3, "textured", 5): "mug filled with astronaut, 520x404: IoU 0.693 (30% of the product cut)",
+    # textured backgrounds taken for product (background kept, as a share of the product's area)
+    (1, "textured", 4): "logo filled with solid_green, 661x673: IoU 0.618 (62% kept)",
+    (1, "textured", 8): "box filled with camera_gray, 694x806: IoU 0.608 (64% kept)",
+    (1, "textured", 10): "horse filled with solid_navy, 684x889: IoU 0.390 (156% kept)",
+    (2, "textured", 3): "horse filled with gravel_gray, 714x751: IoU 0.397 (152% kept)",
+    (2, "textured", 8): "box filled with camera_gray, 599x737: IoU 0.840 (12% cut, 6% kept)",
+}
+MEAN_MISSES: dict[str, str] = {
+    "gradient": "mean IoU 0.967 (seed 2: 0.949)",
+    "textured": "mean IoU 0.923 (seed 1: 0.873)",
+}
+# The boundary F-measure has no documented target; it is held where the IoU target puts it
+# (0.1 under), on the same images.
+TARGET_MEAN_F = TARGET_MEAN_IOU - 0.1
+
+
+def _xfail_if_known(reason: str | None) -> list:
+    return [pytest.mark.xfail(reason=f"known miss: {reason}", strict=True)] if reason else []
+
+
+@functools.lru_cache(maxsize=None)
+def _evalset_scores(seed: int, background: str, index: int) -> tuple[float, float]:
+    """(IoU, boundary F) of the classical masker on one labelled image; cached, so that the mean
+    tests reuse what the per-image tests computed."""
+    it = render_item(index, background, seed=seed)
+    m = classical_mask(it.image).mask
+    return iou(m, it.mask), boundary_f(m, it.mask)
+
+
+def _image_cases():
+    for seed in EVAL_SEEDS:
+        for bg in BACKGROUNDS:
+            for i in range(EVAL_PER_BACKGROUND):
+                yield pytest.param(seed, bg, i, id=f"seed{seed}-{bg}-{i}",
+                                   marks=_xfail_if_known(IMAGE_MISSES.get((seed, bg, i))))
+
+
+@pytest.mark.parametrize("seed,background,index", list(_image_cases()))
+def test_every_labelled_image_reaches_the_target(seed, background, index):
+    v, _ = _evalset_scores(seed, background, index)
+    assert v >= TARGET_IMAGE_IOU, (seed, background, index, round(v, 4))
+
+
+def _scores(background: str) -> np.ndarray:
+    return np.array([_evalset_scores(s, background, i)
+                     for s in EVAL_SEEDS for i in range(EVAL_PER_BACKGROUND)])
+
+
+@pytest.mark.parametrize("background", [
+    pytest.param(bg, marks=_xfail_if_known(MEAN_MISSES.get(bg))) for bg in BACKGROUNDS])
+def test_mean_iou_reaches_the_target(background):
+    v = _scores(background)[:, 0]
+    assert v.mean() >= TARGET_MEAN_IOU, (background, round(float(v.mean()), 4))
 
 
 @pytest.mark.parametrize("background", BACKGROUNDS)
-def test_iou_floor_on_fixed_evalset(background):
-    ious, fs = [], []
-    for i in range(6):
-        it = render_item(i, background, size=(512, 400), seed=7)
-        r = classical_mask(it.image)
-        ious.append(iou(r.mask, it.mask))
-        fs.append(boundary_f(r.mask, it.mask))
-    assert min(ious) >= ITEM_FLOOR, ious
-    assert float(np.mean(ious)) >= FLOORS[background], (background, ious)
-    assert float(np.mean(fs)) >= FLOORS[background] - 0.1, (background, fs)
+def test_mean_boundary_f_reaches_the_target(background):
+    f = _scores(background)[:, 1]
+    assert f.mean() >= TARGET_MEAN_F, (background, round(float(f.mean()), 4))
+
+
+def test_known_misses_name_cases_that_exist():
+    # an entry whose case was renamed or dropped would silently stop being checked
+    cases = {(s, b, i) for s in EVAL_SEEDS for b in BACKGROUNDS for i in range(EVAL_PER_BACKGROUND)}
+    assert set(IMAGE_MISSES) <= cases and set(MEAN_MISSES) <= set(BACKGROUNDS)
+    assert set(CATALOG_MISSES) <= {(c[0], c[1], c[2], c[3], c[4]) for c in _catalog_keys()}
+    assert set(SOLE_MISSES) <= set(_sole_keys())
 
 
 # ----------------------------------------------------------------------------- sample catalog
-# Every product kind the sample catalog draws, on each opaque background, at 400 px (red, seed 0).
-# The demo's failure: the sneaker's light sole (~245,245,242 on pure white, soft floor shadow under
-# it) was dropped; it is found now by its outline (crisp step / thin outline closing it off from the
-# background) while the soft floor shadow stays out.
-CATALOG_BACKGROUNDS = ("white", "offwhite", "gradient", "texture")
-CATALOG_IOU = 0.95
-# Known misses, measured (see docs/masking.md): none since the boundary is unmixed (the lamp's
-# 6 px stem at 400 px was one, at IoU ~0.945).
-CATALOG_XFAIL: dict[tuple[str, str], str] = {}
+# Every product kind x colour the sample catalog draws, on each opaque background, at 400 and
+# 800 px (the catalog's size), each photo >= CATALOG_IOU (0.95).  Two seeds at 400 px; one at
+# 800 px, whose photos take three times as long to draw (at 1600 px) - benchmarks/masking.py runs
+# the second seed there too and finds the same misses.
+CATALOG_SEEDS = {400: (0, 1), 800: (0,)}
+CATALOG_MISSES: dict[tuple[int, int, str, str, str], str] = {
+    # at 400 px the sneaker's light sole on off-white is cut off (dark uppers at seed 0, light
+    # ones at seed 1; the sole test below names the milder cases)
+    (400, 0, "sneaker", "navy", "offwhite"): "IoU 0.938, sole 83% covered",
+    (400, 0, "sneaker", "green", "offwhite"): "IoU 0.938, sole 83% covered",
+    (400, 0, "sneaker", "black", "offwhite"): "IoU 0.936, sole 83% covered",
+    (400, 0, "sneaker", "burgundy", "offwhite"): "IoU 0.938, sole 83% covered",
+    (400, 0, "sneaker", "olive", "offwhite"): "IoU 0.937, sole 83% covered",
+    (400, 1, "sneaker", "tan", "offwhite"): "IoU 0.928, sole 85% covered",
+    (400, 1, "sneaker", "mustard", "offwhite"): "IoU 0.929, sole 84% covered",
+    (400, 1, "sneaker", "sky", "offwhite"): "IoU 0.928, sole 85% covered",
+    (400, 1, "sneaker", "coral", "offwhite"): "IoU 0.929, sole 85% covered",
+    # at 800 px the boot's sole ends are as light and as textured as the paper, in every colour
+    (800, 0, "boot", "red", "texture"): "IoU 0.878",
+    (800, 0, "boot", "navy", "texture"): "IoU 0.877",
+    (800, 0, "boot", "green", "texture"): "IoU 0.873",
+    (800, 0, "boot", "black", "texture"): "IoU 0.878",
+    (800, 0, "boot", "tan", "texture"): "IoU 0.875",
+    (800, 0, "boot", "teal", "texture"): "IoU 0.876",
+    (800, 0, "boot", "mustard", "texture"): "IoU 0.876",
+    (800, 0, "boot", "burgundy", "texture"): "IoU 0.878",
+    (800, 0, "boot", "sky", "texture"): "IoU 0.880",
+    (800, 0, "boot", "olive", "texture"): "IoU 0.877",
+    (800, 0, "boot", "coral", "texture"): "IoU 0.880",
+    (800, 0, "boot", "grey", "texture"): "IoU 0.875",
+}
+
+
+def _catalog_keys():
+    from bggen_assets.sample_catalog import COLOURS, PRODUCT_ASPECT
+
+    for size in CATALOG_SIZES:
+        for seed in CATALOG_SEEDS[size]:
+            for kind in PRODUCT_ASPECT:
+                for colour in COLOURS:
+                    for bg in CATALOG_BACKGROUNDS:
+                        yield size, seed, kind, colour, bg
 
 
 def _catalog_cases():
-    from bggen_assets.sample_catalog import PRODUCT_ASPECT
-
-    for kind in PRODUCT_ASPECT:
-        for bg in CATALOG_BACKGROUNDS:
-            marks = ([pytest.mark.xfail(reason=CATALOG_XFAIL[(kind, bg)], strict=True)]
-                     if (kind, bg) in CATALOG_XFAIL else [])
-            yield pytest.param(kind, bg, id=f"{kind}-{bg}", marks=marks)
+    for key in _catalog_keys():
+        size, seed, kind, colour, bg = key
+        yield pytest.param(*key, id=f"{size}px-seed{seed}-{kind}-{colour}-{bg}",
+                           marks=_xfail_if_known(CATALOG_MISSES.get(key)))
 
 
-@pytest.mark.parametrize("kind,background", list(_catalog_cases()))
-def test_sample_catalog_kinds_iou(kind, background):
-    from bggen_assets.sample_catalog import COLOURS, photo
-
-    img, true_mask = photo(kind, COLOURS["red"], background, np.random.default_rng(0), size=(400, 400))
-    r = classical_mask(img)
-    assert iou(r.mask, true_mask) >= CATALOG_IOU, (kind, background, iou(r.mask, true_mask))
+@pytest.mark.parametrize("size,seed,kind,colour,background", list(_catalog_cases()))
+def test_sample_catalog_photo_iou(size, seed, kind, colour, background):
+    img, true_mask = catalog_photo(kind, colour, background, size, seed)
+    v = iou(classical_mask(img).mask, true_mask)
+    assert v >= CATALOG_IOU, (size, seed, kind, colour, background, round(v, 4))
 
 
-@pytest.mark.parametrize("background", ["white", "offwhite"])
-def test_sneaker_sole_kept_and_floor_shadow_excluded(background):
-    from bggen_assets.sample_catalog import COLOURS, photo
+# The demo's failure: the sneaker's light sole (~245,245,242 on pure white, soft floor shadow under
+# it) was dropped; it is found by its outline (crisp step / thin outline closing it off from the
+# background) while the soft floor shadow stays out.  Every colour, both sizes, two seeds.
+SOLE_SEEDS = (0, 1)
+SOLE_MISSES: dict[tuple[int, int, str, str], str] = {
+    # at 400 px on off-white (the same cut as the IoU misses above, milder for light uppers)
+    (400, 0, "black", "offwhite"): "sole 82.8% covered",
+    (400, 0, "burgundy", "offwhite"): "sole 83.4% covered",
+    (400, 0, "coral", "offwhite"): "sole 86.2% covered",
+    (400, 0, "green", "offwhite"): "sole 83.4% covered",
+    (400, 0, "grey", "offwhite"): "sole 94.4% covered",
+    (400, 0, "mustard", "offwhite"): "sole 86.3% covered",
+    (400, 0, "navy", "offwhite"): "sole 83.4% covered",
+    (400, 0, "olive", "offwhite"): "sole 83.4% covered",
+    (400, 0, "red", "offwhite"): "sole 90.5% covered",
+    (400, 0, "sky", "offwhite"): "sole 86.3% covered",
+    (400, 0, "tan", "offwhite"): "sole 86.3% covered",
+    (400, 0, "teal", "offwhite"): "sole 90.5% covered",
+    (400, 1, "coral", "offwhite"): "sole 84.7% covered",
+    (400, 1, "mustard", "offwhite"): "sole 84.5% covered",
+    (400, 1, "sky", "offwhite"): "sole 84.7% covered",
+    (400, 1, "tan", "offwhite"): "sole 84.7% covered",
+    # at 800 px, seed 1: the toe end of the sole is cut again (seed 0 covers 96-99%)
+    (800, 1, "black", "offwhite"): "sole 91.4% covered",
+    (800, 1, "burgundy", "offwhite"): "sole 94.4% covered",
+    (800, 1, "navy", "offwhite"): "sole 94.4% covered",
+    (800, 1, "red", "offwhite"): "sole 94.4% covered",
+    (800, 1, "red", "white"): "sole 93.2% covered",
+}
 
-    img, true_mask = photo("sneaker", COLOURS["red"], background, np.random.default_rng(0))  # 800 px
+
+def _sole_keys():
+    from bggen_assets.sample_catalog import COLOURS
+
+    for size in CATALOG_SIZES:
+        for seed in SOLE_SEEDS:
+            for colour in COLOURS:
+                for bg in ("white", "offwhite"):
+                    yield size, seed, colour, bg
+
+
+@pytest.mark.parametrize("size,seed,colour,background", [
+    pytest.param(*k, id=f"{k[0]}px-seed{k[1]}-{k[2]}-{k[3]}", marks=_xfail_if_known(SOLE_MISSES.get(k)))
+    for k in _sole_keys()])
+def test_sneaker_sole_kept_and_floor_shadow_excluded(size, seed, colour, background):
+    img, true_mask = catalog_photo("sneaker", colour, background, size, seed)
     r = mask_product(img)
-    assert iou(r.mask, true_mask) >= 0.95
-    rows = np.nonzero(true_mask.any(axis=1))[0]
-    y0, y1 = rows.min(), rows.max() + 1
-    sole = true_mask.copy()
-    sole[: y1 - int(0.2 * (y1 - y0))] = False          # bottom 20% of the shoe: the sole
-    assert (r.mask & sole).sum() >= 0.95 * sole.sum(), "the sole is dropped"
-    below = np.zeros_like(true_mask)
-    below[y1 + 6:] = True                               # the floor shadow lies under the sole
-    assert (r.mask & below).sum() < 0.005 * true_mask.sum(), "the floor shadow is kept"
+    sole, floor_kept = sole_scores(r.mask, true_mask)
+    assert floor_kept < SHADOW_KEPT, f"the floor shadow is kept ({floor_kept:.2%} of the product)"
+    assert sole >= SOLE_COVERED, f"the sole is dropped ({sole:.1%} covered)"
 
 
 # ----------------------------------------------------------------------------- the resource
@@ -333,7 +477,7 @@ def test_resource_decode_and_classical_rejection():
 
 
 def test_select_instance_prefers_confident_central_large():
-    from resources.masker import select_instance
+    from bggen_assets.core.yolo_masking import select_instance
 
     masks = np.zeros((4, 100, 100), bool)
     masks[0, 40:60, 40:60] = True      # central, medium

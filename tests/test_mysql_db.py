@@ -6,7 +6,6 @@ free port; tests/services.py MariaDBServer), SIGKILLs it mid-run and starts it a
 """
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import threading
@@ -198,11 +197,10 @@ def _resources(store, db, creative_config):
 
 
 def _check_rows(db, store, creative_config, merchant, category):
-    from bggen_assets import steps
+    from bggen_assets.core import serving_index
 
-    pointer = steps.read_index_pointer(store, merchant, category)
-    index = json.loads(store.get_bytes(pointer["key"]))
-    image_keys = {e["image_key"] for e in index["entries"].values()}
+    index = serving_index.read_current(store, merchant, category)
+    image_keys = {e.image_key for e in index.entries.values()}
     with db.engine.connect() as conn:
         gen = conn.execute(sa.text("SELECT image_key FROM generated_images WHERE merchant=:m AND category=:c"),
                            {"m": merchant, "c": category}).scalars().all()

@@ -5,9 +5,11 @@ import threading
 import numpy as np
 import pytest
 
-from bggen_assets.core.bandit import ClickModel, LinUCB, RandomPolicy, UCB1, simulate
+from bggen_assets.core.bandit import LinUCB, RandomPolicy, UCB1
+from bggen_assets.core.bandit_simulation import ClickModel, simulate
 from bggen_assets.serving.personalize import (
     VARIANTS,
+    Choice,
     Personalizer,
     ServingConfig,
     ServingConfigError,
@@ -45,8 +47,6 @@ def _events(n, seed=0, theme_from=None):
 
 def _serve(pers: Personalizer, events, variant="bandit"):
     """Replay events through the serving path: impression (A += x x^T) then click (b += x)."""
-    from bggen_assets.serving.personalize import Choice
-
     for f, theme, clicked in events:
         slot = pers.slot(M, C, "linucb" if variant == "bandit" else "random", ARMS, PRODUCTS)
         choice = Choice(variant, theme, slot.kind, slot.schema.encode(f))
@@ -199,21 +199,59 @@ def test_counting_policies_round_trip_with_delayed_rewards(bandit_store):
             assert st[arm] == (n, float(s)), (kind, arm)
 
 
-def test_clicks_after_a_flush_are_still_published(bandit_store):
-    p = Personalizer(ServingConfig(seed=0), bandit_store)
+@pytest.mark.parametrize("kind", ["linucb", "ucb1"])
+def test_clicks_after_a_flush_are_still_published(bandit_store, kind):
+    p = Personalizer(ServingConfig(default_policy=kind, seed=0), bandit_store)
     f, theme, _ = _events(1, seed=4)[0]
-    _serve(p, [(f, theme, False)])
+    slot = p.slot(M, C, kind, ARMS, PRODUCTS)
+    x = slot.schema.encode(f)
+    p.record_impression(Choice("bandit", theme, kind, x), M, C, ARMS, PRODUCTS, hit=True)
     p.flush()
-    p.record_click(variant="bandit", merchant=M, category=C, policy="linucb", theme=theme, features=f, arms=ARMS,
+    p.record_click(variant="bandit", merchant=M, category=C, policy=kind, theme=theme, features=f, arms=ARMS,
                    products=PRODUCTS)
     p.flush()
-    A, b = bandit_store.load_sums(M, C, "linucb")[theme]
-    assert A[0, 0] == 1.0 and b[0] == 1.0
+    sums = bandit_store.load_sums(M, C, kind)
+    assert list(sums) == [theme]
+    if kind == "linucb":
+        A, b = sums[theme]
+        assert np.array_equal(A, np.outer(x, x)) and np.array_equal(b, x)  # one impression, one click
+    else:
+        assert sums[theme] == (1.0, 1.0)
+    local = slot.policy.state()[theme]  # reloaded after the flush: the replica sees the click too
+    if kind == "linucb":
+        assert np.array_equal(local[1], x)
+    else:
+        assert local == (1, 1.0)
+
+
+def test_deltas_of_failed_flushes_are_published_once_when_the_db_is_back(metadata_db):
+    from resources.bandit_store import BanditStore, bandit_state
+
+    store = BanditStore(metadata_db=metadata_db, max_retries=2)
+    cfg = ServingConfig(seed=0)
+    p = Personalizer(cfg, store)
+    events = _events(300, seed=6)
+    p.slot(M, C, "linucb", ARMS, PRODUCTS)  # schema stored, state loaded while the DB is up
+    bandit_state.drop(store.engine)  # every write of the state now fails
+    _serve(p, events[:100])
+    assert p.flush() == 1
+    _serve(p, events[100:200])
+    assert p.flush() == 1 and p.flush_errors == 2
+    bandit_state.create(store.engine)
+    _serve(p, events[200:])
+    assert p.flush() == 0
+    single = Personalizer(cfg, None)
+    _serve(single, events)
+    ref = single.slot(M, C, "linucb", ARMS, PRODUCTS).policy.state()
+    sums = store.load_sums(M, C, "linucb")
+    local = p.slot(M, C, "linucb", ARMS, PRODUCTS).policy.state()  # reloaded from the DB
+    d = len(ref[ARMS[0]][1])
+    for arm in ARMS:  # every event exactly once: the prior + the stored sums = one replica's state
+        assert np.array_equal(sums[arm][0] + np.eye(d), ref[arm][0]) and np.array_equal(sums[arm][1], ref[arm][1])
+        assert np.array_equal(local[arm][0], ref[arm][0]) and np.array_equal(local[arm][1], ref[arm][1])
 
 
 def test_misses_do_not_teach_the_bandit(bandit_store):
-    from bggen_assets.serving.personalize import Choice
-
     p = Personalizer(ServingConfig(seed=0), bandit_store)
     slot = p.slot(M, C, "linucb", ARMS, PRODUCTS)
     p.record_impression(Choice("bandit", ARMS[0], "linucb", slot.schema.encode({})), M, C, ARMS, PRODUCTS, hit=False)
@@ -223,12 +261,15 @@ def test_misses_do_not_teach_the_bandit(bandit_store):
 
 def test_prompts_changing_starts_a_policy_over_the_new_arms(bandit_store):
     p = Personalizer(ServingConfig(seed=0), bandit_store)
-    _serve(p, _events(50, seed=5))
+    events = _events(50, seed=5)
+    _serve(p, events)
     slot = p.slot(M, C, "linucb", ARMS + ["neon-night"], PRODUCTS)
     assert slot.arms == tuple(ARMS + ["neon-night"])
     assert set(bandit_store.load_sums(M, C, "linucb")) == set(ARMS)  # the old events were published first
     st = slot.policy.state()
-    assert st["neon-night"][0][0, 0] == 1.0 and st[ARMS[0]][0][0, 0] > 1.0
+    assert st["neon-night"][0][0, 0] == 1.0
+    for arm in ARMS:  # ridge + one per hit impression of the theme (the bias coordinate)
+        assert st[arm][0][0, 0] == 1.0 + sum(1 for _, t, _ in events if t == arm), arm
 
 
 def test_linucb_regret_below_random_and_ucb1():
@@ -239,7 +280,35 @@ def test_linucb_regret_below_random_and_ucb1():
     lin = simulate(LinUCB(arms, d, seed=0), 3000, seed=0, model=model).regret[-1]
     rnd = simulate(RandomPolicy(arms, seed=0), 3000, seed=0, model=model).regret[-1]
     ucb = simulate(UCB1(arms, seed=0), 3000, seed=0, model=model).regret[-1]
-    assert lin < 0.5 * rnd and lin < 0.5 * ucb
+    assert lin < 0.35 * rnd and lin < 0.35 * ucb  # benchmarks/bandit.py prints 0.225 and 0.225
+
+
+def test_choose_follows_the_variant_and_the_policy():
+    cfg = ServingConfig(alpha=0.0, seed=0)  # alpha 0: the bandit shows its best estimate
+    p = Personalizer(cfg, None)
+    for variant in ("control", "positioned"):
+        assert p.choose(variant, M, C, ARMS, PRODUCTS, {}) == Choice(variant, None, "none")
+    n = 3000
+    picks = [p.choose("random", M, C, ARMS, PRODUCTS, {}) for _ in range(n)]
+    assert {c.policy for c in picks} == {"random"}
+    counts = {a: sum(c.theme == a for c in picks) for a in ARMS}
+    sd = (n * (1 / 3) * (2 / 3)) ** 0.5
+    assert all(abs(k - n / 3) < 5 * sd for k in counts.values()), counts
+    # teach the bandit that beach-sunset gets clicked on mobile, urban-concrete on desktop
+    for device, theme in (("mobile", "beach-sunset"), ("desktop", "urban-concrete")):
+        f = build_features(device=device, width=300, height=250)
+        slot = p.slot(M, C, "linucb", ARMS, PRODUCTS)
+        for other in ARMS:
+            for _ in range(5):
+                p.record_impression(Choice("bandit", other, "linucb", slot.schema.encode(f)), M, C, ARMS, PRODUCTS,
+                                    hit=True)
+                if other == theme:
+                    p.record_click(variant="bandit", merchant=M, category=C, policy="linucb", theme=other,
+                                   features=f, arms=ARMS, products=PRODUCTS)
+    for device, theme in (("mobile", "beach-sunset"), ("desktop", "urban-concrete")):
+        f = build_features(device=device, width=300, height=250)
+        got = {p.choose("bandit", M, C, ARMS, PRODUCTS, f).theme for _ in range(200)}
+        assert got == {theme}, (device, got)
 
 
 def test_variants_constant():

@@ -1,14 +1,15 @@
 """The whole asset graph for a partition, for real: masks, plans, generation, index, checks."""
 import io
-import json
 import shutil
 
 import pytest
 from PIL import Image
 
+from bggen_assets.core import serving_index
 from bggen_assets.core.compositing import crop_placement
-from bggen_assets.core.geometry import CanvasLayout, bucket_for, place_product
-from pipeline_helpers import checks_of, metadata_of, run_partition
+from bggen_assets.core.geometry import bucket_for, place_product
+from bggen_assets.core.manifests import CatalogManifest, MaskManifest, PlanManifest
+from pipeline_helpers import check_status_by_partition, checks_of, metadata_of, read_manifest, run_partition
 
 
 @pytest.fixture
@@ -21,15 +22,16 @@ def test_whole_graph_publishes_a_complete_index(footwear_run):
     result, _, res = footwear_run
     assert result.success
     store = res["store"]
-    pointer = json.loads(store.get_bytes("index/northwind/footwear/current.json"))
-    doc = json.loads(store.get_bytes(pointer["key"]))
-    plans = json.loads(store.get_bytes("manifests/northwind/footwear/bucket_plans.json"))
-    assert doc["entries"] and len(doc["entries"]) == len(plans["items"])
-    assert doc["prompts"] == ["urban-concrete", "beach-sunset", "pastel-podium"]
+    doc = serving_index.read_current(store, "northwind", "footwear")
+    plans = read_manifest(store, PlanManifest, "bucket_plans", "northwind", "footwear")
+    assert doc.entries and len(doc.entries) == len(plans.items)
+    assert doc.prompts == ("urban-concrete", "beach-sunset", "pastel-podium")
     # every indexed image exists, has the canvas size, and keeps the product box the plan says
-    for key, entry in list(doc["entries"].items())[:25]:
-        img = Image.open(io.BytesIO(store.get_bytes(entry["image_key"])))
-        assert img.size == tuple(entry["canvas"])
+    planned = {item.key: item for item in plans.items}
+    for key, entry in list(doc.entries.items())[:25]:
+        img = Image.open(io.BytesIO(store.get_bytes(entry.image_key)))
+        assert img.size == entry.canvas
+        assert (entry.canvas, entry.product_box) == (planned[key].canvas, planned[key].product_box)
     checks = checks_of(result)
     assert checks["product_fidelity"].passed and checks["product_fidelity"].metadata["max_abs_diff"].value == 0
     assert checks["index_complete"].passed
@@ -41,18 +43,28 @@ def test_whole_graph_publishes_a_complete_index(footwear_run):
 def test_bad_rows_are_reported_and_skipped_nothing_else_lost(footwear_run):
     result, _, res = footwear_run
     catalog_md = metadata_of(result, "catalog")
-    masks = json.loads(res["store"].get_bytes("manifests/northwind/footwear/product_masks.json"))
-    reasons = {r["product_id"]: r["reason"] for r in masks["rejected"]}
+    masks = read_manifest(res["store"], MaskManifest, "product_masks", "northwind", "footwear")
+    reasons = {r.product_id: r.reason for r in masks.rejected}
     assert "image file not found" in reasons["NO-BAD-MISSING"]
     assert "not an image" in reasons["NO-BAD-NOTIMAGE"]
     assert "NO-BAD-FULLFRAME" in reasons  # a product filling the whole frame cannot be masked
-    good = {p["product_id"] for p in json.loads(res["store"].get_bytes("manifests/northwind/footwear/catalog.json"))["products"]}
-    assert set(masks["products"]) == good - set(reasons)  # every other product went through
+    good = {p.product_id for p in read_manifest(res["store"], CatalogManifest, "catalog", "northwind", "footwear").products}
+    assert set(masks.products) == good - set(reasons)  # every other product went through
     assert catalog_md["rejected"] == 1
     checks = checks_of(result)
     assert not checks["feed_rows_usable"].passed and not checks["mask_coverage_sane"].passed  # reported, as warnings
     rows = {r["product_id"]: r for r in res["metadata_db"].product_rows("northwind", "footwear")}
     assert rows["NO-BAD-MISSING"]["status"] == "rejected" and rows["NO-0001"]["status"] == "ok"
+
+
+def test_check_results_belong_to_the_partition_they_checked(pipeline_resources):
+    """A warning in one partition stays visible after a later run of another partition passes."""
+    first, instance = run_partition(pipeline_resources, "northwind", "footwear", selection=["catalog"])
+    assert not checks_of(first)["feed_rows_usable"].passed  # northwind's feed has bad rows
+    later, _ = run_partition(pipeline_resources, "acme-outfitters", "bags", instance=instance, selection=["catalog"])
+    assert checks_of(later)["feed_rows_usable"].passed
+    assert check_status_by_partition(instance, "catalog", "feed_rows_usable") == {
+        ("northwind", "footwear"): "FAILED", ("acme-outfitters", "bags"): "SUCCEEDED"}
 
 
 def test_second_run_regenerates_nothing(footwear_run):
@@ -87,14 +99,14 @@ def test_a_changed_prompt_regenerates_only_its_canvases(pipeline_resources, tmp_
 def test_served_placement_is_the_crop_of_its_canvas(footwear_run):
     _, _, res = footwear_run
     store = res["store"]
-    doc = json.loads(store.get_bytes(json.loads(store.get_bytes("index/northwind/footwear/current.json"))["key"]))
-    pid = sorted(doc["products"])[0]
-    _, _, bw, bh = doc["products"][pid]["bbox"]
+    doc = serving_index.read_current(store, "northwind", "footwear")
+    pid = sorted(doc.products)[0]
+    _, _, bw, bh = doc.products[pid].bbox
     for placement in res["creative_config"].placements("northwind")[:6]:
         placed = place_product(bw, bh, placement)
-        entry = doc["entries"][f"{pid}|{bucket_for(placed, 1.2).id}|beach-sunset"]
-        canvas = Image.open(io.BytesIO(store.get_bytes(entry["image_key"]))).convert("RGB")
-        out = crop_placement(canvas, CanvasLayout(*entry["canvas"], *entry["product_box"]), placed)
+        entry = doc.entry(pid, bucket_for(placed, 1.2).id, "beach-sunset")
+        canvas = Image.open(io.BytesIO(store.get_bytes(entry.image_key))).convert("RGB")
+        out = crop_placement(canvas, entry.layout, placed)
         assert out.size == (placement.width, placement.height)
 
 
@@ -176,16 +188,16 @@ def test_concurrent_plans_of_one_partition_never_take_the_same_miss(footwear_run
 
     _, _, res = footwear_run
     store, queue = res["store"], res["miss_queue"]
-    catalog = json.loads(store.get_bytes("manifests/northwind/footwear/catalog.json"))
-    masks = json.loads(store.get_bytes("manifests/northwind/footwear/product_masks.json"))
-    pid = sorted(masks["products"])[0]
+    catalog = read_manifest(store, CatalogManifest, "catalog", "northwind", "footwear")
+    masks = read_manifest(store, MaskManifest, "product_masks", "northwind", "footwear")
+    pid = sorted(masks.products)[0]
     usable = Miss("northwind", "footwear", pid, "r1.2-t1-r7-b1-l7", "beach-sunset")
     stale_theme = Miss("northwind", "footwear", pid, "r1.2-t1-r7-b1-l7", "no-such-theme")
     queue.record(usable, now=100.0)
     queue.record(stale_theme, now=101.0)
     first = steps.plans_step(catalog, masks, res["creative_config"], queue, "northwind", "footwear", consumer="run:a")
     second = steps.plans_step(catalog, masks, res["creative_config"], queue, "northwind", "footwear", consumer="run:b")
-    assert first["miss_keys"] == [usable.request_key] and second["miss_keys"] == []
-    assert any(i["source"] == "miss" and i["bucket_id"] == usable.bucket_id for i in first["items"])
+    assert first.miss_keys == (usable.request_key,) and second.miss_keys == ()
+    assert any(i.source == "miss" and i.bucket_id == usable.bucket_id for i in first.items)
     # a miss the plan cannot use goes back to the queue (the theme may be configured again)
     assert [m.request_key for m in queue.pending()] == [stale_theme.request_key]

@@ -39,12 +39,12 @@ def _chromium(tmp_path, *args):
 def test_preview_html_marks_hits_and_misses(preview_server, world):  # noqa: F811
     import httpx
 
-    pid = sorted(world["doc"]["products"])[0]
+    pid = sorted(world["doc"].products)[0]
     w, h = find_miss_size(world["doc"], pid, **PREVIEW_SIZE_PLACEMENT)
     with httpx.Client(base_url=preview_server.url) as c:
         r = c.get("/preview", params={"merchant": MERCHANT, "product": pid, "sizes": f"{w}x{h}"})
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
-        n_themes = len(world["doc"]["prompts"])
+        n_themes = len(world["doc"].prompts)
         hits, misses = int(r.headers["x-preview-hits"]), int(r.headers["x-preview-misses"])
         assert hits > 0 and misses >= 1
         assert r.text.count('class="cell hit"') == hits and r.text.count('class="cell miss"') == misses
@@ -73,7 +73,7 @@ def test_preview_html_marks_hits_and_misses(preview_server, world):  # noqa: F81
 def test_preview_renders_in_headless_chromium(preview_server, world, tmp_path):  # noqa: F811
     if CHROMIUM is None:  # make test installs it: a missing browser is a failure, never a skip
         pytest.fail("chromium is not installed: run scripts/install_chromium.sh (as root), as `make test` does")
-    pid = sorted(world["doc"]["products"])[0]
+    pid = sorted(world["doc"].products)[0]
     w, h = find_miss_size(world["doc"], pid, **PREVIEW_SIZE_PLACEMENT)
     url = f"{preview_server.url}/preview?merchant={MERCHANT}&product={pid}&sizes={w}x{h}"
     shot = tmp_path / "preview.png"
@@ -90,7 +90,7 @@ def test_preview_renders_in_headless_chromium(preview_server, world, tmp_path): 
     # one band of drawn pixels per grid column: positioned + every theme
     xs = np.flatnonzero(drawn.sum(0) > 20)
     bands = [band for band in np.split(xs, np.flatnonzero(np.diff(xs) > 8) + 1) if band[-1] - band[0] > 100]
-    assert len(bands) == len(world["doc"]["prompts"]) + 1, [(int(band[0]), int(band[-1])) for band in bands]
+    assert len(bands) == len(world["doc"].prompts) + 1, [(int(band[0]), int(band[-1])) for band in bands]
     # the page's own report: every <img> decoded (naturalWidth > 0)
     dom = _chromium(tmp_path, "--dump-dom", url)
     m = re.search(r'id="status" data-loaded="(\d+)" data-failed="(\d+)" data-total="(\d+)"', dom.stdout)

@@ -146,7 +146,7 @@ def test_consumer_processes_claim_disjoint(queue, redis_url):
 
 
 def test_definitions_pick_the_redis_queue(redis_url, tmp_path):
-    from bggen_assets.definitions import build_resources
+    from bggen_assets.deployment import build_resources
     from resources.redis_miss_queue import RedisMissQueue
 
     res = build_resources({"BGGEN_DATA_DIR": str(tmp_path), "BGGEN_MISS_QUEUE": "redis", "BGGEN_REDIS_URL": redis_url,

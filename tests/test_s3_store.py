@@ -7,7 +7,6 @@ half-written object is visible (every canvas in the store decodes whole).
 """
 from __future__ import annotations
 
-import json
 import threading
 
 import cv2
@@ -88,7 +87,7 @@ def test_unreachable_endpoint_is_a_clear_error():
 def test_s3_stopped_mid_generation_then_rerun_completes(tmp_path, metadata_db, creative_config):
     from pipeline_util import HookedGenerator, materialize_partition, reset_hooks, step_events
 
-    from bggen_assets import steps
+    from bggen_assets.core import serving_index
     from resources.io_manager import ManifestIOManager
     from resources.masker import MaskerResource
     from resources.miss_queue import DbMissQueue
@@ -126,10 +125,9 @@ def test_s3_stopped_mid_generation_then_rerun_completes(tmp_path, metadata_db, c
         server.start()  # same data dir and ports: the objects written before the outage are back
         done = materialize_partition(resources, merchant, category)
         assert done.success
-        pointer = steps.read_index_pointer(store, merchant, category)
-        index = json.loads(store.get_bytes(pointer["key"]))
+        index = serving_index.read_current(store, merchant, category)
         canvases = list(store.list_keys("canvases"))
-        assert {e["image_key"] for e in index["entries"].values()} <= set(canvases)
+        assert {e.image_key for e in index.entries.values()} <= set(canvases)
         for key in canvases:  # nothing half-written: every stored canvas decodes whole
             img = cv2.imdecode(np.frombuffer(store.get_bytes(key), np.uint8), cv2.IMREAD_UNCHANGED)
             assert img is not None and img.size > 0, key

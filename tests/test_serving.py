@@ -1,13 +1,13 @@
 """The serving function: a hit is exactly W x H cut from the bucket canvas; a miss is the fallback."""
 import io
-import json
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from bggen_assets.core.compositing import canvas_pyramid, crop_placement, fallback_creative, lanczos_crop
-from bggen_assets.core.geometry import CanvasLayout, Placement, bucket_for, place_product
+from bggen_assets.core.geometry import Placement, bucket_for, place_product
+from bggen_assets.core.manifests import item_key
 from bggen_assets.serving.creative import CreativeService, LRUBytes, NotFound
 from pipeline_helpers import run_partition
 
@@ -32,19 +32,19 @@ def _decode(body):
 def test_a_hit_is_exactly_the_crop_of_the_bucket_canvas(served):
     service, res = served
     doc = service.index("northwind", "footwear")
-    pid = sorted(doc["products"])[0]
+    pid = sorted(doc.products)[0]
     for placement in res["creative_config"].placements("northwind"):
         c = service.serve("northwind", pid, placement.width, placement.height, "beach-sunset",
                           fill=placement.fill, anchor=(placement.anchor_x, placement.anchor_y), fmt="png")
         assert c.hit and c.category == "footwear"
         got = _decode(c.body)
         assert got.shape == (placement.height, placement.width, 3)
-        _, _, bw, bh = doc["products"][pid]["bbox"]
+        _, _, bw, bh = doc.products[pid].bbox
         placed = place_product(bw, bh, placement)
-        entry = doc["entries"][f"{pid}|{bucket_for(placed, 1.2).id}|beach-sunset"]
-        assert c.image_key == entry["image_key"] and c.bucket_id == bucket_for(placed, 1.2).id
-        canvas = Image.open(io.BytesIO(res["store"].get_bytes(entry["image_key"]))).convert("RGB")
-        layout = CanvasLayout(*entry["canvas"], *entry["product_box"])
+        entry = doc.entries[item_key(pid, bucket_for(placed, 1.2).id, "beach-sunset")]
+        assert c.image_key == entry.image_key and c.bucket_id == bucket_for(placed, 1.2).id
+        canvas = Image.open(io.BytesIO(res["store"].get_bytes(entry.image_key))).convert("RGB")
+        layout = entry.layout
         assert np.array_equal(got, np.asarray(crop_placement(canvas_pyramid(canvas), layout, placed)))
         # the fast path (reduced canvas copies, bilinear upscale) stays visually that of one Lanczos pass
         assert psnr(got, np.asarray(lanczos_crop(canvas, layout, placed))) > 40.0
@@ -58,9 +58,9 @@ def test_a_miss_records_it_and_answers_the_fallback_at_once(served):
     img = _decode(c.body)
     assert img.shape == (222, 333, 3)
     doc = service.index("northwind", "footwear")
-    _, _, bw, bh = doc["products"][pid]["bbox"]
+    _, _, bw, bh = doc.products[pid].bbox
     placed = place_product(bw, bh, Placement(333, 222, 0.5, 0.1, 0.9))
-    cutout = np.asarray(Image.open(io.BytesIO(res["store"].get_bytes(doc["products"][pid]["cutout_key"]))).convert("RGBA"))
+    cutout = np.asarray(Image.open(io.BytesIO(res["store"].get_bytes(doc.products[pid].cutout_key))).convert("RGBA"))
     assert np.abs(img.astype(int) - fallback_creative(cutout, placed).astype(int)).max() <= 1
     pending = res["miss_queue"].pending()
     assert [(m.product_id, m.bucket_id, m.prompt_id) for m in pending] == [(pid, c.bucket_id, "beach-sunset")]
@@ -138,10 +138,10 @@ def test_prefetch_decodes_every_canvas_before_the_first_request(served):
     assert service.load_all_indexes() == 1
     _wait_prefetch(service)
     doc = service.index("northwind", "footwear")
-    keys = {e["image_key"] for e in doc["entries"].values()}
+    keys = {e.image_key for e in doc.entries.values()}
     assert service.prefetched == len(keys) and all(store.reads[k] == 1 for k in keys)
     placement = res["creative_config"].placements("northwind")[0]
-    c = service.serve("northwind", sorted(doc["products"])[0], placement.width, placement.height, "beach-sunset")
+    c = service.serve("northwind", sorted(doc.products)[0], placement.width, placement.height, "beach-sunset")
     assert c.hit and store.reads[c.image_key] == 1  # served from the prefetched canvas, not re-read
 
 
@@ -149,7 +149,7 @@ def test_prefetch_stops_before_it_would_evict(served):
     _, res = served
     probe = CreativeService(res["store"], res["miss_queue"])
     doc = probe.index("northwind", "footwear")
-    one = probe._pyramid(next(iter(doc["entries"].values()))["image_key"]).nbytes
+    one = probe._pyramid(next(iter(doc.entries.values())).image_key).nbytes
     service = CreativeService(res["store"], res["miss_queue"], cache_bytes=3 * one, prefetch=True)
     service.load_all_indexes()
     _wait_prefetch(service)
@@ -159,14 +159,14 @@ def test_prefetch_stops_before_it_would_evict(served):
 def test_a_broken_canvas_does_not_stop_the_prefetch(served, caplog):
     _, res = served
     doc = CreativeService(res["store"], res["miss_queue"]).index("northwind", "footwear")
-    broken = next(iter(doc["entries"].values()))["image_key"]
+    broken = next(iter(doc.entries.values())).image_key
     original = res["store"].get_bytes(broken)
     res["store"].put_bytes(broken, b"not a png")
     try:
         service = CreativeService(res["store"], res["miss_queue"], prefetch=True)
         service.load_all_indexes()
         _wait_prefetch(service)
-        keys = {e["image_key"] for e in doc["entries"].values()}
+        keys = {e.image_key for e in doc.entries.values()}
         assert service.prefetched == len(keys) - 1 and "prefetch of " + broken in caplog.text
     finally:
         res["store"].put_bytes(broken, original)

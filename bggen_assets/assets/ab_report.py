@@ -1,20 +1,12 @@
 """The A/B report: CTR per variant, uplift over control with 95% intervals, a plot.
 
 Not partitioned: it reads the impressions and clicks logged by the serving API (all merchants,
-plus a table per merchant) from the metadata DB.
-
-Statistics (per variant v against control c; n impressions, k clicks, p = k/n):
-* CTR interval: Wilson score interval.
-* Absolute uplift p_v - p_c: Newcombe's hybrid score interval (method 10 of Newcombe 1998), built
-  from the two Wilson intervals; well-behaved at CTRs of a few percent and with zero clicks.
-* Relative uplift p_v / p_c - 1: delta method on the log ratio (Katz):
-  se = sqrt((1-p_v)/k_v + (1-p_c)/k_c), interval exp(log(p_v/p_c) +- 1.96 se) - 1; undefined
-  (reported as n/a) while either arm has no clicks.
+plus a table per merchant) from the metadata DB. The statistics are in
+:mod:`bggen_assets.core.ab_stats` (Wilson, Newcombe, delta method); this module renders them as a
+Markdown table and a PNG and writes the plot to the object store.
 """
-
-
+import base64
 import io
-import math
 import time
 from dataclasses import asdict, dataclass
 from typing import Optional
@@ -24,78 +16,10 @@ from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, ass
 from resources.bandit_store import BanditStore
 from resources.object_store import ObjectStore
 
-Z95 = 1.959963984540054
-VARIANT_ORDER = ("control", "positioned", "random", "bandit")
+from ..core.ab_stats import VariantRow, compute_report
+
 LABELS = {"control": "control (photo)", "positioned": "positioned product", "random": "generated, random theme",
           "bandit": "generated, LinUCB theme"}
-
-
-def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
-    if n <= 0:
-        return (0.0, 1.0)
-    p = k / n
-    den = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / den
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return (max(0.0, centre - half), min(1.0, centre + half))
-
-
-def newcombe_diff(k1: int, n1: int, k0: int, n0: int, z: float = Z95) -> tuple[float, float, float]:
-    """p1 - p0 and its Newcombe hybrid score interval."""
-    p1, p0 = k1 / n1, k0 / n0
-    l1, u1 = wilson(k1, n1, z)
-    l0, u0 = wilson(k0, n0, z)
-    d = p1 - p0
-    lo = d - math.sqrt((p1 - l1) ** 2 + (u0 - p0) ** 2)
-    hi = d + math.sqrt((u1 - p1) ** 2 + (p0 - l0) ** 2)
-    return d, lo, hi
-
-
-def relative_uplift(k1: int, n1: int, k0: int, n0: int, z: float = Z95) -> tuple[Optional[float], Optional[float], Optional[float]]:
-    """p1/p0 - 1 with the delta-method (log ratio) interval; None while a side has no clicks."""
-    if min(k1, k0, n1, n0) <= 0:
-        return None, None, None
-    p1, p0 = k1 / n1, k0 / n0
-    lr = math.log(p1 / p0)
-    se = math.sqrt((1 - p1) / k1 + (1 - p0) / k0)
-    return p1 / p0 - 1, math.exp(lr - z * se) - 1, math.exp(lr + z * se) - 1
-
-
-@dataclass
-class VariantRow:
-    variant: str
-    impressions: int
-    clicks: int
-    ctr: float
-    ctr_lo: float
-    ctr_hi: float
-    diff: Optional[float] = None
-    diff_lo: Optional[float] = None
-    diff_hi: Optional[float] = None
-    uplift: Optional[float] = None
-    uplift_lo: Optional[float] = None
-    uplift_hi: Optional[float] = None
-
-
-def compute_report(counts: list[dict]) -> list[VariantRow]:
-    """Rows ``{variant, impressions, clicks}`` (any merchant mix, summed) -> one row per variant."""
-    agg: dict[str, list[int]] = {}
-    for r in counts:
-        a = agg.setdefault(r["variant"], [0, 0])
-        a[0] += int(r["impressions"])
-        a[1] += int(r["clicks"])
-    order = [v for v in VARIANT_ORDER if v in agg] + sorted(set(agg) - set(VARIANT_ORDER))
-    rows = []
-    control = agg.get("control")
-    for v in order:
-        n, k = agg[v]
-        lo, hi = wilson(k, n)
-        row = VariantRow(v, n, k, k / n if n else 0.0, lo, hi)
-        if control and control[0] > 0 and n > 0 and v != "control":
-            row.diff, row.diff_lo, row.diff_hi = newcombe_diff(k, n, control[1], control[0])
-            row.uplift, row.uplift_lo, row.uplift_hi = relative_uplift(k, n, control[1], control[0])
-        rows.append(row)
-    return rows
 
 
 def _pct(x: Optional[float], signed: bool = False) -> str:
@@ -152,7 +76,22 @@ def plot_png(rows: list[VariantRow], title: str = "A/B: CTR per variant") -> byt
     return buf.getvalue()
 
 
-def build_report(bandit_store, store, since: Optional[float] = None, now: Optional[float] = None) -> dict:
+@dataclass
+class ABReport:
+    """The report of one materialization: rows over all merchants, rows per merchant, the plot."""
+
+    rows: list[VariantRow]
+    per_merchant: dict[str, list[VariantRow]]
+    plot_key: str
+    png: bytes
+
+    def markdown(self) -> str:
+        """The table over all merchants, then one per merchant."""
+        return markdown_table(self.rows) + "".join(f"\n\n**{m}**\n\n" + markdown_table(rows)
+                                                   for m, rows in self.per_merchant.items())
+
+
+def build_report(bandit_store, store, since: Optional[float] = None, now: Optional[float] = None) -> ABReport:
     """Compute the report and write the plot to the object store. The asset is a thin wrapper."""
     counts = bandit_store.variant_counts(since=since)
     rows = compute_report(counts)
@@ -164,32 +103,23 @@ def build_report(bandit_store, store, since: Optional[float] = None, now: Option
     key = f"reports/ab/ab_report-{stamp}.png"
     store.put_bytes(key, png, "image/png")
     store.put_bytes("reports/ab/latest.png", png, "image/png")
-    return {"rows": rows, "per_merchant": per_merchant, "plot_key": key, "png": png,
-            "table": markdown_table(rows)}
+    return ABReport(rows, per_merchant, key, png)
 
 
 @asset(group_name="reports", description="CTR per A/B variant, uplift over control with 95% intervals, and a plot.")
 def ab_report(context: AssetExecutionContext, bandit_store: BanditStore, store: ObjectStore) -> MaterializeResult:
     rep = build_report(bandit_store, store)
-    md = rep["table"]
-    for m, rows in rep["per_merchant"].items():
-        md += f"\n\n**{m}**\n\n" + markdown_table(rows)
-    by = {r.variant: r for r in rep["rows"]}
     meta = {
-        "report": MetadataValue.md(md),
-        "plot_key": rep["plot_key"],
-        "impressions": sum(r.impressions for r in rep["rows"]),
-        "clicks": sum(r.clicks for r in rep["rows"]),
-        "rows": MetadataValue.json([asdict(r) for r in rep["rows"]]),
+        "report": MetadataValue.md(rep.markdown()),
+        "plot_key": rep.plot_key,
+        "impressions": sum(r.impressions for r in rep.rows),
+        "clicks": sum(r.clicks for r in rep.rows),
+        "rows": MetadataValue.json([asdict(r) for r in rep.rows]),
     }
-    for v in ("positioned", "random", "bandit"):
-        if v in by and by[v].uplift is not None:
-            meta[f"uplift_{v}"] = round(by[v].uplift, 6)
-    try:  # an inline preview in the Dagster UI where the store is a local directory
-        import base64
-
-        meta["plot"] = MetadataValue.md(f"![ab report](data:image/png;base64,{base64.b64encode(rep['png']).decode()})")
-    except Exception:  # pragma: no cover
-        pass
-    context.log.info(f"ab_report: plot at {rep['plot_key']}")
+    for r in rep.rows:
+        if r.variant != "control" and r.uplift is not None:
+            meta[f"uplift_{r.variant}"] = round(r.uplift, 6)
+    # the plot inline, so the Dagster UI shows it whatever the store is
+    meta["plot"] = MetadataValue.md(f"![ab report](data:image/png;base64,{base64.b64encode(rep.png).decode()})")
+    context.log.info(f"ab_report: plot at {rep.plot_key}")
     return MaterializeResult(metadata=meta)

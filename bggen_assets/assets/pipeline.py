@@ -1,8 +1,14 @@
 """The five partitioned assets. Each is a thin wrapper over a function in `bggen_assets.steps`:
 it reads the partition, calls the step, and reports metadata and quality checks.
+
+Asset values are the typed manifests of `core/manifests.py`. Every check is partitioned like its
+asset, so its result belongs to the partition it checked: a warning in one partition stays visible
+whatever later runs of other partitions report.
 """
 
+import warnings
 from collections import Counter
+from typing import Sequence
 
 from dagster import (
     AssetCheckResult,
@@ -13,9 +19,11 @@ from dagster import (
     Failure,
     MetadataValue,
     Output,
+    PreviewWarning,
     RetryPolicy,
     asset,
 )
+from pydantic import BaseModel
 
 from resources.creative_config import CreativeConfig
 from resources.generator import GeneratorResource
@@ -25,12 +33,15 @@ from resources.miss_queue import MissQueue
 from resources.object_store import ObjectStore
 
 from .. import steps
+from ..core import serving_index as index
 from ..core.feeds import ConfigError, FeedError
+from ..core.manifests import CatalogManifest, GenerationManifest, MaskManifest, PlanManifest
 from ..partitions import merchant_category, split_key
 
 GROUP = "bggen"
-# Generation runs are tagged so the run coordinator can cap how many share the GPUs.
-GPU_TAGS = {"bggen/gpu": "generation"}
+# The generation step runs in the "gpu" pool: the instance's pool limit (deploy/dagster.yaml,
+# `dagster instance concurrency set gpu N`) caps how many generation steps share the GPUs.
+GPU_POOL = "gpu"
 TRANSIENT_RETRY = RetryPolicy(max_retries=2, delay=2.0, backoff=Backoff.EXPONENTIAL)
 
 
@@ -38,8 +49,17 @@ def _partition(context: AssetExecutionContext) -> tuple[str, str]:
     return split_key(context.partition_key)
 
 
+def _check(name: str, asset: str) -> AssetCheckSpec:
+    """A check partitioned like its asset: each result is recorded against the partition it checked."""
+    with warnings.catch_warnings():
+        # partitions_def on a check spec is a preview API in Dagster 1.13 (pinned in pyproject);
+        # tests/test_pipeline.py asserts the per-partition results it gives
+        warnings.simplefilter("ignore", PreviewWarning)
+        return AssetCheckSpec(name, asset=asset, partitions_def=merchant_category)
+
+
 @asset(partitions_def=merchant_category, group_name=GROUP, io_manager_key="manifest_io_manager",
-       check_specs=[AssetCheckSpec("feed_rows_usable", asset="catalog")],
+       check_specs=[_check("feed_rows_usable", "catalog")],
        description="The merchant feed's rows of this category, normalised; images copied into the store by content hash.")
 def catalog(context: AssetExecutionContext, creative_config: CreativeConfig, store: ObjectStore, metadata_db: MetadataDB):
     merchant, category = _partition(context)
@@ -47,13 +67,13 @@ def catalog(context: AssetExecutionContext, creative_config: CreativeConfig, sto
         manifest = steps.catalog_step(creative_config, store, metadata_db, merchant, category, context.log.warning)
     except (FeedError, ConfigError) as exc:
         raise Failure(description=str(exc)) from exc
-    rejected = manifest["rejected"]
+    rejected = manifest.rejected
     yield Output(
         manifest,
         metadata={
-            "products": len(manifest["products"]),
+            "products": len(manifest.products),
             "rejected": len(rejected),
-            "snapshot_key": manifest["snapshot_key"],
+            "snapshot_key": manifest.snapshot_key,
             "rejections": MetadataValue.md(_table(rejected, ["product_id", "line", "reason"])),
         },
     )
@@ -61,73 +81,75 @@ def catalog(context: AssetExecutionContext, creative_config: CreativeConfig, sto
         check_name="feed_rows_usable",
         passed=not rejected,
         severity=AssetCheckSeverity.WARN,
-        metadata={"rejected": len(rejected), "reasons": MetadataValue.json(rejected[:50])},
+        metadata={"rejected": len(rejected), "reasons": _json(rejected[:50])},
     )
 
 
 @asset(partitions_def=merchant_category, group_name=GROUP, io_manager_key="manifest_io_manager",
-       check_specs=[AssetCheckSpec("mask_coverage_sane", asset="product_masks")],
+       check_specs=[_check("mask_coverage_sane", "product_masks")],
        description="Per product: binary mask, tight bbox, method, score; stored once per image hash and masker.")
-def product_masks(context: AssetExecutionContext, catalog: dict, masker: MaskerResource, store: ObjectStore, metadata_db: MetadataDB):
+def product_masks(context: AssetExecutionContext, catalog: CatalogManifest, masker: MaskerResource, store: ObjectStore,
+                  metadata_db: MetadataDB):
     manifest = steps.masks_step(catalog, masker, store, metadata_db, context.log.warning)
-    products = manifest["products"]
-    coverage = [p["coverage"] for p in products.values()]
-    methods = Counter(p["method"] for p in products.values())
+    products = manifest.products
+    coverage = [p.coverage for p in products.values()]
+    methods = Counter(p.method for p in products.values())
     yield Output(
         manifest,
         metadata={
             "masked": len(products),
-            "computed": manifest["computed"],
-            "reused": manifest["reused"],
-            "skipped": len(manifest["rejected"]),
+            "computed": manifest.computed,
+            "reused": manifest.reused,
+            "skipped": len(manifest.rejected),
             "methods": MetadataValue.json(dict(methods)),
-            "skipped_products": MetadataValue.md(_table(manifest["rejected"], ["product_id", "reason"])),
+            "skipped_products": MetadataValue.md(_table(manifest.rejected, ["product_id", "reason"])),
         },
     )
-    bad = [pid for pid, p in products.items() if not 0.01 <= p["coverage"] <= 0.95]
+    bad = [pid for pid, p in products.items() if not 0.01 <= p.coverage <= 0.95]
     yield AssetCheckResult(
         check_name="mask_coverage_sane",
-        passed=not bad and not manifest["rejected"],
+        passed=not bad and not manifest.rejected,
         severity=AssetCheckSeverity.WARN,
         metadata={
             "min_coverage": min(coverage, default=0.0),
             "max_coverage": max(coverage, default=0.0),
             "out_of_range": MetadataValue.json(bad),
-            "skipped": MetadataValue.json(manifest["rejected"][:50]),
+            "skipped": _json(manifest.rejected[:50]),
         },
     )
 
 
 @asset(partitions_def=merchant_category, group_name=GROUP, io_manager_key="manifest_io_manager",
        description="Per product: the (bucket, prompt) canvases to generate for the merchant's placements, plus pending misses.")
-def bucket_plans(context: AssetExecutionContext, catalog: dict, product_masks: dict, creative_config: CreativeConfig,
-                 miss_queue: MissQueue):
+def bucket_plans(context: AssetExecutionContext, catalog: CatalogManifest, product_masks: MaskManifest,
+                 creative_config: CreativeConfig, miss_queue: MissQueue) -> Output[PlanManifest]:
     merchant, category = _partition(context)
     try:
         plan = steps.plans_step(catalog, product_masks, creative_config, miss_queue, merchant, category,
                                 consumer=f"run:{context.run_id}")
     except ConfigError as exc:
         raise Failure(description=str(exc)) from exc
-    n = len(plan["items"])
+    n = len(plan.items)
     return Output(
         plan,
         metadata={
-            "placement_requests": plan["requests"],
+            "placement_requests": plan.requests,
             "generations": n,
-            "reduction": round(plan["requests"] / n, 2) if n else 0.0,
-            "from_misses": len(plan["miss_keys"]),
-            "bucket_ratio": plan["bucket_ratio"],
+            "reduction": round(plan.requests / n, 2) if n else 0.0,
+            "from_misses": len(plan.miss_keys),
+            "bucket_ratio": plan.bucket_ratio,
         },
     )
 
 
 @asset(partitions_def=merchant_category, group_name=GROUP, io_manager_key="manifest_io_manager",
-       op_tags=GPU_TAGS, retry_policy=TRANSIENT_RETRY,
-       check_specs=[AssetCheckSpec("product_fidelity", asset="generated_backgrounds"),
-                    AssetCheckSpec("generation_quality_gates", asset="generated_backgrounds")],
+       pool=GPU_POOL, retry_policy=TRANSIENT_RETRY,
+       check_specs=[_check("product_fidelity", "generated_backgrounds"),
+                    _check("generation_quality_gates", "generated_backgrounds")],
        description="Per (product, bucket, prompt, model): the composited canvas, content-addressed: a rerun makes only what is missing.")
-def generated_backgrounds(context: AssetExecutionContext, bucket_plans: dict, product_masks: dict, masker: MaskerResource,
-                          generator: GeneratorResource, store: ObjectStore, metadata_db: MetadataDB):
+def generated_backgrounds(context: AssetExecutionContext, bucket_plans: PlanManifest, product_masks: MaskManifest,
+                          masker: MaskerResource, generator: GeneratorResource, store: ObjectStore,
+                          metadata_db: MetadataDB):
     gate = None
     if generator.gated:
         from ..gating import gate_for
@@ -136,47 +158,55 @@ def generated_backgrounds(context: AssetExecutionContext, bucket_plans: dict, pr
     manifest = steps.generate_step(bucket_plans, product_masks, masker, generator, store, metadata_db, context.log.info, gate)
     yield Output(
         manifest,
-        metadata={"generated": manifest["generated"], "reused": manifest["reused"], "generator": manifest["generator_id"][:200]},
+        metadata={"generated": manifest.generated, "reused": manifest.reused, "generator": manifest.generator_id[:200]},
     )
-    gates = manifest["gates"]
+    gates = manifest.gates
     yield AssetCheckResult(
         check_name="generation_quality_gates",
-        passed=not gates["failed"],
+        passed=not gates.failed,
         severity=AssetCheckSeverity.WARN,
-        metadata={"applies": generator.gated, "gated": gates["gated"], "retried": gates["retried"],
-                  "failed_after_retries": len(gates["failed"]), "failures": MetadataValue.json(gates["failed"][:50]),
+        metadata={"applies": generator.gated, "gated": gates.gated, "retried": gates.retried,
+                  "failed_after_retries": len(gates.failed), "failures": _json(gates.failed[:50]),
                   "max_object_expansion": generator.max_object_expansion, "max_edge_leakage": generator.max_edge_leakage},
     )
     fidelity = steps.fidelity_step(bucket_plans, manifest, product_masks, masker, store)
     yield AssetCheckResult(
         check_name="product_fidelity",
-        passed=fidelity["max_abs_diff"] == 0,
-        metadata={"checked": fidelity["checked"], "max_abs_diff": fidelity["max_abs_diff"],
-                  "failures": MetadataValue.json(fidelity["failures"])},
+        passed=fidelity.max_abs_diff == 0,
+        metadata={"checked": fidelity.checked, "max_abs_diff": fidelity.max_abs_diff,
+                  "failures": _json(fidelity.failures)},
     )
 
 
 @asset(partitions_def=merchant_category, group_name=GROUP, io_manager_key="manifest_io_manager",
-       check_specs=[AssetCheckSpec("index_complete", asset="serving_index")],
+       check_specs=[_check("index_complete", "serving_index")],
        description="(product, bucket, prompt) -> image key, canvas, product box; published atomically (new version, then pointer flip).")
-def serving_index(context: AssetExecutionContext, bucket_plans: dict, generated_backgrounds: dict, product_masks: dict,
-                  catalog: dict, store: ObjectStore, miss_queue: MissQueue):
-    pointer = steps.index_step(bucket_plans, generated_backgrounds, product_masks, catalog, store, miss_queue)
-    yield Output(pointer, metadata={"version": pointer["version"], "entries": pointer["entries"], "key": pointer["key"],
-                                    "misses_served": pointer["misses_served"]})
-    report = steps.index_completeness(bucket_plans, pointer, store)
+def serving_index(context: AssetExecutionContext, bucket_plans: PlanManifest, generated_backgrounds: GenerationManifest,
+                  product_masks: MaskManifest, catalog: CatalogManifest, store: ObjectStore, miss_queue: MissQueue):
+    published = steps.index_step(bucket_plans, generated_backgrounds, product_masks, catalog, store, miss_queue)
+    yield Output(published, metadata={"version": published.version, "entries": published.entries, "key": published.key,
+                                      "misses_served": published.misses_served})
+    report = index.completeness(bucket_plans, published, store)
     yield AssetCheckResult(
         check_name="index_complete",
-        passed=report["missing_count"] == 0 and report["absent_count"] == 0,
-        metadata={k: (MetadataValue.json(v) if isinstance(v, list) else v) for k, v in report.items()},
+        passed=report.complete,
+        metadata={k: (MetadataValue.json(v) if isinstance(v, list) else v) for k, v in report.model_dump(mode="json").items()},
     )
 
 
-def _table(rows: list[dict], cols: list[str]) -> str:
+def _json(values: Sequence[BaseModel]) -> MetadataValue:
+    return MetadataValue.json([v.model_dump(mode="json", exclude_none=True) for v in values])
+
+
+def _table(rows: Sequence[BaseModel], cols: list[str]) -> str:
     if not rows:
         return "none"
     head = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
-    return head + "\n".join("| " + " | ".join(str(r.get(c, "")).replace("|", "/") for c in cols) + " |" for r in rows[:100])
+    return head + "\n".join("| " + " | ".join(_cell(getattr(r, c, "")) for c in cols) + " |" for r in rows[:100])
+
+
+def _cell(value: object) -> str:
+    return ("" if value is None else str(value)).replace("|", "/")
 
 
 pipeline_assets = [catalog, product_masks, bucket_plans, generated_backgrounds, serving_index]

@@ -5,22 +5,24 @@
 * :class:`LinUCB` is disjoint LinUCB (Li et al. 2010, Algorithm 1): one ridge regression per
   arm, ``score_a(x) = theta_a . x + alpha * sqrt(x . A_a^-1 . x)``.  The serving layer keeps one
   instance per item category, arms = that category's prompt ids.
-* Replicas learn locally and publish *deltas* (``dA = sum x x^T``, ``db = sum r x``); the store
-  adds them to the global sums (:func:`merge_states`), so N replicas give exactly the state of
-  one replica that saw every event.
-* :class:`UCB1` and :class:`RandomPolicy` share the interface (``select``, ``update``,
-  ``state``, ``take_deltas``, ``load_state``) so the serving layer can swap policies per
-  merchant (:func:`make_policy`).
-* :class:`ClickModel`, :func:`simulate`, :func:`simulate_replicas`: a known contextual click
-  model to measure regret.
+* Delayed rewards: an impression is recorded at serve time with ``update(arm, x, 0.0)`` (the
+  exploration bonus shrinks at once); its click arrives later as ``add_reward(arm, x, r)``.  The
+  sums are exactly those of one ``update(arm, x, r)``.
+* Replicas learn locally and publish *deltas* (``dA = sum x x^T``, ``db = sum r x``) with
+  ``take_deltas``; the store adds them to the global sums (:func:`merge_states`,
+  :func:`sum_deltas` for publishes retried together) and each replica loads
+  ``merge_states(policy.prior_state(), sums)`` with ``load_state``, so N replicas give exactly
+  the state of one replica that saw every event.
+* :class:`UCB1` and :class:`RandomPolicy` share the interface (:class:`Policy`) so the serving
+  layer can swap policies per merchant (:func:`make_policy`).
 
+The simulated click model that measures regret lives in :mod:`bggen_assets.core.bandit_simulation`.
 See docs/bandit.md.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
+from typing import Any, Iterable, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -33,9 +35,9 @@ __all__ = [
     "BanditError", "UnknownArmError", "ContextDimensionError", "InvalidRewardError",
     "InvalidContextError", "StateMismatchError",
     "ContextSchema", "default_schema", "aspect_class", "size_class",
-    "Policy", "LinUCB", "UCB1", "RandomPolicy", "OraclePolicy",
-    "make_policy", "policy_from_state", "merge_states",
-    "ClickModel", "SimResult", "simulate", "simulate_replicas",
+    "Policy", "LinUCB", "UCB1", "RandomPolicy",
+    "make_policy", "policy_from_state", "merge_states", "sum_deltas",
+    "check_arms", "check_reward",
 ]
 
 
@@ -154,9 +156,6 @@ class ContextSchema:
                 x[i] = 1.0
         return x
 
-    def encode_many(self, rows: Iterable[Mapping[str, Any]]) -> np.ndarray:
-        return np.array([self.encode(r) for r in rows]).reshape(-1, self.dim)
-
     def names(self) -> list[str]:
         """Human-readable name of each coordinate: 'bias', 'device=mobile', ..."""
         out = ["bias"]
@@ -199,7 +198,8 @@ def default_schema(subcategories: Sequence[str] = ("tops", "bottoms", "shoes", "
 
 
 # ----------------------------------------------------------------------------- helpers
-def _check_arms(arms: Iterable[str]) -> tuple[str, ...]:
+def check_arms(arms: Iterable[str]) -> tuple[str, ...]:
+    """The arm ids as a tuple: non-empty, distinct, non-empty strings (else :class:`BanditError`)."""
     if isinstance(arms, str):
         raise BanditError(f"arms must be a sequence of ids, got the string {arms!r}")
     out = tuple(arms)
@@ -213,7 +213,8 @@ def _check_arms(arms: Iterable[str]) -> tuple[str, ...]:
     return out
 
 
-def _reward(reward: Any) -> float:
+def check_reward(reward: Any) -> float:
+    """``reward`` as a finite float (else :class:`InvalidRewardError`)."""
     try:
         r = float(reward)
     except (TypeError, ValueError):
@@ -239,13 +240,22 @@ def _pick(vals: list, rng: np.random.Generator) -> int:
 class Policy(Protocol):
     """What the serving layer calls.  ``x`` is an encoded context (ignored by context-free
     policies); states and deltas are ``{arm: tuple of arrays/numbers}``, added by
-    :func:`merge_states`."""
+    :func:`merge_states`.
+
+    * ``update(arm, x, reward)``: one impression and its reward; ``add_reward(arm, x, reward)``
+      adds a reward that arrived later to an impression already recorded with reward 0.
+    * ``take_deltas()``: the increments since the last call (the replica's publish);
+      ``load_state(merged)``: the global state, unpublished increments kept on top;
+      ``prior_state()``: the state of nothing seen, to which the store's sums are added.
+    """
 
     arms: tuple[str, ...]
 
     def select(self, x: np.ndarray | None, rng: np.random.Generator | None = None) -> str: ...
     def update(self, arm: str, x: np.ndarray | None, reward: float) -> None: ...
+    def add_reward(self, arm: str, x: np.ndarray | None, reward: float) -> None: ...
     def state(self) -> dict[str, tuple]: ...
+    def prior_state(self) -> dict[str, tuple]: ...
     def take_deltas(self) -> dict[str, tuple]: ...
     def load_state(self, state: Mapping[str, tuple]) -> None: ...
 
@@ -283,6 +293,18 @@ def merge_states(base_state: Mapping[str, tuple], *deltas: Mapping[str, tuple]) 
     return out
 
 
+def sum_deltas(*deltas: Mapping[str, tuple]) -> dict[str, tuple]:
+    """The sum of several deltas, arm by arm (arms: the union): e.g. publishes that failed and
+    are retried as one.  Deltas of one arm must agree in shapes (:class:`StateMismatchError`)."""
+    zero: dict[str, tuple] = {}
+    for delta in deltas:
+        for arm, comps in delta.items():
+            if arm not in zero:
+                zero[arm] = tuple(np.zeros(np.shape(c)) if isinstance(c, np.ndarray) else 0
+                                  for c in comps)
+    return merge_states(zero, *deltas)
+
+
 # ----------------------------------------------------------------------------- LinUCB
 class LinUCB:
     """Disjoint LinUCB with Sherman-Morrison inverses and mergeable running sums.
@@ -297,6 +319,9 @@ class LinUCB:
     :meth:`state`, :meth:`take_deltas`, refreshes).  Every ``refresh_every`` updates of an arm its
     inverse is rebuilt from ``A`` with ``np.linalg.inv`` to bound floating-point drift.
 
+    Delayed rewards: :meth:`update` with reward 0 at serve time, :meth:`add_reward` when the
+    click comes (``b += r x``; ``A`` does not depend on the reward).
+
     Replicas: the local view is ``A = A_base + dA`` where ``dA`` holds the events not yet
     published; :meth:`take_deltas` returns ``{arm: (dA, db)}`` and moves them into the base;
     :meth:`load_state` replaces the base with the global state while keeping unpublished deltas.
@@ -306,7 +331,7 @@ class LinUCB:
 
     def __init__(self, arms: Sequence[str], dim: int, alpha: float = 1.0, ridge: float = 1.0, *,
                  refresh_every: int = 2048, buffer_size: int = 256, seed: int | None = None):
-        self.arms = _check_arms(arms)
+        self.arms = check_arms(arms)
         if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
             raise BanditError(f"dim must be a positive int, got {dim!r}")
         alpha = float(alpha)
@@ -423,7 +448,7 @@ class LinUCB:
             raise _unknown_arm(arm, self.arms)
         if x.__class__ is not np.ndarray or x.shape != self._shape or x.dtype != np.float64:
             x = self._check_x(x)
-        r = reward if reward.__class__ is float else _reward(reward)
+        r = reward if reward.__class__ is float else check_reward(reward)
         if r != r or r in (math.inf, -math.inf):
             raise InvalidRewardError(f"reward must be finite, got {reward!r}")
         Ainv = self._Ainv[k]
@@ -456,6 +481,23 @@ class LinUCB:
             if c >= self.refresh_every:
                 self._refresh(k)
 
+    def add_reward(self, arm: str, x: np.ndarray, reward: float) -> None:
+        """A reward that arrived after its impression was recorded (``update(arm, x, 0.0)``):
+        ``b += r x``, theta refreshed.  Together the two equal one ``update(arm, x, reward)``."""
+        k = self._idx.get(arm)
+        if k is None:
+            raise _unknown_arm(arm, self.arms)
+        x = self._check_x(x)
+        if not np.isfinite(x).all():
+            raise InvalidContextError("context contains NaN or inf")
+        r = check_reward(reward)
+        if r != 0.0:
+            rx = r * x
+            self._b[k] += rx
+            self._db[k] += rx
+            np.dot(self._Ainv[k], self._b[k], out=self._theta[k])
+        self._pending += 1
+
     # -- state and replicas
     def state(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """``{arm: (A, b)}`` of the local view (copies): ``A = ridge*I + sum x x^T``."""
@@ -479,7 +521,7 @@ class LinUCB:
 
     @property
     def pending(self) -> int:
-        """Updates not yet returned by :meth:`take_deltas`."""
+        """Updates and delayed rewards not yet returned by :meth:`take_deltas`."""
         return self._pending
 
     @property
@@ -529,10 +571,15 @@ class LinUCB:
         pol.load_state(state)
         return pol
 
+    def prior_state(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """The state of this policy before any event, ``{arm: (ridge*I, 0)}``: the base to
+        which the sums of every replica's deltas are added."""
+        return {a: (self.ridge * np.eye(self.dim), np.zeros(self.dim)) for a in self.arms}
+
     @classmethod
     def initial_state(cls, arms: Sequence[str], dim: int, ridge: float = 1.0) -> dict:
         """The state of a policy that saw nothing: ``{arm: (ridge*I, 0)}``."""
-        return cls(arms, dim, ridge=ridge).state()
+        return cls(arms, dim, ridge=ridge).prior_state()
 
     def inverse(self, arm: str) -> np.ndarray:
         """The maintained ``A^-1`` of an arm (copy)."""
@@ -547,18 +594,20 @@ class LinUCB:
 
 # ----------------------------------------------------------------------------- context-free
 class _CountingPolicy:
-    """Per-arm (n, s) = (impressions, reward sum), with local view and deltas."""
+    """Per-arm (n, s) = (impressions, reward sum), with local view and deltas.  A delayed reward
+    (:meth:`add_reward`) adds to ``s`` only: its impression was counted by :meth:`update`."""
 
     kind = "counting"
 
     def __init__(self, arms: Sequence[str], *, seed: int | None = None):
-        self.arms = _check_arms(arms)
+        self.arms = check_arms(arms)
         self._idx = {a: i for i, a in enumerate(self.arms)}
         k = len(self.arms)
         self._n = [0] * k
         self._s = [0.0] * k
         self._dn = [0] * k
         self._ds = [0.0] * k
+        self._pending = 0
         self._total = 0
         self._rng = np.random.default_rng(seed)
 
@@ -567,7 +616,7 @@ class _CountingPolicy:
         k = self._idx.get(arm)
         if k is None:
             raise _unknown_arm(arm, self.arms)
-        r = reward if reward.__class__ is float else _reward(reward)
+        r = reward if reward.__class__ is float else check_reward(reward)
         if r != r or r in (math.inf, -math.inf):
             raise InvalidRewardError(f"reward must be finite, got {reward!r}")
         self._n[k] += 1
@@ -575,20 +624,41 @@ class _CountingPolicy:
         self._dn[k] += 1
         self._ds[k] += r
         self._total += 1
+        self._pending += 1
+
+    def add_reward(self, arm: str, x: Any, reward: float) -> None:
+        """A reward that arrived after its impression was recorded (``update(arm, x, 0.0)``);
+        ``x`` is ignored."""
+        k = self._idx.get(arm)
+        if k is None:
+            raise _unknown_arm(arm, self.arms)
+        r = check_reward(reward)
+        self._s[k] += r
+        self._ds[k] += r
+        self._pending += 1
 
     def state(self) -> dict[str, tuple[int, float]]:
         return {a: (self._n[i], self._s[i]) for i, a in enumerate(self.arms)}
 
+    def prior_state(self) -> dict[str, tuple[int, float]]:
+        """``{arm: (0, 0.0)}``: the base to which the sums of every replica's deltas are added."""
+        return {a: (0, 0.0) for a in self.arms}
+
     def take_deltas(self) -> dict[str, tuple[int, float]]:
-        out = {a: (self._dn[i], self._ds[i]) for i, a in enumerate(self.arms) if self._dn[i]}
+        """``{arm: (dn, ds)}`` since the last call, then reset.  Arms without events are left
+        out; an arm with only a delayed reward since the last call is included."""
+        out = {a: (self._dn[i], self._ds[i]) for i, a in enumerate(self.arms)
+               if self._dn[i] or self._ds[i]}
         k = len(self.arms)
         self._dn = [0] * k
         self._ds = [0.0] * k
+        self._pending = 0
         return out
 
     @property
     def pending(self) -> int:
-        return sum(self._dn)
+        """Updates and delayed rewards not yet returned by :meth:`take_deltas`."""
+        return self._pending
 
     def load_state(self, state: Mapping[str, tuple[int, float]]) -> None:
         if set(state) != set(self.arms):
@@ -612,7 +682,7 @@ class _CountingPolicy:
 
     @classmethod
     def initial_state(cls, arms: Sequence[str]) -> dict:
-        return cls(arms).state()
+        return cls(arms).prior_state()
 
 
 class UCB1(_CountingPolicy):
@@ -680,178 +750,3 @@ def policy_from_state(kind: str, state: Mapping[str, tuple], **kwargs: Any) -> P
     if cls is None:
         raise BanditError(f"unknown policy kind {kind!r}; expected 'linucb', 'ucb1' or 'random'")
     return cls.from_state(state, **kwargs)
-
-
-# ----------------------------------------------------------------------------- simulation
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-z))
-
-
-@dataclass
-class ClickModel:
-    """A known contextual click model: ``ctr_a(x) = clip(sigmoid(W_a . x), lo, hi)``.
-
-    ``W`` has an arm main effect on the bias coordinate and arm-by-feature-value interactions,
-    so the best theme depends on the user, the product and the placement.  Contexts are drawn
-    feature by feature from ``feature_probs`` (the last entry of each is "unknown value").
-    """
-
-    schema: ContextSchema
-    arms: tuple[str, ...]
-    weights: np.ndarray                       # (K, d) logits
-    feature_probs: dict[str, np.ndarray]      # per feature: len(values)+1 probabilities
-    ctr_range: tuple[float, float] = (0.005, 0.08)
-
-    def ctr(self, x: np.ndarray) -> np.ndarray:
-        """Click probability of every arm for one context (K,) or many (n, K)."""
-        lo, hi = self.ctr_range
-        return np.clip(_sigmoid(np.asarray(x) @ self.weights.T), lo, hi)
-
-    def sample_contexts(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        X = np.zeros((n, self.schema.dim))
-        X[:, 0] = 1.0
-        pos = 1
-        for name, vals in self.schema.features.items():
-            p = self.feature_probs[name]
-            j = rng.choice(len(vals) + 1, size=n, p=p)
-            hit = j < len(vals)
-            X[np.nonzero(hit)[0], pos + j[hit]] = 1.0
-            pos += len(vals)
-        return X
-
-    @classmethod
-    def synthetic(cls, schema: ContextSchema | None = None, arms: Sequence[str] = ("1", "2", "3"),
-                  *, base_ctr: float = 0.02, arm_scale: float = 0.15, effect_scale: float = 0.3,
-                  ctr_range: tuple[float, float] = (0.005, 0.08), unknown_p: float = 0.05,
-                  seed: int = 0) -> "ClickModel":
-        """Random weights: logit(base_ctr) + arm effect N(0, arm_scale) + per (arm, feature value)
-        N(0, effect_scale), centred per feature so that no arm wins everywhere; skewed (Dirichlet)
-        feature-value frequencies."""
-        schema = schema or default_schema()
-        arms = _check_arms(arms)
-        rng = np.random.default_rng(seed)
-        K, d = len(arms), schema.dim
-        W = rng.normal(0.0, effect_scale, size=(K, d))
-        W[:, 0] = math.log(base_ctr / (1 - base_ctr)) + rng.normal(0.0, arm_scale, size=K)
-        probs = {}
-        pos = 1
-        for name, vals in schema.features.items():
-            p = rng.dirichlet(np.full(len(vals), 2.0)) * (1 - unknown_p)
-            probs[name] = np.append(p, unknown_p)
-            # centre each arm's effects on this feature: context changes which arm is best,
-            # the arms' average CTRs stay near base_ctr * exp(arm effect)
-            blk = W[:, pos:pos + len(vals)]
-            blk -= (blk @ p)[:, None] / p.sum()
-            pos += len(vals)
-        return cls(schema, arms, W, probs, tuple(ctr_range))
-
-    @classmethod
-    def fast(cls, schema: ContextSchema | None = None, arms: Sequence[str] = ("1", "2", "3"),
-             seed: int = 0) -> "ClickModel":
-        """High CTRs (2%-60%) and strong interactions: learnable in a few thousand impressions
-        (unit tests)."""
-        return cls.synthetic(schema, arms, base_ctr=0.15, arm_scale=0.2, effect_scale=0.6,
-                             ctr_range=(0.02, 0.6), seed=seed)
-
-
-class OraclePolicy:
-    """Knows the click model: picks ``argmax ctr_a(x)``.  Learns nothing."""
-
-    kind = "oracle"
-
-    def __init__(self, model: ClickModel):
-        self.model = model
-        self.arms = tuple(model.arms)
-
-    def select(self, x: np.ndarray, rng: np.random.Generator | None = None) -> str:
-        return self.arms[int(np.argmax(self.model.ctr(x)))]
-
-    def update(self, arm: str, x: Any, reward: float) -> None:
-        if arm not in self.arms:
-            raise _unknown_arm(arm, self.arms)
-        _reward(reward)
-
-
-@dataclass
-class SimResult:
-    """Cumulative arrays over impressions t = 1..n."""
-
-    clicks: np.ndarray          # sampled clicks of the policy
-    expected: np.ndarray        # sum of the chosen arm's true CTR
-    oracle: np.ndarray          # sum of the best arm's true CTR
-    regret: np.ndarray          # oracle - expected (pseudo-regret)
-    choices: np.ndarray         # arm index chosen at each impression
-
-    @property
-    def ctr(self) -> np.ndarray:
-        """Cumulative CTR (sampled clicks / impressions)."""
-        return self.clicks / np.arange(1, len(self.clicks) + 1)
-
-
-def _sim_inputs(model: ClickModel, n: int, seed: int):
-    rng = np.random.default_rng(seed)
-    X = model.sample_contexts(n, rng)
-    C = model.ctr(X)
-    U = rng.random(n)
-    return X, C, U, np.random.default_rng([seed, 1])
-
-
-def _sim_result(C: np.ndarray, U: np.ndarray, choice: np.ndarray) -> SimResult:
-    rows = np.arange(len(choice))
-    p = C[rows, choice]
-    clicks = (U < p).astype(float)
-    best = C.max(axis=1)
-    return SimResult(np.cumsum(clicks), np.cumsum(p), np.cumsum(best), np.cumsum(best - p), choice)
-
-
-def simulate(policy: Policy, n: int, seed: int = 0, model: ClickModel | None = None) -> SimResult:
-    """Run ``policy`` for ``n`` impressions against ``model`` (default: the realistic
-    :meth:`ClickModel.synthetic`).  Contexts and the uniforms that decide clicks depend only on
-    ``seed``, so policies run with the same seed face the same users (common random numbers)."""
-    model = model or ClickModel.synthetic()
-    if set(policy.arms) != set(model.arms):
-        raise BanditError(f"policy arms {list(policy.arms)} != model arms {list(model.arms)}")
-    X, C, U, rng = _sim_inputs(model, int(n), seed)
-    idx = {a: i for i, a in enumerate(model.arms)}
-    choice = np.empty(int(n), dtype=np.int64)
-    Cl = C.tolist()
-    Ul = U.tolist()
-    select, update = policy.select, policy.update
-    for t in range(int(n)):
-        x = X[t]
-        a = select(x, rng)
-        k = idx[a]
-        choice[t] = k
-        update(a, x, 1.0 if Ul[t] < Cl[t][k] else 0.0)
-    return _sim_result(C, U, choice)
-
-
-def simulate_replicas(factory: Callable[[], Policy], n: int, seed: int = 0,
-                      model: ClickModel | None = None, *, replicas: int = 4,
-                      sync_every: int = 1000) -> SimResult:
-    """Like :func:`simulate` with ``replicas`` copies of a policy serving round-robin; every
-    ``sync_every`` impressions each replica publishes its deltas, the store merges them
-    (:func:`merge_states`) and every replica loads the global state."""
-    model = model or ClickModel.synthetic()
-    reps = [factory() for _ in range(int(replicas))]
-    if not reps:
-        raise BanditError("replicas must be >= 1")
-    glob = reps[0].state()
-    for r in reps:
-        r.load_state(glob)
-    X, C, U, rng = _sim_inputs(model, int(n), seed)
-    idx = {a: i for i, a in enumerate(model.arms)}
-    choice = np.empty(int(n), dtype=np.int64)
-    Cl, Ul = C.tolist(), U.tolist()
-    for t in range(int(n)):
-        pol = reps[t % len(reps)]
-        x = X[t]
-        a = pol.select(x, rng)
-        k = idx[a]
-        choice[t] = k
-        pol.update(a, x, 1.0 if Ul[t] < Cl[t][k] else 0.0)
-        if (t + 1) % sync_every == 0:
-            glob = merge_states(glob, *(r.take_deltas() for r in reps))
-            for r in reps:
-                r.load_state(glob)
-    return _sim_result(C, U, choice)

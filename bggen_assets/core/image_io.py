@@ -7,6 +7,9 @@ rely on the EXIF orientation tag, tiny thumbnails, huge scans and the occasional
 turns all of them into one array format or raises :class:`ImageDecodeError` with a message
 that says what is wrong.  The pixel count is read from the header and checked *before* any
 pixel data is decoded, so a bomb costs microseconds and no memory.
+
+The pipeline's own images (masks, cutouts, canvases) are PNGs written and read back with
+:func:`encode_png` / :func:`decode_png` (OpenCV; trusted input, so none of the guards above).
 """
 from __future__ import annotations
 
@@ -14,10 +17,11 @@ import hashlib
 import io
 import warnings
 
+import cv2
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-__all__ = ["ImageDecodeError", "image_sha256", "decode_image", "DEFAULT_MAX_PIXELS"]
+__all__ = ["ImageDecodeError", "image_sha256", "decode_image", "DEFAULT_MAX_PIXELS", "encode_png", "decode_png"]
 
 DEFAULT_MAX_PIXELS = 40_000_000
 
@@ -203,3 +207,29 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
     if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] not in (3, 4):
         raise ImageDecodeError(f"decoder produced an unexpected array {arr.dtype} {arr.shape}")
     return arr
+
+
+def encode_png(image: np.ndarray, compression: int = 1) -> bytes:
+    """RGB ``H×W×3``, RGBA ``H×W×4`` or single-channel ``H×W`` uint8 -> PNG bytes."""
+    if image.ndim == 3 and image.shape[2] == 4:
+        bgr = cv2.cvtColor(image, cv2.COLOR_RGBA2BGRA)
+    elif image.ndim == 3:
+        bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    else:
+        bgr = image
+    ok, buf = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, compression])
+    if not ok:
+        raise RuntimeError("PNG encoding failed")
+    return buf.tobytes()
+
+
+def decode_png(data: bytes, flags: int = cv2.IMREAD_UNCHANGED) -> np.ndarray:
+    """A PNG the pipeline stored -> RGB / RGBA / single-channel uint8 (``flags`` as in cv2.imdecode)."""
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    if img is None:
+        raise ImageDecodeError("stored PNG could not be decoded")
+    if img.ndim == 3 and img.shape[2] == 4:
+        return cv2.cvtColor(img, cv2.COLOR_BGRA2RGBA)
+    if img.ndim == 3:
+        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    return img

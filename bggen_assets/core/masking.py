@@ -64,10 +64,6 @@ class MaskResult:
     score: float                          # confidence in [0, 1]
     reason: str                           # why this method / result
 
-    @property
-    def fraction(self) -> float:
-        return float(self.mask.mean()) if self.mask.size else 0.0
-
 
 class MaskRejected(ValueError):
     """The mask cannot be used; ``reason`` says why (also the exception message)."""

@@ -8,7 +8,6 @@ re-read when its pointer changes, so a new version is picked up without a restar
 from __future__ import annotations
 
 import io
-import json
 import logging
 import threading
 import time
@@ -16,16 +15,18 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Optional
 
-import cv2
 import numpy as np
 from PIL import Image
 
 from resources.metadata_db import Miss
-from resources.object_store import ObjectNotFound
 
+from ..core import serving_index
 from ..core.compositing import PYRAMID_LEVELS, CanvasPyramid, canvas_pyramid, crop_placement, fallback_creative
-from ..core.geometry import CanvasLayout, Placement, bucket_for, place_product
+from ..core.geometry import Placement, bucket_for, place_product
+from ..core.image_io import decode_png
 from ..core.keys import check_name
+from ..core.manifests import IndexDocument
+from ..core.store import ObjectNotFound, ObjectStore
 
 log = logging.getLogger(__name__)
 FORMATS = {"jpeg": "image/jpeg", "webp": "image/webp", "png": "image/png"}
@@ -101,7 +102,7 @@ class LRUBytes:
 class _Index:
     pointer_key: str
     version: int
-    doc: dict
+    doc: IndexDocument
     checked_at: float
 
 
@@ -110,7 +111,7 @@ class CreativeService:
     background thread (until the cache is 90% full), so the first impressions after a publish do
     not each pay a PNG decode (~20-30 ms for a production-size canvas)."""
 
-    def __init__(self, store, miss_queue, creative_config=None, cache_bytes: int = 512 * 2**20,
+    def __init__(self, store: ObjectStore, miss_queue, creative_config=None, cache_bytes: int = 512 * 2**20,
                  index_ttl_s: float = 5.0, jpeg_quality: int = JPEG_QUALITY, prefetch: bool = False):
         self.store = store
         self.miss_queue = miss_queue
@@ -132,26 +133,25 @@ class CreativeService:
         cached = self._categories.get(merchant)
         if cached and time.monotonic() - cached[0] < self.index_ttl_s:
             return cached[1]
-        cats = sorted({k.split("/")[2] for k in self.store.list_keys(f"index/{merchant}/") if k.endswith("/current.json")})
+        cats = serving_index.categories(self.store, merchant)
         self._categories[merchant] = (time.monotonic(), cats)
         return cats
 
-    def index(self, merchant: str, category: str) -> Optional[dict]:
+    def index(self, merchant: str, category: str) -> Optional[IndexDocument]:
         key = (merchant, category)
         now = time.monotonic()
         current = self._indexes.get(key)
         if current and now - current.checked_at < self.index_ttl_s:
             return current.doc
-        try:
-            pointer = json.loads(self.store.get_bytes(f"index/{merchant}/{category}/current.json"))
-        except ObjectNotFound:
+        pointer = serving_index.read_pointer(self.store, merchant, category)
+        if pointer is None:
             return None
-        if current and current.version == pointer["version"]:
+        if current and current.version == pointer.version:
             current.checked_at = now
             return current.doc
-        doc = json.loads(self.store.get_bytes(pointer["key"]))
+        doc = serving_index.read_document(self.store, pointer)
         with self._lock:
-            self._indexes[key] = _Index(pointer["key"], pointer["version"], doc, now)
+            self._indexes[key] = _Index(pointer.key, pointer.version, doc, now)
         if self.prefetch:
             self._prefetch_started()
             threading.Thread(target=self._prefetch, args=(doc,), name=f"prefetch-{merchant}-{category}",
@@ -163,10 +163,8 @@ class CreativeService:
         n = 0
         self._prefetch_started()
         try:
-            for key in self.store.list_keys("index/"):
-                parts = key.split("/")
-                if len(parts) == 4 and parts[3] == "current.json":
-                    n += self.index(parts[1], parts[2]) is not None
+            for merchant, category in serving_index.published_partitions(self.store):
+                n += self.index(merchant, category) is not None
         finally:
             self._prefetch_done()
         return n
@@ -179,28 +177,28 @@ class CreativeService:
         with self._lock:
             self.prefetching -= 1
 
-    def _prefetch(self, doc: dict) -> None:
+    def _prefetch(self, doc: IndexDocument) -> None:
         try:
             self._prefetch_entries(doc)
         finally:
             self._prefetch_done()
 
-    def _prefetch_entries(self, doc: dict) -> None:
-        for entry in doc["entries"].values():
+    def _prefetch_entries(self, doc: IndexDocument) -> None:
+        for entry in doc.entries.values():
             if self.cache.size >= 0.9 * self.cache.max_bytes:
                 return  # never evict what requests are using to make room for guesses
             try:
-                if _pyramid_key(entry["image_key"]) not in self.cache:
-                    self._pyramid(entry["image_key"])
+                if _pyramid_key(entry.image_key) not in self.cache:
+                    self._pyramid(entry.image_key)
                     with self._lock:  # two prefetch threads may run (two partitions published)
                         self.prefetched += 1
             except Exception as exc:  # a missing or broken image is served as a miss later
-                log.warning("prefetch of %s failed: %s", entry["image_key"], exc)
+                log.warning("prefetch of %s failed: %s", entry.image_key, exc)
 
-    def find_product(self, merchant: str, product_id: str) -> tuple[str, dict]:
+    def find_product(self, merchant: str, product_id: str) -> tuple[str, IndexDocument]:
         for category in self.categories(merchant):
             doc = self.index(merchant, category)
-            if doc and product_id in doc["products"]:
+            if doc is not None and product_id in doc.products:
                 return category, doc
         if not self.categories(merchant):
             raise NotFound(f"unknown merchant {merchant!r} (no published index)")
@@ -239,8 +237,7 @@ class CreativeService:
     def _cutout(self, key: str) -> np.ndarray:
         arr = self.cache.get(key)
         if arr is None:
-            data = np.frombuffer(self.store.get_bytes(key), np.uint8)
-            arr = cv2.cvtColor(cv2.imdecode(data, cv2.IMREAD_UNCHANGED), cv2.COLOR_BGRA2RGBA)
+            arr = decode_png(self.store.get_bytes(key))  # an RGBA cutout
             self.cache.put(key, arr, arr.nbytes)
         return arr
 
@@ -268,26 +265,25 @@ class CreativeService:
         placement = Placement(width, height, base.fill if fill is None else fill,
                               *(anchor if anchor is not None else (base.anchor_x, base.anchor_y)))
         if prompt_id is None:
-            prompt_id = doc["prompts"][0]
-        elif prompt_id not in doc["prompts"]:
-            raise NotFound(f"unknown prompt {prompt_id!r} for category {category!r}; known: {', '.join(doc['prompts'])}")
-        product = doc["products"][product_id]
-        bx, by, bw, bh = product["bbox"]
+            prompt_id = doc.prompts[0]
+        elif prompt_id not in doc.prompts:
+            raise NotFound(f"unknown prompt {prompt_id!r} for category {category!r}; known: {', '.join(doc.prompts)}")
+        product = doc.products[product_id]
+        _, _, bw, bh = product.bbox
         placed = place_product(bw, bh, placement)
-        bucket = bucket_for(placed, doc["bucket_ratio"])
-        entry = doc["entries"].get(f"{product_id}|{bucket.id}|{prompt_id}")
+        bucket = bucket_for(placed, doc.bucket_ratio)
+        entry = doc.entry(product_id, bucket.id, prompt_id)
         if entry is not None:
             try:
-                canvas = self._pyramid(entry["image_key"])
+                canvas = self._pyramid(entry.image_key)
             except ObjectNotFound:
                 entry = None  # index ahead of the store (should not happen): treat as a miss
         if entry is not None:
-            layout = CanvasLayout(*entry["canvas"], *entry["product_box"])
-            img = crop_placement(canvas, layout, placed)
+            img = crop_placement(canvas, entry.layout, placed)
             return Creative(self.encode(img, fmt), FORMATS[fmt], True, merchant, category, product_id, bucket.id,
-                            prompt_id, width, height, entry["image_key"])
+                            prompt_id, width, height, entry.image_key)
         if record_miss:
             self.miss_queue.record(Miss(merchant, category, product_id, bucket.id, prompt_id))
-        img = Image.fromarray(fallback_creative(self._cutout(product["cutout_key"]), placed))
+        img = Image.fromarray(fallback_creative(self._cutout(product.cutout_key), placed))
         return Creative(self.encode(img, fmt), FORMATS[fmt], False, merchant, category, product_id, bucket.id,
                         prompt_id, width, height)

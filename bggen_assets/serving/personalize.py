@@ -8,10 +8,11 @@
   product (subcategory, colour), placement (aspect and size class).
 * :class:`Personalizer`: one policy per (merchant, category, policy kind); arms = the category's
   prompts. An impression updates the policy at once with reward 0 (``A += x x^T``: the exploration
-  bonus shrinks immediately); a click later adds ``b += x``. Since A does not depend on the reward
-  and b only on ``r x``, the sums equal those of one update with the final reward. Every
-  ``flush_interval_s`` the deltas go to the DB (:class:`resources.bandit_store.BanditStore`) and
-  the merged global state comes back, so replicas learn from each other exactly.
+  bonus shrinks immediately); a click later adds ``b += x`` (the policy's ``add_reward``). Since A
+  does not depend on the reward and b only on ``r x``, the sums equal those of one update with the
+  final reward. Every ``flush_interval_s`` the policy's ``take_deltas`` go to the DB
+  (:class:`resources.bandit_store.BanditStore`) and the merged global state comes back
+  (``load_state``), so replicas learn from each other exactly.
 
 Only hits teach the bandit: on a miss the user saw the fallback, not the theme.
 """
@@ -33,12 +34,12 @@ from ..core.bandit import (
     DEFAULT_COUNTRIES,
     SIZE_CLASSES,
     ContextSchema,
-    LinUCB,
-    RandomPolicy,
-    UCB1,
+    Policy,
     aspect_class,
+    make_policy,
     merge_states,
     size_class,
+    sum_deltas,
 )
 
 VARIANTS = ("control", "positioned", "random", "bandit")
@@ -179,12 +180,18 @@ def build_features(*, country: Optional[str] = None, region: Optional[str] = Non
     return f
 
 
-def schema_for(products: Mapping[str, Mapping]) -> dict[str, list[str]]:
+def _product_field(product: Any, name: str) -> str:
+    """A product's ``subcategory`` / ``colour``: an index document's IndexProduct, or a mapping."""
+    value = product.get(name, "") if isinstance(product, Mapping) else getattr(product, name, "")
+    return str(value or "").strip().lower()
+
+
+def schema_for(products: Mapping[str, Any]) -> dict[str, list[str]]:
     """The context schema of a category: fixed user/placement values plus the subcategories and
     colours of its products (as published in the serving index)."""
-    subcats = sorted({str(p.get("subcategory", "")).strip().lower() for p in products.values()} - {""})
+    subcats = sorted({_product_field(p, "subcategory") for p in products.values()} - {""})
     colours = list(DEFAULT_COLOURS)
-    colours += sorted({str(p.get("colour", "")).strip().lower() for p in products.values()} - {""} - set(colours))
+    colours += sorted({_product_field(p, "colour") for p in products.values()} - {""} - set(colours))
     return {
         "country": list(DEFAULT_COUNTRIES),
         "region": list(REGIONS),
@@ -198,64 +205,15 @@ def schema_for(products: Mapping[str, Mapping]) -> dict[str, list[str]]:
 
 
 # ------------------------------------------------------------------------------------- policies
-class ServingLinUCB(LinUCB):
-    """LinUCB whose reward can arrive after the impression: ``update(arm, x, 0)`` at serve time,
-    :meth:`add_reward` (``b += r x``, theta refreshed) when the click comes."""
-
-    def add_reward(self, arm: str, x: np.ndarray, reward: float) -> None:
-        k = self._idx.get(arm)
-        if k is None:
-            raise KeyError(arm)
-        x = self._check_x(x)
-        rx = float(reward) * x
-        self._b[k] += rx
-        self._db[k] += rx
-        np.dot(self._Ainv[k], self._b[k], out=self._theta[k])
-        self._pending += 1
-
-
-class _CountingRewards:
-    """UCB1/random with delayed rewards: the impression counts ``n`` at serve time,
-    :meth:`add_reward` adds to ``s`` later; arms with only a reward since the last flush are
-    published too."""
-
-    def add_reward(self, arm: str, x: Any, reward: float) -> None:
-        k = self._idx[arm]
-        r = float(reward)
-        self._s[k] += r
-        self._ds[k] += r
-
-    def take_deltas(self) -> dict[str, tuple[int, float]]:
-        out = {a: (self._dn[i], self._ds[i]) for i, a in enumerate(self.arms) if self._dn[i] or self._ds[i]}
-        k = len(self.arms)
-        self._dn = [0] * k
-        self._ds = [0.0] * k
-        return out
-
-
-class ServingUCB1(_CountingRewards, UCB1):
-    pass
-
-
-class ServingRandom(_CountingRewards, RandomPolicy):
-    pass
-
-
-def _prior(kind: str, arms: Sequence[str], dim: int, ridge: float) -> dict[str, tuple]:
+def make_serving_policy(kind: str, arms: Sequence[str], dim: int, config: ServingConfig) -> Policy:
+    """A fresh policy of ``kind`` with the configuration's parameters (alpha, ridge, c, seed)."""
     if kind == "linucb":
-        return {a: (ridge * np.eye(dim), np.zeros(dim)) for a in arms}
-    return {a: (0, 0.0) for a in arms}
-
-
-def make_serving_policy(kind: str, arms: Sequence[str], dim: int, config: ServingConfig):
-    seed = config.seed
-    if kind == "linucb":
-        return ServingLinUCB(arms, dim, alpha=config.alpha, ridge=config.ridge, seed=seed)
+        return make_policy(kind, arms, dim, alpha=config.alpha, ridge=config.ridge, seed=config.seed)
     if kind == "ucb1":
-        return ServingUCB1(arms, c=config.ucb_c, seed=seed)
+        return make_policy(kind, arms, c=config.ucb_c, seed=config.seed)
     if kind == "random":
-        return ServingRandom(arms, seed=seed)
-    raise ServingConfigError(f"unknown policy kind {kind!r}")
+        return make_policy(kind, arms, seed=config.seed)
+    raise ServingConfigError(f"unknown policy kind {kind!r}; known: {', '.join(POLICY_KINDS)}")
 
 
 @dataclass
@@ -265,7 +223,7 @@ class _Slot:
     kind: str
     arms: tuple[str, ...]
     schema: ContextSchema
-    policy: Any
+    policy: Policy
     lock: threading.Lock = field(default_factory=threading.Lock)
     unflushed: list = field(default_factory=list)  # deltas whose DB write failed (retried)
     events: int = 0
@@ -326,7 +284,7 @@ class Personalizer:
             return slot
 
     def _global_state(self, slot: _Slot) -> dict[str, tuple]:
-        prior = _prior(slot.kind, slot.arms, slot.schema.dim, self.config.ridge)
+        prior = slot.policy.prior_state()
         if self.bandit_store is None:
             return prior
         sums = self.bandit_store.load_sums(slot.merchant, slot.category, slot.kind)
@@ -394,10 +352,7 @@ class Personalizer:
             slot.unflushed.clear()
             return
         if slot.unflushed:
-            base = {a: tuple(np.zeros_like(np.asarray(c, dtype=float)) if isinstance(c, np.ndarray) else 0
-                             for c in comps)
-                    for d in slot.unflushed for a, comps in d.items()}
-            total = merge_states(base, *slot.unflushed)
+            total = sum_deltas(*slot.unflushed)
             self.bandit_store.add_deltas(slot.merchant, slot.category, slot.kind, total)
             slot.unflushed.clear()
         self._load(slot)

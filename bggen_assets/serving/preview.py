@@ -10,18 +10,16 @@ fallback that the API would answer with. Previews record no impression and queue
 GET /preview/image?merchant=..&product=..&width=..&height=..[&theme=..][&fill=..&anchor=..]
 serves one cell. The page reports its image load status in ``#status`` (``data-loaded``,
 ``data-failed``, ``data-total``) so a headless browser can check it (tests/test_preview.py).
+
+This module renders; the endpoints are in :mod:`.routers.preview`.
 """
 from __future__ import annotations
 
 import html
-from typing import Callable, Optional
-
-from fastapi import FastAPI, Query, Request
-from fastapi.responses import HTMLResponse, Response
 from urllib.parse import urlencode
 
 from ..core.geometry import Placement, bucket_for, place_product
-from .creative import FORMATS, NotFound
+from ..core.manifests import IndexDocument
 
 #: when a merchant has no configured placements
 STANDARD_PLACEMENTS = [(300, 250), (728, 90), (160, 600), (320, 50), (970, 250), (1080, 1080), (1200, 628), (1080, 1920)]
@@ -78,17 +76,18 @@ def preview_placements(creative_config, merchant: str) -> list[Placement]:
     return [Placement(w, h) for w, h in STANDARD_PLACEMENTS]
 
 
-def cell_status(doc: dict, product_id: str, placement: Placement, theme: str) -> tuple[bool, str]:
+def cell_status(doc: IndexDocument, product_id: str, placement: Placement, theme: str) -> tuple[bool, str]:
     """(hit, bucket id) for one cell, from the index alone."""
-    bw, bh = doc["products"][product_id]["bbox"][2:]
-    bucket = bucket_for(place_product(bw, bh, placement), doc["bucket_ratio"])
-    return f"{product_id}|{bucket.id}|{theme}" in doc["entries"], bucket.id
+    _, _, bw, bh = doc.products[product_id].bbox
+    bucket = bucket_for(place_product(bw, bh, placement), doc.bucket_ratio)
+    return doc.has_entry(product_id, bucket.id, theme), bucket.id
 
 
-def render_preview(merchant: str, category: str, product_id: str, doc: dict, placements: list[Placement]) -> tuple[str, int, int]:
+def render_preview(merchant: str, category: str, product_id: str, doc: IndexDocument,
+                   placements: list[Placement]) -> tuple[str, int, int]:
     """The page's HTML, and the counts of hit and miss cells."""
-    info = doc["products"][product_id]
-    themes = list(doc["prompts"])
+    info = doc.products[product_id]
+    themes = list(doc.prompts)
     e = html.escape
     hits = misses = 0
     rows = []
@@ -117,10 +116,10 @@ def render_preview(merchant: str, category: str, product_id: str, doc: dict, pla
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Preview · {e(merchant)} · {e(product_id)}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1"><style>{css}</style></head>
-<body><header><h1>{e(info.get('title') or product_id)}</h1>
+<body><header><h1>{e(info.title or product_id)}</h1>
 <div class="meta">merchant <b>{e(merchant)}</b> · category <b>{e(category)}</b> · product <b>{e(product_id)}</b>
- · {e(str(info.get('subcategory', '')))} · {e(str(info.get('colour', '')))} · index v{e(str(doc.get('version', '?')))}
- · generator {e(str(doc.get('generator_id', '')))}</div>
+ · {e(info.subcategory)} · {e(info.colour)} · index v{e(str('?' if doc.version is None else doc.version))}
+ · generator {e(doc.generator_id)}</div>
 <div class="summary"><span class="pill">{len(placements)} placements × {len(themes)} themes</span>
 <span class="pill hit">{hits} ready</span><span class="pill miss">{misses} missing</span></div></header>
 <main><table><thead><tr><th></th><th>positioned<br><small>(fallback)</small></th>{head}</tr></thead>
@@ -128,60 +127,3 @@ def render_preview(merchant: str, category: str, product_id: str, doc: dict, pla
 <p id="status" data-loaded="0" data-failed="0" data-total="0">images loading…</p></main>
 <script>{SCRIPT}</script></body></html>"""
     return page, hits, misses
-
-
-def register_preview(app: FastAPI, state, lookup: Callable, guard: Callable, negotiate: Callable) -> None:
-    from .api import BadRequest, parse_anchor
-
-    service = state.service
-
-    @app.get("/preview", response_class=HTMLResponse, summary="HTML grid of a product's creatives (placements x themes)")
-    def preview(merchant: str = Query(..., min_length=1, max_length=64),
-                product: str = Query(..., min_length=1, max_length=128),
-                sizes: Optional[str] = Query(None, max_length=400, pattern=r"^\d{1,4}x\d{1,4}(,\d{1,4}x\d{1,4}){0,19}$",
-                                             description="extra placements to try, e.g. 400x300,1000x150 (at most 20)")):
-        def run():
-            category, doc = lookup(merchant, product)
-            placements = preview_placements(state.creative_config, merchant)
-            for wh in (sizes.split(",") if sizes else []):
-                w, h = (int(v) for v in wh.split("x"))
-                if not (8 <= w <= 4096 and 8 <= h <= 4096):
-                    raise BadRequest(f"sizes: {wh} is outside 8..4096 px per side")
-                placements.append(Placement(w, h))
-            page, hits, misses = render_preview(merchant, category, product, doc, list(dict.fromkeys(placements)))
-            return HTMLResponse(page, headers={"X-Preview-Hits": str(hits), "X-Preview-Misses": str(misses),
-                                               "Cache-Control": "no-store"})
-
-        return guard(run)
-
-    @app.get("/preview/image", response_class=Response, summary="One preview cell (no impression, no miss queued)")
-    def preview_image(request: Request,
-                      merchant: str = Query(..., min_length=1, max_length=64),
-                      product: str = Query(..., min_length=1, max_length=128),
-                      width: int = Query(..., ge=8, le=4096), height: int = Query(..., ge=8, le=4096),
-                      theme: Optional[str] = Query(None, min_length=1, max_length=64),
-                      fill: Optional[float] = Query(None, gt=0.0, le=1.0),
-                      anchor: Optional[str] = Query(None, max_length=32)):
-        def run():
-            fmt = negotiate(request.headers.get("accept"))
-            category, doc = lookup(merchant, product)
-            if width * height > 4096 * 2048:
-                raise BadRequest(f"width x height must be at most {4096 * 2048} pixels")
-            ax_ay = parse_anchor(anchor)
-            base = service.default_placement(merchant, width, height)
-            placement = Placement(width, height, base.fill if fill is None else fill,
-                                  *(ax_ay if ax_ay is not None else (base.anchor_x, base.anchor_y)))
-            if theme is None:
-                body, bucket_id = state.positioned(doc, product, placement, fmt)
-                hit = True
-            else:
-                if theme not in doc["prompts"]:
-                    raise NotFound(f"unknown theme {theme!r} for category {category!r}; known: {', '.join(doc['prompts'])}")
-                c = service.serve(merchant, product, width, height, prompt_id=theme, fill=placement.fill,
-                                  anchor=(placement.anchor_x, placement.anchor_y), fmt=fmt, record_miss=False)
-                body, bucket_id, hit = c.body, c.bucket_id, c.hit
-            return Response(body, media_type=FORMATS[fmt], headers={
-                "X-Bucket": bucket_id, "X-Cache": "hit" if hit else "miss", "X-Theme": theme or "none",
-                "Cache-Control": "no-store"})
-
-        return guard(run)

@@ -1,0 +1,106 @@
+"""The serving index in the object store: the one place that knows its keys and how it is published.
+
+Per (merchant, category) partition::
+
+    index/<merchant>/<category>/v000007-<sha256[:12]>.json   one version (an IndexDocument), never rewritten
+    index/<merchant>/<category>/current.json                 the pointer (an IndexPointer) to the live one
+
+The pipeline publishes (new version, then the pointer flip); serving replicas read the pointer and,
+when it moved, the document it names.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Callable, Optional
+
+from . import keys
+from .manifests import IndexDocument, IndexPointer, PlanManifest, Value
+from .store import ObjectNotFound, ObjectStore
+
+ROOT = "index"
+POINTER_NAME = "current.json"
+
+
+def index_prefix(merchant: str, category: str) -> str:
+    return keys.partition_prefix(ROOT, merchant, category)
+
+
+def pointer_key(merchant: str, category: str) -> str:
+    return f"{index_prefix(merchant, category)}/{POINTER_NAME}"
+
+
+def _partition_of_pointer(key: str) -> Optional[tuple[str, str]]:
+    """(merchant, category) when key is a partition's pointer, else None."""
+    parts = key.split("/")
+    if len(parts) == 4 and parts[0] == ROOT and parts[3] == POINTER_NAME:
+        return parts[1], parts[2]
+    return None
+
+
+def read_pointer(store: ObjectStore, merchant: str, category: str) -> Optional[IndexPointer]:
+    """The partition's live version, or None when it never published."""
+    try:
+        return IndexPointer.from_json(store.get_bytes(pointer_key(merchant, category)))
+    except ObjectNotFound:
+        return None
+
+
+def read_document(store: ObjectStore, pointer: IndexPointer) -> IndexDocument:
+    return IndexDocument.from_json(store.get_bytes(pointer.key))
+
+
+def read_current(store: ObjectStore, merchant: str, category: str) -> Optional[IndexDocument]:
+    """The partition's live index document, or None when it never published."""
+    pointer = read_pointer(store, merchant, category)
+    return None if pointer is None else read_document(store, pointer)
+
+
+def publish(store: ObjectStore, document: IndexDocument, now: Callable[[], float] = time.time) -> IndexPointer:
+    """Write the new version under its own key, then flip the pointer: readers see the old index
+    or the new one, never a partial one."""
+    merchant, category = document.merchant, document.category
+    pointer = read_pointer(store, merchant, category)
+    version = (pointer.version + 1) if pointer else 1
+    document = document.model_copy(update={"version": version, "published_at": now()})
+    body = document.to_json()
+    key = f"{index_prefix(merchant, category)}/v{version:06d}-{hashlib.sha256(body).hexdigest()[:12]}.json"
+    store.put_bytes(key, body, "application/json")
+    new_pointer = IndexPointer(version=version, key=key, entries=len(document.entries))
+    store.put_bytes(pointer_key(merchant, category), new_pointer.to_json(), "application/json")
+    return new_pointer
+
+
+def categories(store: ObjectStore, merchant: str) -> list[str]:
+    """The categories of a merchant that have a published index, sorted."""
+    prefix = f"{ROOT}/{keys.check_name('merchant', merchant)}/"
+    return sorted({found[1] for k in store.list_keys(prefix) if (found := _partition_of_pointer(k))})
+
+
+def published_partitions(store: ObjectStore) -> list[tuple[str, str]]:
+    """Every (merchant, category) with a published index."""
+    return [found for k in store.list_keys(f"{ROOT}/") if (found := _partition_of_pointer(k))]
+
+
+class IndexCompleteness(Value):
+    """The index_complete check's findings (lists cut to their first 20)."""
+
+    planned: int
+    indexed: int
+    missing: tuple[str, ...]  # planned item keys without an entry
+    missing_count: int
+    absent_images: tuple[str, ...]  # entries whose image is not in the store
+    absent_count: int
+
+    @property
+    def complete(self) -> bool:
+        return self.missing_count == 0 and self.absent_count == 0
+
+
+def completeness(plan: PlanManifest, pointer: IndexPointer, store: ObjectStore) -> IndexCompleteness:
+    """Every planned (product, bucket, prompt) in the published index, and every image in the store."""
+    doc = read_document(store, pointer)
+    missing = [item.key for item in plan.items if item.key not in doc.entries]
+    absent = [e.image_key for e in doc.entries.values() if not store.exists(e.image_key)]
+    return IndexCompleteness(planned=len(plan.items), indexed=len(doc.entries), missing=missing[:20],
+                             missing_count=len(missing), absent_images=absent[:20], absent_count=len(absent))

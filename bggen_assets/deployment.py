@@ -1,0 +1,172 @@
+"""The resources and the executor of each deployment, built in one place from the environment.
+
+`embedded` (every default: SQLite, a local object store, the DB miss queue, the template
+generator on CPU; nothing to start) or `services` (MySQL/MariaDB, S3, Redis, Celery workers,
+diffusion on a GPU), chosen backend by backend:
+
+  BGGEN_DATA_DIR      where everything local lives (default ./bggen_data)
+  BGGEN_DB_URL        SQLAlchemy URL (default sqlite:///$BGGEN_DATA_DIR/bggen.db; production:
+                      mysql+mysqlconnector://user:password@host:3306/bggen); migrated on first use
+  BGGEN_MISS_QUEUE    db (default: the metadata DB's misses table) | redis (with BGGEN_REDIS_URL,
+                      default redis://127.0.0.1:6379/0, and BGGEN_REDIS_NAMESPACE)
+  BGGEN_STORE         local (BGGEN_STORE_ROOT, default $BGGEN_DATA_DIR/objects) | s3 (with
+                      BGGEN_S3_BUCKET, BGGEN_S3_PREFIX, BGGEN_S3_ENDPOINT_URL, BGGEN_S3_CREATE_BUCKET=1,
+                      AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION)
+  BGGEN_FEEDS_DIR, BGGEN_PLACEMENTS, BGGEN_PROMPTS   the catalog config (default: the sample catalog)
+  BGGEN_BUCKET_RATIO  r of the bucketing formula (default 1.2)
+  BGGEN_CANVAS_PIXELS the pixel budget of a generated canvas (default 786432 = 1024x768)
+  BGGEN_MASKER        classical | yolo (with BGGEN_YOLO_WEIGHTS)
+  BGGEN_EXECUTOR      default (in-process/multiprocess) | celery: steps run on dagster-celery workers,
+                      with BGGEN_CELERY_BROKER (default amqp://guest:guest@127.0.0.1:5672//) and
+                      BGGEN_CELERY_BACKEND (default rpc://); see deploy/celery.yaml, docs/production.md
+  BGGEN_GENERATOR     template | diffusion (with BGGEN_BASE_MODEL, BGGEN_CONTROLNET_MODEL,
+                      BGGEN_LOCAL_FILES_ONLY=1 (unset: hub ids may be downloaded), BGGEN_DEVICE,
+                      BGGEN_PIXEL_BUDGET)
+
+URLs and secrets (the DB and Redis URLs, the S3 bucket, endpoint and keys, the Celery broker and
+backend) reach Dagster as `dg.EnvVar`s: Dagster reads them when it initialises a resource for a
+run or a sensor tick, and the UI shows the variable's name, never its value. An EnvVar whose
+variable is unset fails that initialisation, so one is made only for a variable that is set;
+otherwise the embedded default stays. The choice of each backend and the other settings are plain
+values, read when the code location loads (they are what the UI should show).
+
+Processes that use the resources without Dagster (the serving API, the demo's serving step) pass
+`read_secrets_now=True`: nothing would resolve an EnvVar there. This module imports no assets,
+sensors or Definitions.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Optional
+
+import dagster as dg
+
+from resources.bandit_store import BanditStore
+from resources.creative_config import CreativeConfig
+from resources.generator import DiffusionSettings, GeneratorResource
+from resources.io_manager import ManifestIOManager
+from resources.masker import MaskerResource
+from resources.metadata_db import MetadataDB
+from resources.miss_queue import DbMissQueue, MissQueue
+from resources.object_store import LocalObjectStore, ObjectStore, S3ObjectStore
+
+
+class DeploymentEnv:
+    """The environment a deployment is built from: settings as values, secrets as EnvVars."""
+
+    def __init__(self, env: Optional[Mapping[str, str]] = None, *, read_secrets_now: bool = False):
+        self._env = os.environ if env is None else env
+        self._read_secrets_now = read_secrets_now
+
+    def setting(self, name: str, default: Optional[str] = None) -> Optional[str]:
+        return self._env.get(name) or default
+
+    def secret(self, name: str, default: Optional[str] = None) -> Optional[str]:
+        """A URL or credential: `dg.EnvVar(name)` if the variable is set, else `default`."""
+        if not self._env.get(name):
+            return default
+        return self._env[name] if self._read_secrets_now else dg.EnvVar(name)
+
+    def choice(self, name: str, options: tuple[str, ...]) -> str:
+        """Which backend: the first option is the embedded one."""
+        value = self.setting(name, options[0])
+        if value not in options:
+            raise ValueError(f"{name} must be {' or '.join(repr(o) for o in options)}, got {value!r}")
+        return value
+
+    def data_dir(self) -> Path:
+        return Path(self.setting("BGGEN_DATA_DIR", "bggen_data")).resolve()
+
+
+def _given(**fields: Any) -> dict[str, Any]:
+    """The fields the environment sets: the others keep the resource's own default."""
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def _int(value: Optional[str]) -> Optional[int]:
+    return None if value is None else int(value)
+
+
+def build_store(e: DeploymentEnv) -> ObjectStore:
+    if e.choice("BGGEN_STORE", ("local", "s3")) == "local":
+        return LocalObjectStore(root=e.setting("BGGEN_STORE_ROOT", str(e.data_dir() / "objects")))
+    if not e.setting("BGGEN_S3_BUCKET"):
+        raise ValueError("BGGEN_STORE=s3 needs BGGEN_S3_BUCKET")
+    from dagster_aws.s3 import S3Resource
+
+    return S3ObjectStore(
+        bucket=e.secret("BGGEN_S3_BUCKET"),
+        prefix=e.setting("BGGEN_S3_PREFIX", ""),
+        create_bucket=e.setting("BGGEN_S3_CREATE_BUCKET", "0") == "1",
+        s3=S3Resource(
+            endpoint_url=e.secret("BGGEN_S3_ENDPOINT_URL"),  # unset: AWS
+            region_name=e.setting("AWS_REGION", "us-east-1"),
+            aws_access_key_id=e.secret("AWS_ACCESS_KEY_ID"),  # unset: boto3's own chain (roles, files)
+            aws_secret_access_key=e.secret("AWS_SECRET_ACCESS_KEY"),
+        ),
+    )
+
+
+def build_miss_queue(e: DeploymentEnv, db: MetadataDB) -> MissQueue:
+    if e.choice("BGGEN_MISS_QUEUE", ("db", "redis")) == "db":
+        return DbMissQueue(metadata_db=db)
+    from resources.redis_miss_queue import RedisMissQueue
+
+    return RedisMissQueue(**_given(redis_url=e.secret("BGGEN_REDIS_URL"), namespace=e.setting("BGGEN_REDIS_NAMESPACE")))
+
+
+def build_generator(e: DeploymentEnv) -> GeneratorResource:
+    diffusion = DiffusionSettings(**_given(
+        base_model=e.setting("BGGEN_BASE_MODEL"),
+        controlnet_model=e.setting("BGGEN_CONTROLNET_MODEL"),
+        device=e.setting("BGGEN_DEVICE"),
+        pixel_budget=_int(e.setting("BGGEN_PIXEL_BUDGET")),
+        # the README's contract: without BGGEN_LOCAL_FILES_ONLY=1 a hub id may be downloaded
+        local_files_only=e.setting("BGGEN_LOCAL_FILES_ONLY", "0") == "1",
+    ))
+    return GeneratorResource(diffusion=diffusion, **_given(kind=e.setting("BGGEN_GENERATOR")))
+
+
+def build_resources(env: Optional[Mapping[str, str]] = None, *, read_secrets_now: bool = False) -> dict[str, Any]:
+    """Every resource the definitions bind, by key. `env` (default: os.environ) picks backends and
+    settings; an EnvVar is read from the process environment when Dagster initialises it."""
+    e = DeploymentEnv(env, read_secrets_now=read_secrets_now)
+    data_dir = e.data_dir()
+    sample = data_dir / "sample"
+    store = build_store(e)
+    db = MetadataDB(url=e.secret("BGGEN_DB_URL", f"sqlite:///{data_dir / 'bggen.db'}"))
+    ratio = e.setting("BGGEN_BUCKET_RATIO")
+    return {
+        "store": store,
+        "metadata_db": db,
+        "miss_queue": build_miss_queue(e, db),
+        "bandit_store": BanditStore(metadata_db=db),
+        "creative_config": CreativeConfig(
+            feeds_dir=e.setting("BGGEN_FEEDS_DIR", str(sample / "feeds")),
+            placements_path=e.setting("BGGEN_PLACEMENTS", str(sample / "placements.yaml")),
+            prompts_path=e.setting("BGGEN_PROMPTS", str(sample / "prompts.yaml")),
+            **_given(bucket_ratio=None if ratio is None else float(ratio),
+                     canvas_pixels=_int(e.setting("BGGEN_CANVAS_PIXELS"))),
+        ),
+        "masker": MaskerResource(**_given(method=e.setting("BGGEN_MASKER"), yolo_weights=e.setting("BGGEN_YOLO_WEIGHTS"))),
+        "generator": build_generator(e),
+        "manifest_io_manager": ManifestIOManager(store=store),
+    }
+
+
+def build_executor(env: Optional[Mapping[str, str]] = None) -> Optional[dg.ExecutorDefinition]:
+    """None (Dagster's default executor) or the dagster-celery executor (BGGEN_EXECUTOR=celery)."""
+    e = DeploymentEnv(env)
+    if e.choice("BGGEN_EXECUTOR", ("default", "celery")) == "default":
+        return None
+    from dagster_celery import celery_executor
+
+    def url(name: str, default: str):
+        return {"env": name} if e.setting(name) else default  # executor config: {"env": ...} is its EnvVar
+
+    return celery_executor.configured({
+        "broker": url("BGGEN_CELERY_BROKER", "amqp://guest:guest@127.0.0.1:5672//"),
+        "backend": url("BGGEN_CELERY_BACKEND", "rpc://"),
+    }, name="bggen_celery_executor")

@@ -1,0 +1,8 @@
+"""The API's routers, one per resource: ``/creative``, ``/events``, ``/health``, ``/preview``.
+
+Each reads what it needs from ``app.state.serving`` (:func:`..state.serving_state`) and raises the
+errors of :mod:`..http`, whose handlers answer them; :func:`..api.create_app` assembles them.
+"""
+from . import creative, events, health, preview
+
+ROUTERS = (creative.router, events.router, health.router, preview.router)
