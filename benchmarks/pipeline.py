@@ -74,7 +74,7 @@ def partitions(sample: Path) -> list[tuple[str, str]]:
     from sensors.catalog import feed_fingerprints
 
     keys = feed_fingerprints(CreativeConfig(feeds_dir=str(sample / "feeds")))[0]
-    return sorted(tuple(k.split("|")) for k in keys)
+    return sorted(keys)
 
 
 def run_core(sample: Path, work: Path, canvas_pixels: int) -> dict:

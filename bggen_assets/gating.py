@@ -3,18 +3,25 @@ the next seed while the product grew (object expansion) or its contour leaked in
 (edge leakage), up to the configured number of attempts; record every attempt."""
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
-from .core.generation import GenerationJob
+from .core.generation import BackgroundGenerator, GenerationJob
 from .core.quality_gates import generate_many_with_gates
 
-Gate = Callable[[object, Sequence[GenerationJob], Sequence[np.ndarray]], list[tuple[np.ndarray, int, dict, int]]]
+if TYPE_CHECKING:
+    from resources.generator import GeneratorResource
+
+#: (generator, jobs, raw images) -> per job (kept image, attempts, metrics for the generated_images
+#: row, the seed of the kept image)
+Gate = Callable[[BackgroundGenerator, Sequence[GenerationJob], Sequence[np.ndarray]],
+                list[tuple[np.ndarray, int, dict, int]]]
 
 
-def gate_for(generator_res, log: Callable[[str], None]) -> Gate:
-    def gate(generator, jobs, raw):
+def gate_for(generator_res: GeneratorResource, log: Callable[[str], None]) -> Gate:
+    def gate(generator: BackgroundGenerator, jobs: Sequence[GenerationJob],
+             raw: Sequence[np.ndarray]) -> list[tuple[np.ndarray, int, dict, int]]:
         results = generate_many_with_gates(
             generator, jobs, max_expansion=generator_res.max_object_expansion, max_leakage=generator_res.max_edge_leakage,
             max_attempts=generator_res.max_attempts, first_images=raw,

@@ -13,7 +13,8 @@ Production concerns (MySQL/MariaDB through `mysql+mysqlconnector://user:pw@host:
 - the miss queue is claimed by concurrent consumers without double work: MySQL
   `SELECT ... FOR UPDATE SKIP LOCKED` then a claim stamp; SQLite one atomic `UPDATE ... WHERE
   request_key IN (SELECT ... LIMIT n)`. A claim expires after `claim_lease_s` (a dead consumer's
-  misses come back).
+  misses come back); `waiting_partitions` then reports the partition as changed at the claim time,
+  which is how bucket_miss_sensor knows to request it again.
 """
 
 import functools
@@ -174,6 +175,17 @@ class Miss:
     @property
     def request_key(self) -> str:
         return miss_key(self.merchant, self.category, self.product_id, self.bucket_id, self.prompt_id)
+
+
+@dataclass(frozen=True)
+class WaitingPartition:
+    """One partition's misses that wait for a run: pending ones, and claims whose lease ran out."""
+
+    merchant: str
+    category: str
+    misses: int
+    oldest_request: float  # the last request of its longest-waiting miss: who goes first
+    changed_at: float  # its newest request, or the claim time of a claim that then lapsed
 
 
 def miss_key(merchant: str, category: str, product_id: str, bucket_id: str, prompt_id: str) -> str:
@@ -369,6 +381,23 @@ class MetadataDB(ConfigurableResource):
                 Miss(r.merchant, r.category, r.product_id, r.bucket_id, r.prompt_id, r.last_requested_at, r.request_count)
                 for r in conn.execute(q)
             ]
+
+    @retried
+    def waiting_partitions(self, now: Optional[float] = None) -> list[WaitingPartition]:
+        """Every partition with waiting misses, the one that has waited longest first; no limit
+        (one row per partition), so a storm in one partition cannot hide another's misses."""
+        now = time.time() if now is None else now
+        # a claimed row here is one whose lease ran out; it changed when it was claimed, after
+        # the request that led to the run that claimed it
+        lapsed = sa.and_(misses.c.status == "claimed", misses.c.claimed_at > misses.c.last_requested_at)
+        changed_at = sa.case((lapsed, misses.c.claimed_at), else_=misses.c.last_requested_at)
+        q = (sa.select(misses.c.merchant, misses.c.category, sa.func.count().label("n"),
+                       sa.func.min(misses.c.last_requested_at).label("oldest"), sa.func.max(changed_at).label("changed"))
+             .where(self._claimable(now)).group_by(misses.c.merchant, misses.c.category))
+        with self.engine.connect() as conn:
+            rows = conn.execute(q).all()
+        return sorted((WaitingPartition(r.merchant, r.category, r.n, r.oldest, r.changed) for r in rows),
+                      key=lambda p: (p.oldest_request, p.merchant, p.category))
 
     @retried
     def mark_misses_done(self, request_keys: list[str], served_before: Optional[float] = None) -> int:

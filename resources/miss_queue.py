@@ -8,7 +8,7 @@ from typing import Optional
 
 from dagster import ConfigurableResource, ResourceDependency
 
-from .metadata_db import MetadataDB, Miss
+from .metadata_db import MetadataDB, Miss, WaitingPartition
 
 
 class MissQueue(ConfigurableResource):
@@ -17,6 +17,12 @@ class MissQueue(ConfigurableResource):
 
     def pending(self, limit: int = 1000, merchant: Optional[str] = None, category: Optional[str] = None) -> list[Miss]:
         """Pending misses, newest request first."""
+        raise NotImplementedError
+
+    def waiting_partitions(self) -> list[WaitingPartition]:
+        """Every partition with misses waiting for a run (pending, or claimed past the lease), the
+        longest-waiting first, with how many and when its waiting set last changed (a new request,
+        or the claim time of a claim that lapsed). Never cut to a limit."""
         raise NotImplementedError
 
     def mark_done(self, request_keys: list[str], served_before: Optional[float] = None) -> int:
@@ -41,6 +47,9 @@ class DbMissQueue(MissQueue):
 
     def pending(self, limit: int = 1000, merchant: Optional[str] = None, category: Optional[str] = None) -> list[Miss]:
         return self.metadata_db.pending_misses(limit, merchant, category)
+
+    def waiting_partitions(self) -> list[WaitingPartition]:
+        return self.metadata_db.waiting_partitions()
 
     def mark_done(self, request_keys: list[str], served_before: Optional[float] = None) -> int:
         return self.metadata_db.mark_misses_done(request_keys, served_before)

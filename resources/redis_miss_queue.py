@@ -7,12 +7,15 @@ atomic there too), with `ns` = `namespace` (default `{bggen}:misses`):
   ns:queued        SET of the request keys now in the list: a storm over one bucket queues it once
   ns:claimed       ZSET request key -> claim time, for claim leases
   ns:m:<key>       HASH merchant, category, product_id, bucket_id, prompt_id, first, last, count,
-                   status (pending | claimed | done), claimed_by
+                   status (pending | claimed | done), claimed_by, lapsed (the claim time of a claim
+                   the reaper put back: bucket_miss_sensor sees the partition changed then)
 
 Every mutation is one Lua script, so it is atomic against concurrent producers and consumers:
 `record` (SADD; LPUSH only when new), `claim` (take from the head, skipping other partitions when
 filtered, mark claimed: two consumers never get the same miss), `mark_done`, `release`, and the
 lease reaper (claims older than `claim_lease_s` go back to the head of the list).
+`waiting_partitions` reads one snapshot of the list and summarises it per partition, whatever its
+length (O(queued) per sensor tick).
 
 Order: the list is LIFO by the time a miss was *queued*; a repeat request of a miss already in the
 list raises its count and last-request time but does not move it (moving would cost an O(n)
@@ -27,7 +30,7 @@ from typing import Optional
 from dagster import ConfigurableResource  # noqa: F401  (MissQueue is one)
 from pydantic import PrivateAttr
 
-from .metadata_db import Miss
+from .metadata_db import Miss, WaitingPartition
 from .miss_queue import MissQueue
 
 _FIELDS = ("merchant", "category", "product_id", "bucket_id", "prompt_id")
@@ -47,7 +50,7 @@ end
 if status ~= 'pending' then
   redis.call('PERSIST', KEYS[3])
   redis.call('HSET', KEYS[3], 'status', 'pending', 'first', ARGV[7], 'count', 1)
-  redis.call('HDEL', KEYS[3], 'claimed_by')
+  redis.call('HDEL', KEYS[3], 'claimed_by', 'lapsed')
 end
 if redis.call('SADD', KEYS[2], ARGV[1]) == 1 then
   redis.call('LPUSH', KEYS[1], ARGV[1])
@@ -56,26 +59,32 @@ end
 return 0
 """
 
-# Put claims past their lease back at the head of the list.
-# KEYS[1]=list KEYS[2]=queued KEYS[3]=claimed ; ARGV: ns cutoff
-_REAP = """
-local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', '(' .. ARGV[2])
-for _, key in ipairs(expired) do
-  redis.call('ZREM', KEYS[3], key)
-  local h = ARGV[1] .. ':m:' .. key
-  if redis.call('HGET', h, 'status') == 'claimed' then
-    redis.call('HSET', h, 'status', 'pending')
-    redis.call('HDEL', h, 'claimed_by')
-    if redis.call('SADD', KEYS[2], key) == 1 then
-      redis.call('LPUSH', KEYS[1], key)
+# Put claims past their lease back at the head of the list, noting when they were claimed.
+_REAP_FN = """
+local function reap(KEYS, ns, cutoff)
+  local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', '(' .. cutoff, 'WITHSCORES')
+  for i = 1, #expired, 2 do
+    local key = expired[i]
+    redis.call('ZREM', KEYS[3], key)
+    local h = ns .. ':m:' .. key
+    if redis.call('HGET', h, 'status') == 'claimed' then
+      redis.call('HSET', h, 'status', 'pending', 'lapsed', expired[i + 1])
+      redis.call('HDEL', h, 'claimed_by')
+      if redis.call('SADD', KEYS[2], key) == 1 then
+        redis.call('LPUSH', KEYS[1], key)
+      end
     end
   end
+  return #expired / 2
 end
-return #expired
 """
 
+# KEYS[1]=list KEYS[2]=queued KEYS[3]=claimed ; ARGV: ns cutoff
+_REAP = _REAP_FN + "return reap(KEYS, ARGV[1], ARGV[2])"
+
 # KEYS[1]=list KEYS[2]=queued KEYS[3]=claimed ; ARGV: ns limit consumer now merchant category cutoff
-_CLAIM = _REAP.replace("return #expired", "") + """
+_CLAIM = _REAP_FN + """
+reap(KEYS, ARGV[1], ARGV[7])
 local limit = tonumber(ARGV[2])
 local out = {}
 local taken = {}
@@ -87,6 +96,7 @@ for _, key in ipairs(items) do
   if (ARGV[5] == '' or mc[1] == ARGV[5]) and (ARGV[6] == '' or mc[2] == ARGV[6]) then
     table.insert(taken, key)
     redis.call('HSET', h, 'status', 'claimed', 'claimed_by', ARGV[3])
+    redis.call('HDEL', h, 'lapsed')
     redis.call('ZADD', KEYS[3], ARGV[4], key)
     redis.call('SREM', KEYS[2], key)
     local row = redis.call('HMGET', h, 'merchant', 'category', 'product_id', 'bucket_id', 'prompt_id', 'last', 'count')
@@ -98,8 +108,6 @@ for _, key in ipairs(taken) do
 end
 return out
 """
-# _CLAIM's reaper reads its cutoff from ARGV[2]; give it ARGV[7] instead.
-_CLAIM = _CLAIM.replace("'(' .. ARGV[2]", "'(' .. ARGV[7]", 1)
 
 # A claimed miss goes back to pending: off the claimed set, onto the LIFO list (once).
 _REQUEUE_FN = """
@@ -230,6 +238,26 @@ class RedisMissQueue(MissQueue):
                     if len(out) >= limit:
                         break
         return out
+
+    def waiting_partitions(self) -> list[WaitingPartition]:
+        r = self._r()
+        self._script("reap")(keys=self._keys, args=[self.namespace, repr(time.time() - self.claim_lease_s)])
+        keys = r.lrange(self._keys[0], 0, -1)  # one snapshot of the queue
+        found: dict[tuple[str, str], list] = {}  # (merchant, category) -> [misses, oldest, changed]
+        for start in range(0, len(keys), 1000):
+            pipe = r.pipeline(transaction=False)
+            for k in keys[start:start + 1000]:
+                pipe.hmget(self._hash(k), "merchant", "category", "last", "lapsed")
+            for merchant, category, last, lapsed in pipe.execute():
+                if merchant is None:  # done and expired since the snapshot
+                    continue
+                last = float(last)
+                changed = max(last, float(lapsed)) if lapsed else last
+                part = found.setdefault((merchant, category), [0, last, changed])
+                part[0] += 1
+                part[1], part[2] = min(part[1], last), max(part[2], changed)
+        return sorted((WaitingPartition(m, c, n, oldest, changed) for (m, c), (n, oldest, changed) in found.items()),
+                      key=lambda p: (p.oldest_request, p.merchant, p.category))
 
     def mark_done(self, request_keys: list[str], served_before: Optional[float] = None) -> int:
         if not request_keys:

@@ -211,7 +211,6 @@ def test_hit_serves_the_bucket_crop_with_headers(live, world):
     expected = {theme: expected_crop(world, product(world), 300, 250, theme) for theme in world["doc"].prompts}
     assert r.headers["x-bucket"] == expected[r.headers["x-theme"]][1]
     got = np.asarray(img.convert("RGB"))
-    print("PROBE", r.headers["x-theme"], {t: psnr(got, c) for t, (c, _) in expected.items()})
     assert psnr(got, expected[r.headers["x-theme"]][0]) > JPEG_PSNR_DB
     assert all(psnr(got, crop) < JPEG_PSNR_DB for theme, (crop, _) in expected.items() if theme != r.headers["x-theme"])
     # the same bytes as the serving function for that theme (the API adds no pixel change)

@@ -226,12 +226,16 @@ def version_of(key: str) -> int:
     return int(re.search(r"/v(\d{6})-[0-9a-f]{12}\.json$", key).group(1))
 
 
-def listed_versions(store) -> list[str]:
-    """Every version object under the partition's index prefix, each parsed whole."""
+def listed_versions(store, checked: set | None = None) -> list[str]:
+    """Every version object under the partition's index prefix, each parsed whole (those not in
+    `checked` yet: a version object is never rewritten)."""
+    checked = set() if checked is None else checked
     prefix = serving_index.index_prefix(MERCHANT, CATEGORY)
-    keys = [k for k in store.list_keys(prefix) if not k.endswith(serving_index.POINTER_NAME)]
+    keys = [k for k in store.list_keys(prefix) if is_version(k)]
     for key in keys:
-        IndexDocument.from_json(store.get_bytes(key))  # no partial object is visible
+        if key not in checked:
+            IndexDocument.from_json(store.get_bytes(key))  # no partial object is visible
+            checked.add(key)
     return keys
 
 
@@ -281,8 +285,6 @@ def test_readers_never_see_a_partial_index_while_publishers_are_killed_mid_uploa
     """Publishers are SIGKILLed at random points after they started uploading a version; the kills
     are placed by the child's own markers and the store then shows what was and was not uploaded.
     A reader process loops meanwhile: every read it makes is a whole index."""
-    from resources.object_store import LocalObjectStore
-
     seed = int.from_bytes(os.urandom(4), "little")
     rng = random.Random(seed)
     serving_index.publish(store, big_document("base", 50))
@@ -291,9 +293,10 @@ def test_readers_never_see_a_partial_index_while_publishers_are_killed_mid_uploa
     reader = ctx.Process(target=_reader, args=(store_env(store), stop, results), daemon=True)
     reader.start()
     landed: list[str] = []
+    checked: set[str] = set()
     try:
         for attempt in range(12):
-            child = Publisher(store, tmp_path / f"marks-{attempt}", "loop", 20_000)
+            child = Publisher(store, tmp_path / f"marks-{attempt}", "loop", 10_000)  # ~2.5 MB
             # one whole publish first: how long an upload (version PUT to stored pointer) takes here
             marks = child.wait_for(lambda m: m if any(x[1] == "published" for x in m) else None)
             done = next(i for i, x in enumerate(marks) if x[1] == "published")
@@ -301,13 +304,13 @@ def test_readers_never_see_a_partial_index_while_publishers_are_killed_mid_uploa
             # then kill the next publish at a random point after its version upload started
             temp_before = temp_files(store)
             child.wait_for(lambda m: sum(x[1] == "put" and is_version(x[2]) for x in m) == 2)
-            time.sleep(rng.uniform(0.0, upload_s))
+            time.sleep(rng.uniform(0.0, 0.8 * upload_s))  # 0.8: the marker is seen, and the kill lands, a little late
             child.kill()
             phase, version = phase_at_kill(child.marks())
             landed.append(phase)
             pointer = serving_index.read_pointer(store, MERCHANT, CATEGORY)
             read_current(store)
-            keys = listed_versions(store)
+            keys = listed_versions(store, checked)
             published_before = max(int(m[2]) for m in child.marks() if m[1] == "published")
             in_flight = [k for k in keys if version_of(k) == version]
             if phase in (IN_VERSION, BEFORE_FLIP):
@@ -315,26 +318,25 @@ def test_readers_never_see_a_partial_index_while_publishers_are_killed_mid_uploa
                 assert pointer.version == published_before == version - 1, (phase, pointer, seed)
                 if phase == BEFORE_FLIP:
                     assert len(in_flight) == 1, (keys, seed)  # the version is whole in the store, unreferenced
-                elif isinstance(store, LocalObjectStore):  # its bytes went to a temp file never renamed
-                    assert in_flight or temp_files(store) - temp_before, seed
+                # bytes in a temp file not yet renamed into place are never listed
+                assert not (temp_files(store) - temp_before) & {k.rsplit("/", 1)[-1] for k in keys}
             elif phase == IN_FLIP:
                 assert pointer.version in (version - 1, version) and len(in_flight) == 1, (pointer, seed)
             elif phase == AFTER_FLIP:
                 assert pointer.version == version and len(in_flight) == 1, (pointer, seed)
             else:  # BETWEEN: the next version was being serialised, nothing of it uploaded
                 assert pointer.version == version - 1 and not in_flight, (pointer, seed)
-            if len(landed) >= 5 and IN_VERSION in landed:
+            if sum(p in MID_UPLOAD for p in landed) >= 4 and IN_VERSION in landed:
                 break
     finally:
         stop.set()
         outcome = results.get(timeout=60)
         reader.join(30)
-    print("LANDED", landed, outcome["reads"], len(set(outcome["versions"])))
     assert not outcome["errors"], outcome["errors"]
     assert outcome["reads"] > 0 and len(set(outcome["versions"])) >= 2, outcome["reads"]
     assert outcome["versions"] == sorted(outcome["versions"])  # no reader ever went back to an older index
-    # the kills landed mid-upload: mostly, and at least one inside a version object's transfer
-    assert IN_VERSION in landed and sum(p in MID_UPLOAD for p in landed) * 2 >= len(landed) + 1, (landed, seed)
+    # four kills landed mid-upload (in 12 tries at most), at least one inside a version object's transfer
+    assert IN_VERSION in landed and sum(p in MID_UPLOAD for p in landed) >= 4, (landed, seed)
     again = serving_index.publish(store, big_document("after", 50))
     assert read_current(store).generator_id == "after" and again.version == pointer.version + 1
 
@@ -546,6 +548,7 @@ def test_misses_of_a_failed_run_are_requested_again_with_a_new_run_key(configure
     from pipeline_util import HookedGenerator, reset_hooks
 
     from bggen_assets.core.manifests import item_key
+    from resources.creative_config import CreativeConfig
     from resources.io_manager import ManifestIOManager
     from resources.masker import MaskerResource
     from resources.metadata_db import Miss
@@ -567,7 +570,7 @@ def test_misses_of_a_failed_run_are_requested_again_with_a_new_run_key(configure
 
     one = tick(instance, configured_queue)
     [r1] = requests_of(one)
-    broken = creative_config.model_copy(update={"placements_path": str(tmp_path / "placements.yaml")})
+    broken = CreativeConfig(**{**creative_config.model_dump(), "placements_path": str(tmp_path / "placements.yaml")})
     (tmp_path / "placements.yaml").write_text("placements: [unclosed\n")
     assert not execute(instance, r1, resources(configured_queue, broken)).success  # failed before claiming
     assert [m.request_key for m in configured_queue.pending()] == [miss.request_key]

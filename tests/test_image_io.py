@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bggen_assets.core.image_io import ImageDecodeError, decode_image, image_sha256
+from bggen_assets.core.image_io import ImageDecodeError, decode_image, decode_png, encode_png, image_sha256
 
 
 def _enc(im: Image.Image, fmt: str, **kw) -> bytes:
@@ -202,3 +202,23 @@ def test_animated_gif_gives_first_frame():
     frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:])
     out = decode_image(buf.getvalue())
     assert out.shape[:2] == (10, 10) and out[0, 0, 0] > 200
+
+
+@pytest.mark.parametrize("channels", [None, 3, 4])
+def test_the_pipelines_own_pngs_round_trip_exactly(channels):
+    rgb = _rgb(31, 47, seed=3)
+    image = {None: rgb[..., 0], 3: rgb, 4: np.dstack([rgb, rgb[..., 1]])}[channels]
+    data = encode_png(image)
+    assert data.startswith(b"\x89PNG")
+    # channel order as the in-memory convention says (RGB / RGBA), checked against Pillow's reading
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(data))), image)
+    assert np.array_equal(decode_png(data), image)
+    assert np.array_equal(decode_png(encode_png(image, compression=9)), image)
+    if channels:
+        assert np.array_equal(decode_png(data, cv2.IMREAD_COLOR), rgb)
+        assert decode_png(data, cv2.IMREAD_GRAYSCALE).shape == rgb.shape[:2]
+
+
+def test_a_stored_png_that_does_not_decode_is_an_image_error():
+    with pytest.raises(ImageDecodeError, match="stored PNG could not be decoded"):
+        decode_png(b"this is not a PNG")

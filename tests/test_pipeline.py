@@ -2,13 +2,15 @@
 import io
 import shutil
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from bggen_assets.core import serving_index
-from bggen_assets.core.compositing import crop_placement
+from bggen_assets.core.compositing import lanczos_crop
 from bggen_assets.core.geometry import bucket_for, place_product
 from bggen_assets.core.manifests import CatalogManifest, MaskManifest, PlanManifest
+from bggen_assets.serving.creative import CreativeService
 from pipeline_helpers import check_status_by_partition, checks_of, metadata_of, read_manifest, run_partition
 
 
@@ -102,12 +104,22 @@ def test_served_placement_is_the_crop_of_its_canvas(footwear_run):
     doc = serving_index.read_current(store, "northwind", "footwear")
     pid = sorted(doc.products)[0]
     _, _, bw, bh = doc.products[pid].bbox
+    service = CreativeService(store, res["miss_queue"], res["creative_config"])
+
+    def reference(placed, theme):  # one Lanczos pass over the stored canvas of that theme
+        entry = doc.entry(pid, bucket_for(placed, 1.2).id, theme)
+        canvas = Image.open(io.BytesIO(store.get_bytes(entry.image_key))).convert("RGB")
+        return np.asarray(lanczos_crop(canvas, entry.layout, placed), np.float64)
+
     for placement in res["creative_config"].placements("northwind")[:6]:
         placed = place_product(bw, bh, placement)
-        entry = doc.entry(pid, bucket_for(placed, 1.2).id, "beach-sunset")
-        canvas = Image.open(io.BytesIO(store.get_bytes(entry.image_key))).convert("RGB")
-        out = crop_placement(canvas, entry.layout, placed)
-        assert out.size == (placement.width, placement.height)
+        served = service.serve("northwind", pid, placement.width, placement.height, "beach-sunset", fill=placement.fill,
+                               anchor=(placement.anchor_x, placement.anchor_y), fmt="png")  # PNG: lossless
+        assert served.hit
+        got = np.asarray(Image.open(io.BytesIO(served.body)).convert("RGB"), np.float64)
+        assert got.shape == (placement.height, placement.width, 3)
+        psnr = {t: 10 * np.log10(255.0**2 / max(np.mean((got - reference(placed, t)) ** 2), 1e-12)) for t in doc.prompts}
+        assert psnr["beach-sunset"] > 40.0 and all(v < 25.0 for t, v in psnr.items() if t != "beach-sunset"), psnr
 
 
 def test_malformed_feed_fails_catalog_naming_file_line_and_column(pipeline_resources, tmp_path, sample_dir):

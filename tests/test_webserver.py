@@ -54,8 +54,8 @@ def test_webserver_shows_assets_sensors_schedule_and_partitions(tmp_path, sample
     # the partitions the sample catalog's sensor tick would add
     cfg = CreativeConfig(feeds_dir=str(sample_dir / "feeds"))
     keys = feed_fingerprints(cfg)[0]
-    merchants = sorted({k.split("|")[0] for k in keys})
-    categories = sorted({k.split("|")[1] for k in keys})
+    merchants = sorted({m for m, _ in keys})
+    categories = sorted({c for _, c in keys})
     instance = DagsterInstance.from_config(str(home))
     instance.add_dynamic_partitions("merchant", merchants)
     instance.add_dynamic_partitions("category", categories)

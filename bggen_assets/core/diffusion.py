@@ -38,36 +38,17 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import cv2
 import numpy as np
 
-from bggen_assets.core.diffusion_config import (
-    DEFAULT_NEGATIVE_PROMPT,
-    SCHEDULERS,
-    DeviceUnavailableError,
-    DiffusionConfig,
-    DiffusionConfigError,
-    ModelLoadError,
-    ModelNotFoundError,
-    WrongModelTypeError,
-)
+from bggen_assets.core import diffusion_config
+from bggen_assets.core.diffusion_config import *  # noqa: F401,F403  the settings and errors, re-exported
+from bggen_assets.core.diffusion_config import DiffusionConfig
 from bggen_assets.core.diffusion_models import LoadedPipeline, load_pipeline, resolve_models
 from bggen_assets.core.edges import control_edges
 
 if TYPE_CHECKING:  # pragma: no cover
     from bggen_assets.core.generation import GenerationJob
 
-__all__ = [
-    "DEFAULT_NEGATIVE_PROMPT",
-    "SCHEDULERS",
-    "DiffusionConfig",
-    "DiffusionConfigError",
-    "ModelNotFoundError",
-    "WrongModelTypeError",
-    "DeviceUnavailableError",
-    "ModelLoadError",
-    "DiffusionGenerator",
-    "generation_size",
-    "job_control_image",
-    "resize_image",
-]
+__all__ = [*diffusion_config.__all__, "DiffusionGenerator", "generation_size", "job_control_image",
+           "resize_image"]
 
 
 # ------------------------------------------------------------------------------ generation size

@@ -203,7 +203,7 @@ async def _not_found(request: Request, exc: NotFound) -> JSONResponse:
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     """A bug: logged with its traceback, answered with no internals (no message, no path)."""
     log.exception("unhandled error on %s", request.url.path)
-    return error_response(500, f"internal error: {exc}")
+    return error_response(500, "internal error")
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -1,0 +1,141 @@
+"""The resources each deployment gets from the environment (bggen_assets/deployment.py): every
+variable the README documents has its effect; URLs and secrets reach Dagster as EnvVars (read at
+run time, never shown in the UI); with no variable set, the embedded defaults initialise."""
+import re
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from bggen_assets import deployment
+from bggen_assets.deployment import build_executor, build_resources
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+DB_URL = "mysql+mysqlconnector://bggen:db-password-1@db.internal:3306/bggen"
+REDIS_URL = "redis://:redis-password-2@cache.internal:6379/3"
+S3 = {"BGGEN_STORE": "s3", "BGGEN_S3_BUCKET": "creatives", "BGGEN_S3_ENDPOINT_URL": "http://s3.internal:8333",
+      "AWS_ACCESS_KEY_ID": "key-id-3", "AWS_SECRET_ACCESS_KEY": "secret-key-4"}
+BROKER = "amqp://bggen:broker-password-5@mq.internal:5672//"
+SECRETS = {"BGGEN_DB_URL": DB_URL, "BGGEN_MISS_QUEUE": "redis", "BGGEN_REDIS_URL": REDIS_URL, **S3}
+
+
+def built(env: dict) -> dict:
+    """The resources by key, plus the executor's resolved config under "executor" (None: Dagster's default)."""
+    executor = build_executor(env)
+    resolved = executor and executor.apply_config_mapping({}).value["config"]
+    return {**build_resources(env, read_secrets_now=True), "executor": resolved}
+
+
+# variable -> (environment that uses it, what it changes in `built`)
+EFFECTS = {
+    "BGGEN_DATA_DIR": ({}, lambda b, d: (b["store"].root, b["metadata_db"].url)
+                       == (str(d / "objects"), f"sqlite:///{d / 'bggen.db'}")),
+    "BGGEN_DB_URL": ({"BGGEN_DB_URL": DB_URL}, lambda b, d: b["metadata_db"].url == DB_URL),
+    "BGGEN_STORE": (S3, lambda b, d: type(b["store"]).__name__ == "S3ObjectStore"),
+    "BGGEN_S3_BUCKET": (S3, lambda b, d: b["store"].bucket == "creatives"),
+    "BGGEN_S3_ENDPOINT_URL": (S3, lambda b, d: b["store"].s3.endpoint_url == "http://s3.internal:8333"),
+    "BGGEN_S3_PREFIX": ({**S3, "BGGEN_S3_PREFIX": "shop-a"}, lambda b, d: b["store"].prefix == "shop-a"),
+    "BGGEN_S3_CREATE_BUCKET": ({**S3, "BGGEN_S3_CREATE_BUCKET": "1"}, lambda b, d: b["store"].create_bucket),
+    "AWS_ACCESS_KEY_ID": (S3, lambda b, d: b["store"].s3.aws_access_key_id == "key-id-3"),
+    "AWS_SECRET_ACCESS_KEY": (S3, lambda b, d: b["store"].s3.aws_secret_access_key == "secret-key-4"),
+    "AWS_REGION": ({**S3, "AWS_REGION": "eu-west-3"}, lambda b, d: b["store"].s3.region_name == "eu-west-3"),
+    "BGGEN_STORE_ROOT": ({"BGGEN_STORE_ROOT": "/objects"}, lambda b, d: b["store"].root == "/objects"),
+    "BGGEN_MISS_QUEUE": ({"BGGEN_MISS_QUEUE": "redis"}, lambda b, d: type(b["miss_queue"]).__name__ == "RedisMissQueue"),
+    "BGGEN_REDIS_URL": ({"BGGEN_MISS_QUEUE": "redis", "BGGEN_REDIS_URL": REDIS_URL},
+                        lambda b, d: b["miss_queue"].redis_url == REDIS_URL),
+    "BGGEN_REDIS_NAMESPACE": ({"BGGEN_MISS_QUEUE": "redis", "BGGEN_REDIS_NAMESPACE": "{shop}:m"},
+                              lambda b, d: b["miss_queue"].namespace == "{shop}:m"),
+    "BGGEN_FEEDS_DIR": ({"BGGEN_FEEDS_DIR": "/feeds"}, lambda b, d: b["creative_config"].feeds_dir == "/feeds"),
+    "BGGEN_PLACEMENTS": ({"BGGEN_PLACEMENTS": "/p.yaml"}, lambda b, d: b["creative_config"].placements_path == "/p.yaml"),
+    "BGGEN_PROMPTS": ({"BGGEN_PROMPTS": "/q.yaml"}, lambda b, d: b["creative_config"].prompts_path == "/q.yaml"),
+    "BGGEN_BUCKET_RATIO": ({"BGGEN_BUCKET_RATIO": "1.5"}, lambda b, d: b["creative_config"].bucket_ratio == 1.5),
+    "BGGEN_CANVAS_PIXELS": ({"BGGEN_CANVAS_PIXELS": "120000"}, lambda b, d: b["creative_config"].canvas_pixels == 120_000),
+    "BGGEN_MASKER": ({"BGGEN_MASKER": "yolo"}, lambda b, d: b["masker"].method == "yolo"),
+    "BGGEN_YOLO_WEIGHTS": ({"BGGEN_YOLO_WEIGHTS": "/w.pt"}, lambda b, d: b["masker"].yolo_weights == "/w.pt"),
+    "BGGEN_GENERATOR": ({"BGGEN_GENERATOR": "diffusion"}, lambda b, d: b["generator"].kind == "diffusion"),
+    "BGGEN_BASE_MODEL": ({"BGGEN_BASE_MODEL": "/sd"}, lambda b, d: b["generator"].diffusion.base_model == "/sd"),
+    "BGGEN_CONTROLNET_MODEL": ({"BGGEN_CONTROLNET_MODEL": "/cn"},
+                               lambda b, d: b["generator"].diffusion.controlnet_model == "/cn"),
+    "BGGEN_LOCAL_FILES_ONLY": ({"BGGEN_LOCAL_FILES_ONLY": "1"}, lambda b, d: b["generator"].diffusion.local_files_only),
+    "BGGEN_PIXEL_BUDGET": ({"BGGEN_PIXEL_BUDGET": "65536"}, lambda b, d: b["generator"].diffusion.pixel_budget == 65536),
+    "BGGEN_DEVICE": ({"BGGEN_DEVICE": "cuda:1"}, lambda b, d: b["generator"].diffusion_config().device == "cuda:1"),
+    "BGGEN_EXECUTOR": ({"BGGEN_EXECUTOR": "celery"}, lambda b, d: b["executor"] is not None
+                       and b["executor"]["broker"] == "amqp://guest:guest@127.0.0.1:5672//"),
+    "BGGEN_CELERY_BROKER": ({"BGGEN_EXECUTOR": "celery", "BGGEN_CELERY_BROKER": BROKER},
+                            lambda b, d: (b["executor"] or {}).get("broker") == BROKER),
+    "BGGEN_CELERY_BACKEND": ({"BGGEN_EXECUTOR": "celery", "BGGEN_CELERY_BACKEND": "redis://127.0.0.1:6379/2"},
+                             lambda b, d: (b["executor"] or {}).get("backend") == "redis://127.0.0.1:6379/2"),
+}
+
+
+def test_every_documented_variable_is_checked_here():
+    readme = README.read_text().split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    variables = re.compile(r"(?:BGGEN|AWS)_[A-Z0-9_]+")
+    assert set(variables.findall(readme)) <= set(variables.findall(deployment.__doc__)) == set(EFFECTS)
+
+
+@pytest.mark.parametrize("name", sorted(EFFECTS))
+def test_each_documented_variable_has_its_effect(name, tmp_path, monkeypatch):
+    env, effect = EFFECTS[name]
+    data_dir = tmp_path / "data"
+    for var, value in env.items():  # the executor's URLs are EnvVars, resolved from the process environment
+        monkeypatch.setenv(var, value)
+    assert effect(built({"BGGEN_DATA_DIR": str(data_dir), **env}), data_dir)
+    for var in env:
+        monkeypatch.delenv(var)
+    assert not effect(built({"BGGEN_DATA_DIR": str(tmp_path / "elsewhere")}), data_dir)  # the embedded defaults: not
+
+
+def test_urls_and_secrets_are_env_vars_the_ui_shows_by_name_only(tmp_path, monkeypatch):
+    from dagster._core.remote_representation.external_data import RepositorySnap
+    from dagster._serdes import serialize_value
+
+    from bggen_assets.definitions import build_definitions
+
+    env = {"BGGEN_DATA_DIR": str(tmp_path), **SECRETS, "BGGEN_EXECUTOR": "celery", "BGGEN_CELERY_BROKER": BROKER}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    resources = build_resources()
+    assert resources["metadata_db"].url.env_var_name == "BGGEN_DB_URL"
+    assert resources["miss_queue"].redis_url.env_var_name == "BGGEN_REDIS_URL"
+    s3 = resources["store"].s3
+    assert (resources["store"].bucket.env_var_name, s3.endpoint_url.env_var_name, s3.aws_access_key_id.env_var_name,
+            s3.aws_secret_access_key.env_var_name) == (
+        "BGGEN_S3_BUCKET", "BGGEN_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+    # what the webserver gets from the code location (resource config shown in the UI)
+    snapshot = serialize_value(RepositorySnap.from_def(build_definitions().get_repository_def()))
+    for secret in ("db-password-1", "redis-password-2", "key-id-3", "secret-key-4", "broker-password-5"):
+        assert secret not in snapshot
+    assert '"name": "BGGEN_DB_URL"' in snapshot
+
+
+def test_env_vars_are_read_when_dagster_initialises_the_resource(tmp_path, monkeypatch):
+    monkeypatch.setenv("BGGEN_DB_URL", f"sqlite:///{tmp_path / 'first.db'}")
+    resources = build_resources({"BGGEN_DATA_DIR": str(tmp_path), "BGGEN_DB_URL": "set"})
+    monkeypatch.setenv("BGGEN_DB_URL", f"sqlite:///{tmp_path / 'at-run-time.db'}")
+    with dg.build_resources({"metadata_db": resources["metadata_db"]}) as ready:
+        assert ready.metadata_db.url == f"sqlite:///{tmp_path / 'at-run-time.db'}"
+
+
+def test_the_embedded_deployment_initialises_with_no_variable_set(tmp_path, monkeypatch):
+    for name in [*SECRETS, "BGGEN_CELERY_BROKER", "BGGEN_EXECUTOR", "BGGEN_MASKER", "BGGEN_GENERATOR"]:
+        monkeypatch.delenv(name, raising=False)
+    resources = build_resources({"BGGEN_DATA_DIR": str(tmp_path)})
+    with dg.build_resources(resources) as ready:  # no EnvVar to resolve: nothing is missing
+        assert ready.metadata_db.url == f"sqlite:///{tmp_path / 'bggen.db'}"
+        assert ready.store.root == str(tmp_path / "objects")
+        assert type(ready.miss_queue).__name__ == "DbMissQueue"
+        assert ready.generator.kind == "template" and ready.masker.method == "classical"
+    assert build_executor({}) is None
+
+
+@pytest.mark.parametrize("name, value", [("BGGEN_STORE", "gcs"), ("BGGEN_MISS_QUEUE", "kafka"), ("BGGEN_EXECUTOR", "k8s")])
+def test_an_unknown_backend_is_refused_by_name(name, value, tmp_path):
+    build = build_executor if name == "BGGEN_EXECUTOR" else build_resources
+    with pytest.raises(ValueError, match=f"{name} must be .*, got '{value}'"):
+        build({"BGGEN_DATA_DIR": str(tmp_path), name: value})
+
+
+def test_s3_without_a_bucket_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="BGGEN_STORE=s3 needs BGGEN_S3_BUCKET"):
+        build_resources({"BGGEN_DATA_DIR": str(tmp_path), "BGGEN_STORE": "s3"})
