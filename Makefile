@@ -29,8 +29,13 @@ test: $(STAMP)
 	BGGEN_TEST_BACKEND=embedded $(PYTEST) || $(NO_TESTS)
 	BGGEN_TEST_BACKEND=services $(PYTEST) || $(NO_TESTS)
 
+# The demo's instance (bggen_data/dagster_home/dagster.yaml, written if missing): one run at a time,
+# and the sensor cursors the demo left there, so the daemon starts no stampede of runs.
+DEMO_HOME := $(CURDIR)/bggen_data/dagster_home
+
 ui: $(STAMP)
-	DAGSTER_HOME=$(CURDIR)/bggen_data/dagster_home $(VENV)/bin/dagster dev -w workspace.yaml
+	DAGSTER_HOME=$(DEMO_HOME) $(VENV)/bin/bggen-demo --instance-only
+	DAGSTER_HOME=$(DEMO_HOME) $(VENV)/bin/dagster dev -w workspace.yaml
 
 benchmarks: $(STAMP)
 	$(VENV)/bin/python benchmarks/bucketing.py

@@ -3,6 +3,15 @@
 Nothing may reach a model hub from the tests. The storage backends are chosen by
 BGGEN_TEST_BACKEND: `embedded` (default: SQLite + a local object store in tmp) or `services`
 (MariaDB + SeaweedFS S3, started by the fixtures in tests/services.py); CI runs the suite on both.
+
+What each pass runs (the rest is deselected, and the summary line counts it; nothing is skipped):
+- embedded: every test but those marked `services`;
+- services: the tests that touch a real service: those marked `services` (one service's own
+  tests), and those marked `backend`, which is given to every test that uses a fixture whose value
+  the pass chooses (`store`, `metadata_db`, and what is built on them). A test that uses neither
+  does the same work in both passes, so only the embedded pass runs it.
+A test that asks for a real service's fixture (`s3_store`, `mysql_db`, `redis_url`, ...) is
+marked `services` by that alone.
 """
 import os
 import sys
@@ -47,18 +56,36 @@ if BACKEND not in ("embedded", "services"):
 pytest_plugins = ["services"]
 
 
+# Fixtures whose value BGGEN_TEST_BACKEND chooses (a local dir / SQLite, or SeaweedFS / MariaDB).
+BACKEND_FIXTURES = frozenset({"store", "metadata_db"})
+# Fixtures of one real service (tests/services.py): a test asking for one needs the services pass.
+SERVICE_FIXTURES = frozenset({"seaweedfs", "s3_store", "mariadb_url", "mysql_database", "mysql_db", "private_mariadb",
+                              "redis_url"})
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "services: needs a real service (MariaDB, SeaweedFS, Redis, RabbitMQ); "
-                                       "runs in the BGGEN_TEST_BACKEND=services pass")
+                                       "runs in the BGGEN_TEST_BACKEND=services pass only")
+    config.addinivalue_line("markers", "backend: uses the store / metadata DB the pass chooses (set by conftest "
+                                       "from the test's fixtures); runs in both passes")
 
 
 def pytest_collection_modifyitems(config, items):
-    """The embedded pass deselects real-service tests (they run in the services pass), so no test
-    is ever skipped for a missing service."""
+    """Each pass keeps what it is for (module docstring) and deselects the rest."""
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        if used & SERVICE_FIXTURES and item.get_closest_marker("services") is None:
+            item.add_marker(pytest.mark.services)
+        if used & BACKEND_FIXTURES:
+            item.add_marker(pytest.mark.backend)
     if BACKEND == "services":
-        return
-    keep = [i for i in items if i.get_closest_marker("services") is None]
-    dropped = [i for i in items if i.get_closest_marker("services") is not None]
+        def wanted(item):
+            return item.get_closest_marker("services") is not None or item.get_closest_marker("backend") is not None
+    else:
+        def wanted(item):
+            return item.get_closest_marker("services") is None
+    keep = [i for i in items if wanted(i)]
+    dropped = [i for i in items if not wanted(i)]
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = keep

@@ -469,6 +469,37 @@ def with_lease(queue, claim_lease_s: float):
     return type(queue)(redis_url=queue.redis_url, namespace=queue.namespace, claim_lease_s=claim_lease_s)
 
 
+def close(queue) -> None:
+    if hasattr(queue, "metadata_db"):
+        queue.metadata_db.dispose()
+    else:
+        queue.close()
+
+
+def test_waiting_partitions_change_when_a_claim_lapses_not_when_it_is_released(configured_queue):
+    from resources.metadata_db import Miss
+
+    a, b = Miss(MERCHANT, CATEGORY, "pa", "b1", "warm"), Miss(MERCHANT, CATEGORY, "pb", "b1", "warm")
+    configured_queue.record(a, now=100.0)
+    configured_queue.record(b, now=200.0)
+    configured_queue.record(Miss("acme-outfitters", "home", "px", "b1", "warm"), now=150.0)
+    assert [(p.category, p.misses, p.oldest_request, p.changed_at) for p in configured_queue.waiting_partitions()] == [
+        (CATEGORY, 2, 100.0, 200.0), ("home", 1, 150.0, 150.0)]  # the longest-waiting first
+    before = time.time()
+    assert len(configured_queue.claim("run:1", 10, MERCHANT, CATEGORY)) == 2
+    after = time.time()
+    assert [p.category for p in configured_queue.waiting_partitions()] == ["home"]  # claimed: not waiting
+    configured_queue.release([a.request_key])  # a miss the plan could not use: back, and no change
+    assert [(p.misses, p.changed_at) for p in configured_queue.waiting_partitions() if p.category == CATEGORY] == \
+        [(1, 100.0)]
+    later = with_lease(configured_queue, 0.0)
+    try:  # b's claim lapsed: the partition changed when b was claimed
+        [part] = [p for p in later.waiting_partitions() if p.category == CATEGORY]
+        assert part.misses == 2 and part.oldest_request == 100.0 and before <= part.changed_at <= after
+    finally:
+        close(later)
+
+
 def tick(instance, queue, cursor=None):
     """One evaluation of bucket_miss_sensor, as the daemon makes it."""
     from dagster import build_sensor_context
@@ -594,7 +625,7 @@ def test_misses_of_a_failed_run_are_requested_again_with_a_new_run_key(configure
     later = with_lease(configured_queue, 0.0)
     try:
         assert [m.request_key for m in later.pending()] == [miss.request_key]  # the claim lapsed
-        four = tick(instance, later, three.cursor or two.cursor)
+        four = tick(instance, later, two.cursor)  # a skipped tick leaves the cursor as it was
         [r3] = requests_of(four)
         assert r3.run_key not in (r1.run_key, r2.run_key) and r3.partition_key == r1.partition_key
         assert execute(instance, r3, resources(later)).success
@@ -603,7 +634,4 @@ def test_misses_of_a_failed_run_are_requested_again_with_a_new_run_key(configure
         assert later.pending() == []
         assert not requests_of(tick(instance, later, four.cursor))
     finally:
-        if hasattr(later, "metadata_db"):
-            later.metadata_db.dispose()
-        else:
-            later.close()
+        close(later)

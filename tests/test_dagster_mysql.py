@@ -1,5 +1,5 @@
 """The production Dagster instance: DAGSTER_HOME holds deploy/dagster.yaml verbatim (dagster-mysql
-storage on MariaDB, S3 compute logs on SeaweedFS, the queued run coordinator), and the pipeline job
+storage on MariaDB, S3 compute logs on SeaweedFS, the run queue and the gpu pool), and the pipeline job
 materializes one partition through the `dagster` CLI with the production resources (metadata DB on
 MariaDB, in the same database as Dagster's storage; object store on S3).
 
@@ -58,6 +58,7 @@ def test_partition_materializes_on_the_production_instance(production_env, seawe
     from dagster import AssetKey, DagsterInstance, DagsterRunStatus
     from dagster._core.run_coordinator import QueuedRunCoordinator
 
+    from bggen_assets.assets.pipeline import GPU_POOL
     from bggen_assets.partitions import partition_key
     from resources.migrations import current_revision
     from resources.metadata_db import MetadataDB
@@ -67,8 +68,12 @@ def test_partition_materializes_on_the_production_instance(production_env, seawe
         assert type(instance.event_log_storage).__name__ == "MySQLEventLogStorage"
         assert type(instance.compute_log_manager).__name__ == "S3ComputeLogManager"
         assert isinstance(instance.run_coordinator, QueuedRunCoordinator)
-        limits = instance.run_coordinator.get_run_queue_config().tag_concurrency_limits
-        assert {"key": "bggen/gpu", "value": "generation", "limit": 2} in limits
+        concurrency = instance.get_concurrency_config()  # what the queue daemon and the steps obey
+        assert concurrency.run_queue_config.max_concurrent_runs == 16
+        assert concurrency.run_queue_config.tag_concurrency_limits == [
+            {"key": "bggen/trigger", "value": {"applyLimitPerUniqueValue": True}, "limit": 8}]
+        assert (concurrency.pool_config.default_pool_limit, concurrency.pool_config.pool_granularity.value) == (2, "op")
+        assert instance.event_log_storage.get_concurrency_keys() == set()  # no pool until a step claims one
         instance.add_dynamic_partitions("merchant", [MERCHANT])
         instance.add_dynamic_partitions("category", [CATEGORY])
 
@@ -84,7 +89,10 @@ def test_partition_materializes_on_the_production_instance(production_env, seawe
     with DagsterInstance.get() as instance:
         [run] = instance.get_run_records()
         assert run.dagster_run.status == DagsterRunStatus.SUCCESS
-        assert run.dagster_run.tags["bggen/gpu"] == "generation"  # the run tag the coordinator limits
+        # the generation step claimed a slot of the gpu pool, which took the instance's default limit
+        assert instance.event_log_storage.get_concurrency_keys() == {GPU_POOL}
+        gpu = instance.event_log_storage.get_concurrency_info(GPU_POOL)
+        assert (gpu.slot_count, gpu.active_slot_count) == (2, 0)
         for asset in ("catalog", "product_masks", "bucket_plans", "generated_backgrounds", "serving_index"):
             mat = instance.get_latest_materialization_event(AssetKey(asset))
             assert mat is not None and mat.run_id == run.dagster_run.run_id, asset

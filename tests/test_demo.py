@@ -39,10 +39,12 @@ def test_the_demo_instance_runs_one_run_and_one_generation_step_at_a_time(tmp_pa
         assert isinstance(instance.run_coordinator, QueuedRunCoordinator)
         config = instance.get_concurrency_config()
         assert config.run_queue_config.max_concurrent_runs == 1  # what the queue daemon launches at once
-        assert config.pool_config.default_pool_limit == 1
         assert instance.event_log_storage.supports_global_concurrency_limits
+        # what a generation step's first claim does: the pool, with no limit of its own, gets the default
+        instance.event_log_storage.initialize_concurrency_limit_to_default(GPU_POOL)
+        assert instance.event_log_storage.get_concurrency_info(GPU_POOL).slot_count == 1
     [generation] = [a for a in pipeline_assets if AssetKey("generated_backgrounds") in a.keys]
-    assert generation.op.pool == GPU_POOL  # no limit of its own: the default limit is its limit
+    assert generation.op.pool == GPU_POOL
 
 
 def test_a_dagster_yaml_already_in_the_home_is_kept(tmp_path):

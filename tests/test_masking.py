@@ -207,14 +207,14 @@ def test_reject_cut_off_product_unless_allowed():
 # (benchmarks/masking.py prints them all): a fix turns the xfail into a failure, and then the
 # entry is deleted.
 IMAGE_MISSES: dict[tuple[int, str, int], str] = {
-    # the mug filled with the astronaut crop: its white suit on a light background is cut off
+    # the mug filled with the astronaut crop: part of the product is cut off
     (0, "white", 5): "mug filled with astronaut, 772x815: IoU 0.810 (10% of the product cut, "
                      "background of 11% of its area kept)",
     (0, "textured", 5): "mug filled with astronaut, 481x521: IoU 0.584 (42% of the product cut)",
     (2, "gradient", 5): "mug filled with astronaut, 764x938: IoU 0.664 (33% of the product cut)",
     (3, "white", 5): "mug filled with astronaut, 490x624: IoU 0.582 (42% of the product cut)",
     (3, "textured", 5): "mug filled with astronaut, 520x404: IoU 0.693 (30% of the product cut)",
-    # textured backgrounds taken for product (background kept, as a share of the product's area)
+    # on textured backgrounds: background kept around the product (as a share of its area)
     (1, "textured", 4): "logo filled with solid_green, 661x673: IoU 0.618 (62% kept)",
     (1, "textured", 8): "box filled with camera_gray, 694x806: IoU 0.608 (64% kept)",
     (1, "textured", 10): "horse filled with solid_navy, 684x889: IoU 0.390 (156% kept)",
@@ -279,28 +279,37 @@ def test_known_misses_name_cases_that_exist():
     # an entry whose case was renamed or dropped would silently stop being checked
     cases = {(s, b, i) for s in EVAL_SEEDS for b in BACKGROUNDS for i in range(EVAL_PER_BACKGROUND)}
     assert set(IMAGE_MISSES) <= cases and set(MEAN_MISSES) <= set(BACKGROUNDS)
-    assert set(CATALOG_MISSES) <= {(c[0], c[1], c[2], c[3], c[4]) for c in _catalog_keys()}
-    assert set(SOLE_MISSES) <= set(_sole_keys())
+    assert set(CATALOG_MISSES) <= set(_catalog_keys())
 
 
 # ----------------------------------------------------------------------------- sample catalog
 # Every product kind x colour the sample catalog draws, on each opaque background, at 400 and
-# 800 px (the catalog's size), each photo >= CATALOG_IOU (0.95).  Two seeds at 400 px; one at
-# 800 px, whose photos take three times as long to draw (at 1600 px) - benchmarks/masking.py runs
-# the second seed there too and finds the same misses.
-CATALOG_SEEDS = {400: (0, 1), 800: (0,)}
+# 800 px (the catalog's size), seed 0: each photo's mask >= CATALOG_IOU (0.95).  The sneaker on
+# white and off-white is the demo's failure (its light sole, ~245,245,242 on pure white with a soft
+# floor shadow under it, was dropped): there the sole must also be >= SOLE_COVERED (95%) in the
+# mask and the floor shadow out (< SHADOW_KEPT of the product), at seed 1 as well.  A second seed
+# for every kind would double the file's time (an 800 px photo is drawn at 1600 px);
+# benchmarks/masking.py runs it and finds the same kinds of miss (docs/masking.md).
+CATALOG_SEED = 0
+SOLE_SEEDS = (0, 1)
 CATALOG_MISSES: dict[tuple[int, int, str, str, str], str] = {
-    # at 400 px the sneaker's light sole on off-white is cut off (dark uppers at seed 0, light
-    # ones at seed 1; the sole test below names the milder cases)
-    (400, 0, "sneaker", "navy", "offwhite"): "IoU 0.938, sole 83% covered",
-    (400, 0, "sneaker", "green", "offwhite"): "IoU 0.938, sole 83% covered",
-    (400, 0, "sneaker", "black", "offwhite"): "IoU 0.936, sole 83% covered",
-    (400, 0, "sneaker", "burgundy", "offwhite"): "IoU 0.938, sole 83% covered",
-    (400, 0, "sneaker", "olive", "offwhite"): "IoU 0.937, sole 83% covered",
-    (400, 1, "sneaker", "tan", "offwhite"): "IoU 0.928, sole 85% covered",
-    (400, 1, "sneaker", "mustard", "offwhite"): "IoU 0.929, sole 84% covered",
-    (400, 1, "sneaker", "sky", "offwhite"): "IoU 0.928, sole 85% covered",
-    (400, 1, "sneaker", "coral", "offwhite"): "IoU 0.929, sole 85% covered",
+    # at 400 px the light sole on off-white is cut off, in every colour
+    (400, 0, "sneaker", "red", "offwhite"): "sole 90.5% covered",
+    (400, 0, "sneaker", "navy", "offwhite"): "IoU 0.938, sole 83.4% covered",
+    (400, 0, "sneaker", "green", "offwhite"): "IoU 0.938, sole 83.4% covered",
+    (400, 0, "sneaker", "black", "offwhite"): "IoU 0.936, sole 82.8% covered",
+    (400, 0, "sneaker", "tan", "offwhite"): "sole 86.3% covered",
+    (400, 0, "sneaker", "teal", "offwhite"): "sole 90.5% covered",
+    (400, 0, "sneaker", "mustard", "offwhite"): "sole 86.3% covered",
+    (400, 0, "sneaker", "burgundy", "offwhite"): "IoU 0.938, sole 83.4% covered",
+    (400, 0, "sneaker", "sky", "offwhite"): "sole 86.3% covered",
+    (400, 0, "sneaker", "olive", "offwhite"): "IoU 0.937, sole 83.4% covered",
+    (400, 0, "sneaker", "coral", "offwhite"): "sole 86.2% covered",
+    (400, 0, "sneaker", "grey", "offwhite"): "sole 94.4% covered",
+    (400, 1, "sneaker", "tan", "offwhite"): "IoU 0.928, sole 84.7% covered",
+    (400, 1, "sneaker", "mustard", "offwhite"): "IoU 0.929, sole 84.5% covered",
+    (400, 1, "sneaker", "sky", "offwhite"): "IoU 0.928, sole 84.7% covered",
+    (400, 1, "sneaker", "coral", "offwhite"): "IoU 0.929, sole 84.7% covered",
     # at 800 px the boot's sole ends are as light and as textured as the paper, in every colour
     (800, 0, "boot", "red", "texture"): "IoU 0.878",
     (800, 0, "boot", "navy", "texture"): "IoU 0.877",
@@ -314,6 +323,12 @@ CATALOG_MISSES: dict[tuple[int, int, str, str, str], str] = {
     (800, 0, "boot", "olive", "texture"): "IoU 0.877",
     (800, 0, "boot", "coral", "texture"): "IoU 0.880",
     (800, 0, "boot", "grey", "texture"): "IoU 0.875",
+    # at 800 px, seed 1: the sole's toe end is cut again (96-99% covered at seed 0)
+    (800, 1, "sneaker", "red", "white"): "sole 93.2% covered",
+    (800, 1, "sneaker", "red", "offwhite"): "sole 94.4% covered",
+    (800, 1, "sneaker", "navy", "offwhite"): "sole 94.4% covered",
+    (800, 1, "sneaker", "black", "offwhite"): "sole 91.4% covered",
+    (800, 1, "sneaker", "burgundy", "offwhite"): "sole 94.4% covered",
 }
 
 
@@ -321,77 +336,30 @@ def _catalog_keys():
     from bggen_assets.sample_catalog import COLOURS, PRODUCT_ASPECT
 
     for size in CATALOG_SIZES:
-        for seed in CATALOG_SEEDS[size]:
-            for kind in PRODUCT_ASPECT:
-                for colour in COLOURS:
-                    for bg in CATALOG_BACKGROUNDS:
-                        yield size, seed, kind, colour, bg
-
-
-def _catalog_cases():
-    for key in _catalog_keys():
-        size, seed, kind, colour, bg = key
-        yield pytest.param(*key, id=f"{size}px-seed{seed}-{kind}-{colour}-{bg}",
-                           marks=_xfail_if_known(CATALOG_MISSES.get(key)))
-
-
-@pytest.mark.parametrize("size,seed,kind,colour,background", list(_catalog_cases()))
-def test_sample_catalog_photo_iou(size, seed, kind, colour, background):
-    img, true_mask = catalog_photo(kind, colour, background, size, seed)
-    v = iou(classical_mask(img).mask, true_mask)
-    assert v >= CATALOG_IOU, (size, seed, kind, colour, background, round(v, 4))
-
-
-# The demo's failure: the sneaker's light sole (~245,245,242 on pure white, soft floor shadow under
-# it) was dropped; it is found by its outline (crisp step / thin outline closing it off from the
-# background) while the soft floor shadow stays out.  Every colour, both sizes, two seeds.
-SOLE_SEEDS = (0, 1)
-SOLE_MISSES: dict[tuple[int, int, str, str], str] = {
-    # at 400 px on off-white (the same cut as the IoU misses above, milder for light uppers)
-    (400, 0, "black", "offwhite"): "sole 82.8% covered",
-    (400, 0, "burgundy", "offwhite"): "sole 83.4% covered",
-    (400, 0, "coral", "offwhite"): "sole 86.2% covered",
-    (400, 0, "green", "offwhite"): "sole 83.4% covered",
-    (400, 0, "grey", "offwhite"): "sole 94.4% covered",
-    (400, 0, "mustard", "offwhite"): "sole 86.3% covered",
-    (400, 0, "navy", "offwhite"): "sole 83.4% covered",
-    (400, 0, "olive", "offwhite"): "sole 83.4% covered",
-    (400, 0, "red", "offwhite"): "sole 90.5% covered",
-    (400, 0, "sky", "offwhite"): "sole 86.3% covered",
-    (400, 0, "tan", "offwhite"): "sole 86.3% covered",
-    (400, 0, "teal", "offwhite"): "sole 90.5% covered",
-    (400, 1, "coral", "offwhite"): "sole 84.7% covered",
-    (400, 1, "mustard", "offwhite"): "sole 84.5% covered",
-    (400, 1, "sky", "offwhite"): "sole 84.7% covered",
-    (400, 1, "tan", "offwhite"): "sole 84.7% covered",
-    # at 800 px, seed 1: the toe end of the sole is cut again (seed 0 covers 96-99%)
-    (800, 1, "black", "offwhite"): "sole 91.4% covered",
-    (800, 1, "burgundy", "offwhite"): "sole 94.4% covered",
-    (800, 1, "navy", "offwhite"): "sole 94.4% covered",
-    (800, 1, "red", "offwhite"): "sole 94.4% covered",
-    (800, 1, "red", "white"): "sole 93.2% covered",
-}
-
-
-def _sole_keys():
-    from bggen_assets.sample_catalog import COLOURS
-
-    for size in CATALOG_SIZES:
-        for seed in SOLE_SEEDS:
+        for kind in PRODUCT_ASPECT:
             for colour in COLOURS:
-                for bg in ("white", "offwhite"):
-                    yield size, seed, colour, bg
+                for bg in CATALOG_BACKGROUNDS:
+                    yield size, CATALOG_SEED, kind, colour, bg
+        for seed in SOLE_SEEDS:
+            if seed != CATALOG_SEED:
+                for colour in COLOURS:
+                    for bg in ("white", "offwhite"):
+                        yield size, seed, "sneaker", colour, bg
 
 
-@pytest.mark.parametrize("size,seed,colour,background", [
-    pytest.param(*k, id=f"{k[0]}px-seed{k[1]}-{k[2]}-{k[3]}", marks=_xfail_if_known(SOLE_MISSES.get(k)))
-    for k in _sole_keys()])
-def test_sneaker_sole_kept_and_floor_shadow_excluded(size, seed, colour, background):
-    img, true_mask = catalog_photo("sneaker", colour, background, size, seed)
-    r = mask_product(img)
-    sole, floor_kept = sole_scores(r.mask, true_mask)
-    assert floor_kept < SHADOW_KEPT, f"the floor shadow is kept ({floor_kept:.2%} of the product)"
-    assert sole >= SOLE_COVERED, f"the sole is dropped ({sole:.1%} covered)"
+@pytest.mark.parametrize("size,seed,kind,colour,background", [
+    pytest.param(*k, id=f"{k[0]}px-seed{k[1]}-{k[2]}-{k[3]}-{k[4]}",
+                 marks=_xfail_if_known(CATALOG_MISSES.get(k)))
+    for k in _catalog_keys()])
+def test_sample_catalog_photo(size, seed, kind, colour, background):
+    img, true_mask = catalog_photo(kind, colour, background, size, seed)
+    m = mask_product(img).mask
+    v = iou(m, true_mask)
+    if kind == "sneaker" and background in ("white", "offwhite"):
+        sole, floor_kept = sole_scores(m, true_mask)
+        assert floor_kept < SHADOW_KEPT, f"the floor shadow is kept ({floor_kept:.2%} of the product)"
+        assert sole >= SOLE_COVERED, f"the sole is dropped ({sole:.1%} covered, IoU {v:.3f})"
+    assert v >= CATALOG_IOU, (size, seed, kind, colour, background, round(v, 4))
 
 
 # ----------------------------------------------------------------------------- the resource

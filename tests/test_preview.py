@@ -1,7 +1,6 @@
 """The preview page: HTML over real HTTP, then loaded in headless Chromium (Debian's `chromium`,
 installed by scripts/install_chromium.sh): a screenshot whose grid cells are not blank, and the
 page's own report that every image loaded."""
-import io
 import re
 import shutil
 import subprocess
@@ -12,7 +11,7 @@ from PIL import Image
 
 from bggen_assets.core.geometry import Placement
 
-from test_api import CATEGORY, MERCHANT, LiveServer, bandit_only, find_miss_size, make_app, world  # noqa: F401
+from test_api import MERCHANT, LiveServer, bandit_only, find_miss_size, make_app, world  # noqa: F401
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

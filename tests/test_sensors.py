@@ -5,7 +5,18 @@ import json
 import shutil
 
 import pytest
-from dagster import DagsterInstance, build_schedule_context, build_sensor_context, instance_for_test
+from dagster import (
+    DagsterInstance,
+    Failure,
+    SkipReason,
+    asset,
+    build_schedule_context,
+    build_sensor_context,
+    instance_for_test,
+    materialize,
+)
+
+from bggen_assets.partitions import merchant_category
 
 from bggen_assets.definitions import build_definitions
 from resources.creative_config import CreativeConfig
@@ -105,14 +116,64 @@ def test_a_recorded_miss_triggers_a_run_and_a_storm_queues_once(metadata_db):
     assert len(third.run_requests) == 1
 
 
-def test_misses_are_newest_first_and_partitions_requested_lifo(metadata_db):
+def test_misses_are_newest_first_and_the_longest_waiting_partition_is_requested_first(metadata_db):
     queue = DbMissQueue(metadata_db=metadata_db)
     queue.record(Miss("northwind", "bags", "NO-0002", "r1.2-t1-r1-b1-l1", "marble-luxury"), now=10.0)
     queue.record(Miss("northwind", "footwear", "NO-0001", "r1.2-t1-r1-b1-l1", "beach-sunset"), now=30.0)
     queue.record(Miss("northwind", "bags", "NO-0004", "r1.2-t2-r1-b1-l1", "marble-luxury"), now=20.0)
     assert [m.last_requested_at for m in queue.pending()] == [30.0, 20.0, 10.0]
     result = _evaluate(bucket_miss_sensor, DagsterInstance.ephemeral(), miss_queue=queue)
-    assert [str(r.partition_key) for r in result.run_requests] == ["footwear|northwind", "bags|northwind"]
+    assert [(str(r.partition_key), r.tags["bggen/pending_misses"]) for r in result.run_requests] == [
+        ("bags|northwind", "2"), ("footwear|northwind", "1")]
+
+
+@asset(partitions_def=merchant_category)
+def bucket_plans_that_fail():
+    raise Failure("placements.yaml: not valid YAML", allow_retries=False)
+
+
+def _launch_and_fail(instance, request):
+    """A run carrying the request's tags that fails before it claims anything, in the instance."""
+    instance.add_dynamic_partitions("merchant", ["northwind"])
+    instance.add_dynamic_partitions("category", ["footwear"])
+    result = materialize([bucket_plans_that_fail], instance=instance, partition_key=request.partition_key,
+                         tags=request.tags, raise_on_error=False)
+    assert not result.success
+
+
+def test_a_partition_whose_runs_keep_failing_is_requested_at_most_max_attempts_times(metadata_db):
+    from sensors.misses import MAX_ATTEMPTS
+
+    queue = DbMissQueue(metadata_db=metadata_db)
+    instance = DagsterInstance.ephemeral()
+    queue.record(Miss("northwind", "footwear", "NO-0001", "r1.2-t1-r7-b1-l7", "beach-sunset"), now=1000.0)
+    result, keys = _evaluate(bucket_miss_sensor, instance, miss_queue=queue), []
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        [request] = result.run_requests
+        assert request.tags["bggen/attempt"] == str(attempt)
+        keys.append(request.run_key)
+        _launch_and_fail(instance, request)
+        cursor = result.cursor
+        result = _evaluate(bucket_miss_sensor, instance, cursor=cursor, miss_queue=queue)
+    assert len(set(keys)) == MAX_ATTEMPTS  # a new run key for each attempt
+    assert isinstance(result, SkipReason) and f"gave up after {MAX_ATTEMPTS} failed runs" in result.skip_message
+    # a new request for the partition starts over
+    queue.record(Miss("northwind", "footwear", "NO-0001", "r1.2-t1-r7-b1-l7", "beach-sunset"), now=2000.0)
+    again = _evaluate(bucket_miss_sensor, instance, cursor=cursor, miss_queue=queue)
+    assert [r.tags["bggen/attempt"] for r in again.run_requests] == ["1"] and again.run_requests[0].run_key not in keys
+
+
+def test_the_cursor_of_the_previous_sensor_version_is_read(metadata_db):
+    """It held partition -> newest request time: that time counts as requested, a newer one is new."""
+    queue = DbMissQueue(metadata_db=metadata_db)
+    instance = DagsterInstance.ephemeral()
+    miss = Miss("northwind", "footwear", "NO-0001", "r1.2-t1-r7-b1-l7", "beach-sunset")
+    queue.record(miss, now=1099.0)
+    old_cursor = json.dumps({"northwind|footwear": 1099.0})
+    assert isinstance(_evaluate(bucket_miss_sensor, instance, cursor=old_cursor, miss_queue=queue), SkipReason)
+    queue.record(miss, now=2000.0)
+    [request] = _evaluate(bucket_miss_sensor, instance, cursor=old_cursor, miss_queue=queue).run_requests
+    assert str(request.partition_key) == "footwear|northwind" and request.tags["bggen/attempt"] == "1"
 
 
 def test_daily_refresh_requests_each_known_partition_once_per_day(feeds):

@@ -11,12 +11,17 @@ its bucket canvas has exactly the placement's size and the product exactly at it
 * `crop_box` is the float source box in the canvas that maps onto the placement when resized to
   W x H: the product's canvas box lands exactly on the placed box (x and y scaled separately,
   by pw/sw and ph/sh, so rounding never shifts the product by a pixel).
+* `CoverCanvas` is a canvas chosen freely instead of on the grid (core/covers.py): per-side padding
+  in thousandths of the product's extent. `canvas_layout` renders it in integer arithmetic, so a
+  placement it dominates is an exact crop as well; `canvas_from_id` reads either kind of id.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Union
+
+import numpy as np
 
 MAX_SIDE = 8192
 
@@ -168,11 +173,14 @@ def _pad_px(exponent: int, r: float, extent_px: int) -> int:
     return max(0, math.ceil((r**exponent - 1.0) * extent_px - 1e-9))
 
 
-def canvas_layout(bucket: Bucket, bbox_w: int, bbox_h: int, pixel_budget: int) -> CanvasLayout:
-    """Canvas for `bucket` and a product of bbox aspect w:h, with about `pixel_budget` pixels."""
+def canvas_layout(bucket: "Bucket | CoverCanvas", bbox_w: int, bbox_h: int, pixel_budget: int) -> CanvasLayout:
+    """Canvas for `bucket` (a grid bucket or a cover canvas) and a product of bbox aspect w:h, with
+    about `pixel_budget` pixels."""
     _check_bbox(bbox_w, bbox_h)
     if pixel_budget < 64:
         raise GeometryError(f"pixel budget too small: {pixel_budget}")
+    if isinstance(bucket, CoverCanvas):
+        return _cover_layout(bucket, bbox_w, bbox_h, pixel_budget)
     r = bucket.r
     units_w = r**bucket.left + r**bucket.right - 1.0
     units_h = r**bucket.top + r**bucket.bottom - 1.0
@@ -204,3 +212,129 @@ def plan_buckets(bbox_w: int, bbox_h: int, placements, r: float = 1.2) -> dict[B
     for placement in placements:
         groups.setdefault(bucket_for(place_product(bbox_w, bbox_h, placement), r), []).append(placement)
     return groups
+
+
+# -- cover canvases (beyond the paper's grid) ------------------------------------------------------
+COVER_PAD_SCALE = 1000  # a cover canvas's paddings are integers in thousandths of the product's extent
+MAX_COVER_PAD = MAX_SIDE * COVER_PAD_SCALE  # a 1 px product in an 8192 px placement
+
+
+class CoverCanvas(NamedTuple):
+    """A canvas chosen freely (core/covers.py): padding per side (top, right, bottom, left) in
+    thousandths of the product's extent on that axis (sh for top/bottom, sw for left/right).
+
+    Integers, so the id round-trips exactly, and a placement needing P_D px of padding beside a
+    D px product fits when the side's value v satisfies v * D >= 1000 * P_D: an exact test."""
+
+    top: int
+    right: int
+    bottom: int
+    left: int
+
+    @property
+    def id(self) -> str:
+        return f"c-t{self.top}-r{self.right}-b{self.bottom}-l{self.left}"
+
+    @classmethod
+    def from_id(cls, canvas_id: str) -> "CoverCanvas":
+        try:
+            c, t, rr, b, l = canvas_id.split("-")
+            if not (c == "c" and t[0] == "t" and rr[0] == "r" and b[0] == "b" and l[0] == "l"):
+                raise ValueError
+            sides = [int(v[1:]) for v in (t, rr, b, l)]
+            if not all(v[1:].isdigit() for v in (t, rr, b, l)) or max(sides) > MAX_COVER_PAD:
+                raise ValueError
+            return cls(*sides)
+        except (ValueError, IndexError):
+            raise GeometryError(f"not a cover canvas id: {canvas_id!r}") from None
+
+    @property
+    def units_w(self) -> float:
+        """Canvas width in units of the product's width."""
+        return 1.0 + (self.left + self.right) / COVER_PAD_SCALE
+
+    @property
+    def units_h(self) -> float:
+        return 1.0 + (self.top + self.bottom) / COVER_PAD_SCALE
+
+    @classmethod
+    def of_bucket(cls, bucket: Bucket) -> "CoverCanvas":
+        """The smallest cover canvas at least as large as the grid bucket's canvas on every side."""
+        return cls(*(math.ceil((bucket.r**e - 1.0) * COVER_PAD_SCALE - 1e-9)
+                     for e in (bucket.top, bucket.right, bucket.bottom, bucket.left)))
+
+
+CanvasSpec = Union[Bucket, CoverCanvas]
+
+
+def canvas_from_id(canvas_id: str) -> CanvasSpec:
+    """A grid bucket id (`r1.2-t1-r7-b1-l7`) or a cover canvas id (`c-t125-r3400-b125-l3400`)."""
+    if canvas_id.startswith("c-"):
+        return CoverCanvas.from_id(canvas_id)
+    try:
+        return Bucket.from_id(canvas_id)
+    except GeometryError:
+        raise GeometryError(f"not a bucket or cover canvas id: {canvas_id!r}") from None
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _cover_layout(canvas: CoverCanvas, bbox_w: int, bbox_h: int, pixel_budget: int) -> CanvasLayout:
+    # The same sizing as the grid's; the paddings in integers: ceil(v * extent / 1000) px >= the
+    # padding of every placement the canvas dominates, with no float rounding to slip through.
+    k = math.sqrt(pixel_budget / (bbox_w * canvas.units_w * bbox_h * canvas.units_h))
+    pw, ph = max(1, round(k * bbox_w)), max(1, round(k * bbox_h))
+    s = COVER_PAD_SCALE
+    left, right = _ceil_div(canvas.left * pw, s), _ceil_div(canvas.right * pw, s)
+    top, bottom = _ceil_div(canvas.top * ph, s), _ceil_div(canvas.bottom * ph, s)
+    return CanvasLayout(left + pw + right, top + ph + bottom, left, top, pw, ph)
+
+
+# -- the same geometry over many placements at once (numpy) -------------------------------------
+class PlacedBoxes(NamedTuple):
+    """`place_product` for an array of placements: int64 arrays x, y, w, h, W, H (one per placement)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    w: np.ndarray
+    h: np.ndarray
+    canvas_w: np.ndarray
+    canvas_h: np.ndarray
+
+
+def place_product_array(bbox_w: int, bbox_h: int, placements) -> PlacedBoxes:
+    """`place_product` for many placements, the same IEEE operations in the same order (numpy's
+    rint rounds half to even like Python's round), so the boxes are identical, pixel for pixel."""
+    _check_bbox(bbox_w, bbox_h)
+    ps = list(placements)
+    W = np.array([p.width for p in ps], np.int64)
+    H = np.array([p.height for p in ps], np.int64)
+    fill = np.array([p.fill for p in ps], np.float64)
+    ax = np.array([p.anchor_x for p in ps], np.float64)
+    ay = np.array([p.anchor_y for p in ps], np.float64)
+    s = fill * np.minimum(W / bbox_w, H / bbox_h)
+    sw = np.minimum(W, np.maximum(1, np.rint(s * bbox_w).astype(np.int64)))
+    sh = np.minimum(H, np.maximum(1, np.rint(s * bbox_h).astype(np.int64)))
+    x = np.rint(ax * (W - sw)).astype(np.int64)
+    y = np.rint(ay * (H - sh)).astype(np.int64)
+    return PlacedBoxes(x, y, sw, sh, W, H)
+
+
+def bucket_exponent_array(pad: np.ndarray, extent: np.ndarray, r: float) -> np.ndarray:
+    """`bucket_exponent` elementwise. The powers come from Python's own r**B (a table), and the
+    log estimate is corrected against them exactly as there, so the exponents are identical."""
+    pad = np.asarray(pad, np.int64)
+    ratio = (pad + np.asarray(extent, np.int64)) / np.asarray(extent, np.int64)
+    b = np.maximum(0, np.ceil(np.log(ratio) / math.log(r))).astype(np.int64)
+    powers = np.array([r**e for e in range(int(b.max(initial=0)) + 3)])
+    while True:  # the estimate is off by at most one or two either way
+        up = powers[b] < ratio
+        down = (b > 0) & (powers[np.maximum(b - 1, 0)] >= ratio)
+        if not (up.any() or down.any()):
+            break
+        b = b + up - down
+        if int(b.max(initial=0)) + 1 >= len(powers):
+            powers = np.array([r**e for e in range(int(b.max()) + 3)])
+    return np.where(pad <= 0, 0, b)

@@ -1,0 +1,368 @@
+"""Bucket covers: fewer canvases than the paper's grid at no worse resolution (DESIGN.md "Bucket covers").
+
+A canvas is generated at a fixed pixel budget, so a placement cropped from a canvas larger than it
+needs loses resolution by the **area ratio**: canvas extent / the placement's needed extent, width x
+height, in units of the product's size. Each placement of a product is a **point**: its four needed
+paddings (top, right, bottom, left), each over the product's extent on that axis (P_D / D, the
+paper's quantity). A `CoverCanvas` (four paddings) **covers** a point when it
+
+* dominates it: at least the needed padding on every side (so the placement is an exact crop, the
+  product on its placed box to the pixel: geometry.canvas_layout / crop_box),
+* within the **area bound**: canvas area / needed area <= `CoverBounds.area`, and
+* within the **stretch bound**: the generator renders at most `max_aspect` elongated and stretches
+  the rest (diffusion.generation_size), so a canvas may be more elongated than the model's cap only
+  as far as the placement needs itself, times `CoverBounds.stretch`.
+
+Both bounds default to the paper's grid's own worst case on the same placements (`grid_bounds`),
+so a cover is never worse than the grid there; choosing the canvases is then a set cover, solved
+greedily (`plan_cover`): seed on the uncovered point with the smallest needed area (it limits the
+canvas most), try the component-wise maxima of the seed with its neighbours as canvases, grow the
+best one while it covers more, repeat; then drop the canvases others make redundant.
+
+Serving asks the other way round (`find_covering`): which canvas of this product covers this
+request, and the one with the smallest area ratio (the sharpest crop), over a `CanvasIndex`, a
+few small arrays per product.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Sequence
+
+import numpy as np
+
+from .geometry import (
+    COVER_PAD_SCALE,
+    CoverCanvas,
+    GeometryError,
+    Placement,
+    bucket_exponent_array,
+    place_product,
+    place_product_array,
+)
+
+DEFAULT_MAX_ASPECT = 2.0  # diffusion_config.DiffusionConfig.max_aspect: what the generator renders at most
+_CANDIDATES = 256  # candidate canvases tried per greedy step (a stride sample of the distinct ones)
+_GROW_STEPS = 4  # rounds of growing the best candidate towards the points it misses
+
+
+class CoverError(GeometryError):
+    """Bounds or inputs a cover cannot be planned for."""
+
+
+class CoverBounds(NamedTuple):
+    """What a covering canvas may cost a placement: area ratio and stretch beyond the aspect cap."""
+
+    area: float
+    stretch: float
+    max_aspect: float = DEFAULT_MAX_ASPECT
+
+    def check(self) -> "CoverBounds":
+        if not (self.area >= 1.0 and self.stretch >= 1.0 and self.max_aspect >= 1.0):
+            raise CoverError(f"cover bounds must all be >= 1, got {self}")
+        return self
+
+
+class PlacementPoints(NamedTuple):
+    """A product's placements as points (one row each, in the order given).
+
+    pads: float64 (N, 4) needed padding / product extent, sides (top, right, bottom, left);
+    need: int64 (N, 4) the smallest cover-canvas value per side that fits (ceil(1000 * P / D), exact);
+    area: float64 (N,) needed extent area in product units, (1 + l + r) * (1 + t + b) = W/sw * H/sh;
+    aspect: float64 (N,) the placement's aspect W/H as the units give it (product aspect * units_w / units_h)."""
+
+    pads: np.ndarray
+    need: np.ndarray
+    area: np.ndarray
+    aspect: np.ndarray
+    product_aspect: float
+
+    def __len__(self) -> int:
+        return len(self.area)
+
+    def take(self, idx) -> "PlacementPoints":
+        return PlacementPoints(self.pads[idx], self.need[idx], self.area[idx], self.aspect[idx], self.product_aspect)
+
+
+class CanvasIndex(NamedTuple):
+    """A product's canvases as arrays, for containment lookups: value (K, 4) int64 paddings in
+    thousandths (CoverCanvas order), area (K,) and aspect (K,) as for points."""
+
+    value: np.ndarray
+    area: np.ndarray
+    aspect: np.ndarray
+    canvases: tuple[CoverCanvas, ...]
+
+    def __len__(self) -> int:
+        return len(self.canvases)
+
+
+# The arithmetic below is written once and used by planning, lookup and the brute-force reference
+# alike (the same float operations in the same order), so they agree even on a tie with a bound.
+def _point_units(pads: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return 1.0 + pads[..., 1] + pads[..., 3], 1.0 + pads[..., 0] + pads[..., 2]
+
+
+def _canvas_units(value: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    s = COVER_PAD_SCALE
+    return 1.0 + (value[..., 1] + value[..., 3]) / s, 1.0 + (value[..., 0] + value[..., 2]) / s
+
+
+def _stretch(canvas_aspect, point_aspect, max_aspect: float):
+    """How much more elongated the canvas is than max(the model's cap, the placement's own aspect), >= 1."""
+    return np.maximum(1.0, np.maximum(canvas_aspect / np.maximum(max_aspect, point_aspect),
+                                      (1.0 / canvas_aspect) / np.maximum(max_aspect, 1.0 / point_aspect)))
+
+
+def placement_points(bbox_w: int, bbox_h: int, placements: Sequence[Placement]) -> PlacementPoints:
+    """The placements of a bbox_w x bbox_h product as points (geometry.place_product, vectorised)."""
+    box = place_product_array(bbox_w, bbox_h, placements)
+    pad_px = np.stack([box.y, box.canvas_w - box.x - box.w, box.canvas_h - box.y - box.h, box.x], axis=1)
+    extent = np.stack([box.h, box.w, box.h, box.w], axis=1)
+    pads = pad_px / extent
+    need = -(-COVER_PAD_SCALE * pad_px // extent)  # exact ceil: the smallest v with v * D >= 1000 * P
+    product_aspect = bbox_w / bbox_h
+    uw, uh = _point_units(pads)
+    return PlacementPoints(pads, need, uw * uh, product_aspect * uw / uh, product_aspect)
+
+
+def _canvas_arrays(value: np.ndarray, product_aspect: float) -> tuple[np.ndarray, np.ndarray]:
+    uw, uh = _canvas_units(value)
+    return uw * uh, product_aspect * uw / uh
+
+
+def canvas_index(canvases: Sequence[CoverCanvas], product_aspect: float) -> CanvasIndex:
+    """The arrays `find_covering` searches, for one product (its bbox aspect w/h)."""
+    value = np.array([tuple(c) for c in canvases], np.int64).reshape(-1, 4)
+    return CanvasIndex(value, *_canvas_arrays(value, product_aspect), tuple(canvases))
+
+
+def _own_limits(points: PlacementPoints, bounds: CoverBounds) -> tuple[np.ndarray, np.ndarray]:
+    """Per point: the area ratio and the stretch a covering canvas may reach. Never below what the
+    point's own smallest canvas costs (rounding up to thousandths adds at most 0.1% per side), so a
+    point can always be covered by its own canvas."""
+    own_area, own_aspect = _canvas_arrays(points.need, points.product_aspect)
+    area_lim = np.maximum(bounds.area, own_area / points.area)
+    stretch_lim = np.maximum(bounds.stretch, _stretch(own_aspect, points.aspect, bounds.max_aspect))
+    return area_lim, stretch_lim
+
+
+def _covers(value, area, aspect, need, p_area, p_aspect, area_lim, stretch_lim, max_aspect: float) -> np.ndarray:
+    """(K, N) bool: canvas k (value, area, aspect) covers point n (need, p_area, p_aspect, limits)."""
+    return ((value[:, None, :] >= need[None, :, :]).all(-1)
+            & (area[:, None] / p_area[None, :] <= area_lim[None, :])
+            & (_stretch(aspect[:, None], p_aspect[None, :], max_aspect) <= stretch_lim[None, :]))
+
+
+def coverage(index: CanvasIndex, points: PlacementPoints, bounds: CoverBounds) -> np.ndarray:
+    """(K, N) bool: which canvas covers which point."""
+    area_lim, stretch_lim = _own_limits(points, bounds.check())
+    return _covers(index.value, index.area, index.aspect, points.need, points.area, points.aspect,
+                   area_lim, stretch_lim, bounds.max_aspect)
+
+
+# -- the grid's side of the comparison -------------------------------------------------------------
+def grid_canvas_pads(bbox_w: int, bbox_h: int, placements: Sequence[Placement], r: float) -> np.ndarray:
+    """(N, 4) the paddings (r^B - 1) of each placement's grid bucket canvas (geometry.bucket_for)."""
+    if not r > 1.0:
+        raise CoverError(f"bucket ratio r must be > 1, got {r!r}")
+    box = place_product_array(bbox_w, bbox_h, placements)
+    pad_px = np.stack([box.y, box.canvas_w - box.x - box.w, box.canvas_h - box.y - box.h, box.x], axis=1)
+    extent = np.stack([box.h, box.w, box.h, box.w], axis=1)
+    return np.power(r, bucket_exponent_array(pad_px, extent, r).astype(np.float64)) - 1.0
+
+
+def grid_costs(grid_pads: np.ndarray, points: PlacementPoints, max_aspect: float = DEFAULT_MAX_ASPECT):
+    """Per placement: (area ratio, stretch) of serving it from its own grid bucket's canvas."""
+    uw, uh = _point_units(grid_pads)
+    return uw * uh / points.area, _stretch(points.product_aspect * uw / uh, points.aspect, max_aspect)
+
+
+def cover_costs(index: CanvasIndex, points: PlacementPoints, chosen: np.ndarray,
+                max_aspect: float = DEFAULT_MAX_ASPECT):
+    """Per placement: (area ratio, stretch) of serving it from canvas `chosen` (find_covering)."""
+    return index.area[chosen] / points.area, _stretch(index.aspect[chosen], points.aspect, max_aspect)
+
+
+def grid_bounds(products: Sequence[tuple[int, int]], placements: Sequence[Placement], r: float,
+                max_aspect: float = DEFAULT_MAX_ASPECT) -> CoverBounds:
+    """The grid's worst case over these products and placements: the bounds under which a cover is
+    never worse than the paper's grid on them."""
+    area, stretch = 1.0, 1.0
+    for bw, bh in products:
+        pts = placement_points(bw, bh, placements)
+        a, s = grid_costs(grid_canvas_pads(bw, bh, placements, r), pts, max_aspect)
+        area, stretch = max(area, float(a.max(initial=1.0))), max(stretch, float(s.max(initial=1.0)))
+    return CoverBounds(area, stretch, max_aspect)
+
+
+# -- planning --------------------------------------------------------------------------------------
+def _stride_sample(rows: np.ndarray, k: int) -> np.ndarray:
+    if len(rows) <= k:
+        return rows
+    return rows[np.linspace(0, len(rows) - 1, k).round().astype(np.int64)]
+
+
+class _Problem(NamedTuple):
+    points: PlacementPoints
+    area_lim: np.ndarray
+    stretch_lim: np.ndarray
+    max_aspect: float
+
+    def covers(self, value: np.ndarray, pool: np.ndarray | slice = slice(None)) -> np.ndarray:
+        """(K, len(pool)) bool: canvases `value` (K, 4) against the points of `pool`."""
+        p = self.points
+        area, aspect = _canvas_arrays(value, p.product_aspect)
+        return _covers(value, area, aspect, p.need[pool], p.area[pool], p.aspect[pool],
+                       self.area_lim[pool], self.stretch_lim[pool], self.max_aspect)
+
+    def fits(self, value: np.ndarray, point: int) -> np.ndarray:
+        """(K,) bool: canvases `value` within point's area and stretch limits (dominance aside)."""
+        p = self.points
+        area, aspect = _canvas_arrays(value, p.product_aspect)
+        return ((area / p.area[point] <= self.area_lim[point])
+                & (_stretch(aspect, p.aspect[point], self.max_aspect) <= self.stretch_lim[point]))
+
+
+def _greedy(problem: _Problem, uncovered: np.ndarray) -> list[np.ndarray]:
+    need, area = problem.points.need, problem.points.area
+    order = np.argsort(area, kind="stable")
+    uncovered = uncovered.copy()
+    chosen: list[np.ndarray] = []
+    for seed in order:
+        if not uncovered[seed]:
+            continue
+        open_idx = np.flatnonzero(uncovered)
+        # A canvas through the seed that covers point q contains max(seed, q), so q is in the pool:
+        # the open points whose join with the seed is within the seed's area limit.
+        joined = np.maximum(need[seed], need[open_idx])
+        pool = open_idx[_canvas_arrays(joined, 1.0)[0] / area[seed] <= problem.area_lim[seed]]
+        cands = np.unique(np.maximum(need[seed], need[pool]), axis=0)
+        cands = _stride_sample(cands[problem.fits(cands, seed)], _CANDIDATES)
+        best, best_count = need[seed], 0
+        for _ in range(_GROW_STEPS + 1):  # grow the best canvas towards the pool points it misses
+            if len(cands) == 0:
+                break
+            cov = problem.covers(cands, pool)
+            counts = cov.sum(axis=1)
+            i = int(counts.argmax())
+            if counts[i] <= best_count:
+                break
+            best, best_count = cands[i], int(counts[i])
+            missed = pool[~cov[i]]
+            if len(missed) == 0:
+                break
+            cands = np.unique(np.maximum(best, need[missed]), axis=0)
+            cands = _stride_sample(cands[problem.fits(cands, seed)], _CANDIDATES)
+        chosen.append(best)
+        uncovered[pool[problem.covers(best[None], pool)[0]]] = False
+        if uncovered[seed]:  # cannot happen: the seed's own canvas covers it (_own_limits)
+            raise CoverError(f"internal: canvas {best} does not cover its seed point {need[seed]}")
+    return chosen
+
+
+def _drop_redundant(cov: np.ndarray, removable: np.ndarray) -> np.ndarray:
+    """Keep-mask over canvases: drop each removable one (latest first) whose points all have
+    another kept canvas."""
+    keep = np.ones(len(cov), bool)
+    counts = cov.sum(axis=0)
+    for k in reversed(np.flatnonzero(removable)):
+        mine = cov[k]
+        if (counts[mine] >= 2).all():
+            keep[k] = False
+            counts -= mine
+    return keep
+
+
+def plan_cover(points: PlacementPoints, bounds: CoverBounds,
+               existing: Sequence[CoverCanvas] = ()) -> list[CoverCanvas]:
+    """Canvases covering every point under the bounds: the existing ones that still cover a point
+    (all kept, in their order), then new ones for the points they leave uncovered.
+
+    Stable: planning again with more placements keeps every canvas of the previous plan that still
+    covers one of them, and adds canvases only for the points none of them covers."""
+    bounds = bounds.check()
+    problem = _Problem(points, *_own_limits(points, bounds), bounds.max_aspect)
+    kept = list(dict.fromkeys(existing))
+    old_value = np.array([tuple(c) for c in kept], np.int64).reshape(-1, 4)
+    old_cov = problem.covers(old_value)
+    kept = [c for c, row in zip(kept, old_cov) if row.any()]
+    old_value, old_cov = old_value[old_cov.any(axis=1)], old_cov[old_cov.any(axis=1)]
+    new = _greedy(problem, ~old_cov.any(axis=0))
+    if not new:
+        return kept
+    new_value = np.array(new, np.int64)
+    cov = np.concatenate([old_cov, problem.covers(new_value)])
+    keep = _drop_redundant(cov, np.arange(len(cov)) >= len(kept))[len(kept):]
+    return kept + [CoverCanvas(*(int(v) for v in row)) for row in new_value[keep]]
+
+
+def plan_product_cover(bbox_w: int, bbox_h: int, placements: Sequence[Placement], r: float = 1.2,
+                       bounds: CoverBounds | None = None, existing: Sequence[CoverCanvas] = (),
+                       max_aspect: float = DEFAULT_MAX_ASPECT) -> tuple[list[CoverCanvas], CoverBounds]:
+    """`plan_cover` for one product's placements; bounds default to the grid's worst case at r on
+    these placements (the pipeline should rather compute them once per partition: grid_bounds)."""
+    if bounds is None:
+        bounds = grid_bounds([(bbox_w, bbox_h)], placements, r, max_aspect)
+    return plan_cover(placement_points(bbox_w, bbox_h, placements), bounds, existing), bounds
+
+
+# -- lookup ----------------------------------------------------------------------------------------
+def find_covering(index: CanvasIndex, points: PlacementPoints, bounds: CoverBounds) -> np.ndarray:
+    """Per point: the position in `index` of the covering canvas with the smallest area ratio (the
+    sharpest crop; the first of equals), or -1 where none covers. A few array operations over the
+    product's K canvases."""
+    cov = coverage(index, points, bounds)
+    if len(index) == 0:
+        return np.full(len(points), -1, np.int64)
+    best = np.where(cov, index.area[:, None], np.inf).argmin(axis=0)
+    return np.where(cov.any(axis=0), best, -1)
+
+
+def find_covering_placement(index: CanvasIndex, bbox_w: int, bbox_h: int, placement: Placement,
+                            bounds: CoverBounds) -> int:
+    """`find_covering` for one request (the serving path): the position of the covering canvas with
+    the smallest area ratio, or -1. One place_product and a few operations over K canvases."""
+    placed = place_product(bbox_w, bbox_h, placement)
+    pad_px = np.array([placed.pad_top, placed.pad_right, placed.pad_bottom, placed.pad_left], np.int64)
+    extent = np.array([placed.h, placed.w, placed.h, placed.w], np.int64)
+    need = -(-COVER_PAD_SCALE * pad_px // extent)
+    uw, uh = _point_units(pad_px / extent)
+    p_area, p_aspect = uw * uh, bbox_w / bbox_h * uw / uh
+    own_area, own_aspect = _canvas_arrays(need, bbox_w / bbox_h)
+    area_lim = max(bounds.area, own_area / p_area)
+    stretch_lim = max(bounds.stretch, _stretch(own_aspect, p_aspect, bounds.max_aspect))
+    ok = ((index.value >= need).all(axis=1) & (index.area / p_area <= area_lim)
+          & (_stretch(index.aspect, p_aspect, bounds.max_aspect) <= stretch_lim))
+    if not ok.any():
+        return -1
+    return int(np.where(ok, index.area, np.inf).argmin())
+
+
+def find_covering_brute_force(canvases: Sequence[CoverCanvas], bbox_w: int, bbox_h: int, placement: Placement,
+                              bounds: CoverBounds) -> int:
+    """The reference for `find_covering`: one canvas at a time, from the definitions, in Python
+    floats with the same operations (tests)."""
+    placed = place_product(bbox_w, bbox_h, placement)
+    sides = ((placed.pad_top, placed.h), (placed.pad_right, placed.w), (placed.pad_bottom, placed.h),
+             (placed.pad_left, placed.w))
+    t, r, b, l = (p / d for p, d in sides)
+    uw, uh = 1.0 + r + l, 1.0 + t + b
+    need_area, aspect = uw * uh, bbox_w / bbox_h * uw / uh
+
+    def stretch(canvas_aspect: float) -> float:
+        return max(1.0, canvas_aspect / max(bounds.max_aspect, aspect),
+                   (1.0 / canvas_aspect) / max(bounds.max_aspect, 1.0 / aspect))
+
+    def cost(c: CoverCanvas) -> tuple[float, float]:
+        cw, ch = c.units_w, c.units_h
+        return cw * ch / need_area, stretch(bbox_w / bbox_h * cw / ch)
+
+    own = CoverCanvas(*(-(-COVER_PAD_SCALE * p // d) for p, d in sides))
+    area_lim, stretch_lim = (max(bound, o) for bound, o in zip((bounds.area, bounds.stretch), cost(own)))
+    best, best_area = -1, math.inf
+    for k, c in enumerate(canvases):
+        dominates = all(v * d >= COVER_PAD_SCALE * p for v, (p, d) in zip(c, sides))
+        area, s = cost(c)
+        if dominates and area <= area_lim and s <= stretch_lim and c.units_w * c.units_h < best_area:
+            best, best_area = k, c.units_w * c.units_h
+    return best
