@@ -1,13 +1,23 @@
-"""How much bucketing cuts generation, on a placement mix like real traffic, and the crop error.
+"""How much bucketing cuts generation, on a placement mix like real traffic: the paper's grid and
+bucket covers side by side, their resolution cost, the crop error, and hits for unplanned sizes.
 
 Mix: the standard IAB/social sizes, plus responsive variants of each with both sides stretched
 independently by up to +-15% (a few thousand distinct sizes), fill ratios {0.6, 0.7, 0.8}, three
 anchors (centre, bottom-centre, left-centre), and >= 300 products with bbox aspect ratios spread
-log-uniformly over 1:4 .. 4:1. For each r it prints distinct (product, placement) requests,
-distinct (product, bucket) generations, their ratio, and the largest crop error in pixels measured
-on rendered canvases (the product box found in the served image vs the placed box).
+log-uniformly over 1:4 .. 4:1. For each r:
 
-    .venv/bin/python benchmarks/bucketing.py [--products 300] [--variants 200] [--quick]
+* grid: distinct (product, bucket) generations (bucket_for), against the (product, placement)
+  requests; cover: canvases of plan_cover per product, under the grid's own worst case on the same
+  mix and products as bounds (area ratio and stretch beyond the model's aspect cap), so never worse;
+* the worst and mean area ratio (canvas extent / needed extent, the resolution a crop loses) and
+  the worst stretch of each, over every (product, placement);
+* the largest crop error in pixels measured on rendered canvases (the product box found in the
+  served image vs the placed box), for grid buckets and cover canvases alike;
+* planning time per product;
+* a stream of placement sizes that were not planned (new responsive variants): the share served
+  from a generated canvas by grid lookup (its own bucket) and by containment (any covering canvas).
+
+    .venv/bin/python benchmarks/bucketing.py [--products 300] [--variants 150] [--workers 1] [--quick]
 """
 from __future__ import annotations
 
@@ -17,11 +27,13 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bggen_assets.core import covers  # noqa: E402
 from bggen_assets.core.geometry import Placement, bucket_for, canvas_layout, place_product  # noqa: E402
 
 STANDARD = [(300, 250), (728, 90), (160, 600), (300, 600), (320, 50), (970, 250), (336, 280), (468, 60), (250, 250),
@@ -47,16 +59,40 @@ def products(n: int, seed: int = 1) -> list[tuple[int, int]]:
     return [(max(8, round(np.sqrt(a * r))), max(8, round(np.sqrt(a / r)))) for a, r in zip(area, aspect)]
 
 
-def _buckets_for_products(args):
-    bboxes, placements, r = args
+class ProductPlan(NamedTuple):
+    grid: set                  # the product's grid buckets, as exponent tuples (t, r, b, l)
+    grid_area: np.ndarray      # per placement: area ratio of its own bucket's canvas
+    grid_stretch: np.ndarray
+    index: covers.CanvasIndex  # the cover canvases
+    cover_area: np.ndarray     # per placement: area ratio of its best covering canvas
+    cover_stretch: np.ndarray
+    grid_s: float
+    cover_s: float
+
+
+def plan_products(args) -> list[ProductPlan]:
+    bboxes, placements, r, bounds = args
     out = []
     for bw, bh in bboxes:
-        out.append(len({bucket_for(place_product(bw, bh, p), r) for p in placements}))
+        t0 = time.perf_counter()
+        exps = covers.grid_exponents(bw, bh, placements, r)
+        grid = set(map(tuple, np.unique(exps, axis=0).tolist()))
+        t1 = time.perf_counter()
+        points = covers.placement_points(bw, bh, placements)
+        index = covers.canvas_index(covers.plan_cover(points, bounds), points.product_aspect)
+        t2 = time.perf_counter()
+        chosen = covers.find_covering(index, points, bounds)
+        if (chosen < 0).any():
+            raise AssertionError(f"product {bw}x{bh}: {int((chosen < 0).sum())} placements left uncovered")
+        ga, gs = covers.grid_costs(covers.grid_canvas_pads(exps, r), points, bounds.max_aspect)
+        ca, cs = covers.cover_costs(index, points, chosen, bounds.max_aspect)
+        out.append(ProductPlan(grid, ga, gs, index, ca, cs, t1 - t0, t2 - t1))
     return out
 
 
-def crop_error(bboxes, placements, r, samples: int, budget: int, seed: int = 2) -> int:
-    """Render canvases (product white on black), serve placements, measure the product box."""
+def crop_error(bboxes, placements, canvas_for, samples: int, budget: int, seed: int = 2) -> int:
+    """Render canvases (product white on black), serve placements, measure the product box.
+    canvas_for(product index, placement) -> the grid bucket or cover canvas that serves it."""
     from PIL import Image
 
     from bggen_assets.core.compositing import crop_placement
@@ -64,10 +100,11 @@ def crop_error(bboxes, placements, r, samples: int, budget: int, seed: int = 2) 
     rng = np.random.default_rng(seed)
     worst = 0
     for _ in range(samples):
-        bw, bh = bboxes[rng.integers(len(bboxes))]
+        i = int(rng.integers(len(bboxes)))
+        bw, bh = bboxes[i]
         p = placements[rng.integers(len(placements))]
         placed = place_product(bw, bh, p)
-        layout = canvas_layout(bucket_for(placed, r), bw, bh, budget)
+        layout = canvas_layout(canvas_for(i, p), bw, bh, budget)
         canvas = np.zeros((layout.height, layout.width), np.uint8)
         x, y, w, h = layout.product_box
         canvas[y : y + h, x : x + w] = 255
@@ -77,6 +114,37 @@ def crop_error(bboxes, placements, r, samples: int, budget: int, seed: int = 2) 
         worst = max(worst, out.shape != (p.height, p.width) and 10**9 or 0,
                     *(abs(int(a) - int(b)) for a, b in zip(got, (placed.x, placed.y, placed.w, placed.h))))
     return worst
+
+
+def unplanned_stream(planned: list[Placement], n: int, spread: float, seed: int) -> list[Placement]:
+    """n placements of sizes the mix does not have: standard sizes stretched by up to +-spread,
+    with the mix's fills and anchors."""
+    rng = np.random.default_rng(seed)
+    have = {(p.width, p.height) for p in planned}
+    out: list[Placement] = []
+    while len(out) < n:
+        w, h = STANDARD[rng.integers(len(STANDARD))]
+        size = (max(20, round(w * rng.uniform(1 - spread, 1 + spread))), max(20, round(h * rng.uniform(1 - spread, 1 + spread))))
+        if size in have:
+            continue
+        ax, ay = ANCHORS[rng.integers(len(ANCHORS))]
+        out.append(Placement(*size, FILLS[rng.integers(len(FILLS))], ax, ay))
+    return out
+
+
+def hit_rates(bboxes, plans: list[ProductPlan], stream: list[Placement], r: float, bounds: covers.CoverBounds,
+              seed: int = 3) -> tuple[float, float, float, float]:
+    """Share of requests served from a generated canvas: (grid hit %, containment hit %, grid lookup
+    us, containment lookup us; both lookups from the placement on, place_product included)."""
+    rng = np.random.default_rng(seed)
+    who = rng.integers(len(bboxes), size=len(stream))
+    t0 = time.perf_counter()
+    grid_hits = sum(tuple(bucket_for(place_product(*bboxes[i], p), r)[:4]) in plans[i].grid for i, p in zip(who, stream))
+    t1 = time.perf_counter()
+    cover_hits = sum(covers.find_covering_placement(plans[i].index, *bboxes[i], p, bounds) >= 0 for i, p in zip(who, stream))
+    t2 = time.perf_counter()
+    n = len(stream)
+    return 100.0 * grid_hits / n, 100.0 * cover_hits / n, (t1 - t0) / n * 1e6, (t2 - t1) / n * 1e6
 
 
 def demo_placements() -> dict[str, list[Placement]]:
@@ -95,32 +163,76 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=1500, help="rendered crops for the crop-error measurement")
     ap.add_argument("--budget", type=int, default=1_000_000, help="canvas pixel budget for the crop-error renders")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--stream", type=int, default=20_000, help="requests per stream of unplanned sizes")
     ap.add_argument("--quick", action="store_true")
     a = ap.parse_args()
     if a.quick:
-        a.products, a.variants, a.samples = 60, 40, 300
+        a.products, a.variants, a.samples, a.stream = 60, 40, 300, 4000
     placements = placement_mix(a.variants)
     sizes = len({(p.width, p.height) for p in placements})
     bboxes = products(a.products)
     print(f"mix: {sizes} distinct sizes ({len(STANDARD)} standard + responsive variants +-15%), fills {FILLS}, "
           f"anchors {ANCHORS}: {len(placements)} placements; {len(bboxes)} products, bbox aspect 1:4..4:1")
-    print(f"{'r':>5} {'requests':>12} {'generations':>12} {'ratio':>8} {'buckets/product':>16} {'crop err px':>12} {'s':>6}")
+    requests = len(bboxes) * len(placements)
+    streams = {spread: unplanned_stream(placements, a.stream, spread, seed=5) for spread in (0.15, 0.3)}
+    print(f"requests: {len(bboxes):,} products x {len(placements):,} placements = {requests:,}; "
+          f"cover bounds: the grid's worst case at the same r on this mix (area ratio, stretch beyond "
+          f"the {covers.DEFAULT_MAX_ASPECT:g}:1 aspect cap)")
+    print(f"{'r':>4} {'canvases':>8} {'count':>9} {'/product':>9} {'reduction':>10} {'worst area':>11} {'mean area':>10} "
+          f"{'worst stretch':>14} {'crop err px':>12} {'plan ms/product':>16}")
+    summary = {}
+    hits = []
     for r in (1.1, 1.2, 1.5):
-        t = time.perf_counter()
+        bounds = covers.grid_bounds(bboxes, placements, r)
         chunks = [bboxes[i :: a.workers] for i in range(a.workers)]
-        with ProcessPoolExecutor(a.workers) as pool:
-            counts = [c for part in pool.map(_buckets_for_products, [(c, placements, r) for c in chunks]) for c in part]
-        generations = sum(counts)
-        requests = len(bboxes) * len(placements)
-        err = crop_error(bboxes, placements, r, a.samples, a.budget)
-        print(f"{r:>5} {requests:>12,} {generations:>12,} {requests / generations:>7.1f}x {generations / len(bboxes):>16.1f} "
-              f"{err:>12} {time.perf_counter() - t:>6.1f}")
+        if a.workers == 1:
+            parts = [plan_products((bboxes, placements, r, bounds))]
+        else:
+            with ProcessPoolExecutor(a.workers) as pool:
+                parts = list(pool.map(plan_products, [(c, placements, r, bounds) for c in chunks]))
+        plans: list[ProductPlan] = [None] * len(bboxes)  # type: ignore[list-item]
+        for k, part in enumerate(parts):
+            plans[k :: a.workers] = part
+        grid_n = sum(len(p.grid) for p in plans)
+        cover_n = sum(len(p.index) for p in plans)
+        grid_err = crop_error(bboxes, placements, lambda i, p: bucket_for(place_product(*bboxes[i], p), r), a.samples, a.budget)
+
+        def cover_canvas(i, p):
+            k = covers.find_covering_placement(plans[i].index, *bboxes[i], p, bounds)
+            return plans[i].index.canvases[k]
+
+        cover_err = crop_error(bboxes, placements, cover_canvas, a.samples, a.budget)
+        rows = (("grid", grid_n, [p.grid_area for p in plans], [p.grid_stretch for p in plans], grid_err,
+                 [p.grid_s for p in plans]),
+                ("cover", cover_n, [p.cover_area for p in plans], [p.cover_stretch for p in plans], cover_err,
+                 [p.cover_s for p in plans]))
+        worst = {}
+        for name, n, area, stretch, err, secs in rows:
+            area, stretch = np.concatenate(area), np.concatenate(stretch)
+            worst[name] = float(area.max())
+            print(f"{r:>4} {name:>8} {n:>9,} {n / len(bboxes):>9.1f} {requests / n:>9.1f}x {worst[name]:>11.4f} "
+                  f"{area.mean():>10.4f} {stretch.max():>14.4f} {err:>12} {1e3 * np.mean(secs):>16.1f}")
+        summary[r] = (grid_n / cover_n, worst["grid"], worst["cover"])
+        print(f"{r:>4} cover vs grid: {grid_n / cover_n:.2f}x fewer canvases (bounds: area {bounds.area:.4f}, "
+              f"stretch {bounds.stretch:.4f})")
+        for spread, stream in streams.items():
+            hits.append((r, spread, *hit_rates(bboxes, plans, stream, r, bounds)))
+    print(f"unplanned sizes ({a.stream:,} requests per stream: standard sizes stretched by up to +-spread, "
+          f"none of them in the mix; the mix's fills and anchors):")
+    print(f"{'r':>4} {'spread':>7} {'grid hits':>10} {'containment hits':>17} {'grid lookup us':>15} {'containment us':>15}")
+    for r, spread, grid_hit, cover_hit, grid_us, cover_us in hits:
+        print(f"{r:>4} {spread:>6.0%} {grid_hit:>9.1f}% {cover_hit:>16.1f}% {grid_us:>15.1f} {cover_us:>15.1f}")
     # A handful of fixed sizes (the demo's) share few buckets: the reduction comes from many sizes.
     for merchant, fixed in demo_placements().items():
         requests = len(bboxes) * len(fixed)
-        generations = sum(_buckets_for_products((bboxes, fixed, 1.2)))
+        bounds = covers.grid_bounds(bboxes, fixed, 1.2)
+        demo = plan_products((bboxes, fixed, 1.2, bounds))
+        grid_n, cover_n = sum(len(p.grid) for p in demo), sum(len(p.index) for p in demo)
         print(f"demo sizes of {merchant} ({len(fixed)} placements), r=1.2: {requests:,} requests, "
-              f"{generations:,} generations, {requests / generations:.2f}x")
+              f"{grid_n:,} generations, {requests / grid_n:.2f}x; cover {cover_n:,} canvases, {requests / cover_n:.2f}x")
+    fewer, grid_worst, cover_worst = summary[1.2]
+    print(f"cover vs grid at r=1.2: {fewer:.2f}x fewer canvases; worst area ratio grid {grid_worst:.4f}, "
+          f"cover {cover_worst:.4f}")
 
 
 if __name__ == "__main__":

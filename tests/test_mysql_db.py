@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from services import MariaDBServer, SERVICES, create_database, services_only, start_or_fail
+from services import MariaDBServer, create_database, services_only, start_or_fail
 
 ROOT = Path(__file__).resolve().parents[1]
 

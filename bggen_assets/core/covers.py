@@ -115,9 +115,7 @@ def _stretch(canvas_aspect, point_aspect, max_aspect: float):
 
 def placement_points(bbox_w: int, bbox_h: int, placements: Sequence[Placement]) -> PlacementPoints:
     """The placements of a bbox_w x bbox_h product as points (geometry.place_product, vectorised)."""
-    box = place_product_array(bbox_w, bbox_h, placements)
-    pad_px = np.stack([box.y, box.canvas_w - box.x - box.w, box.canvas_h - box.y - box.h, box.x], axis=1)
-    extent = np.stack([box.h, box.w, box.h, box.w], axis=1)
+    pad_px, extent = place_product_array(bbox_w, bbox_h, placements).sides()
     pads = pad_px / extent
     need = -(-COVER_PAD_SCALE * pad_px // extent)  # exact ceil: the smallest v with v * D >= 1000 * P
     product_aspect = bbox_w / bbox_h
@@ -148,9 +146,13 @@ def _own_limits(points: PlacementPoints, bounds: CoverBounds) -> tuple[np.ndarra
 
 def _covers(value, area, aspect, need, p_area, p_aspect, area_lim, stretch_lim, max_aspect: float) -> np.ndarray:
     """(K, N) bool: canvas k (value, area, aspect) covers point n (need, p_area, p_aspect, limits)."""
-    return ((value[:, None, :] >= need[None, :, :]).all(-1)
-            & (area[:, None] / p_area[None, :] <= area_lim[None, :])
-            & (_stretch(aspect[:, None], p_aspect[None, :], max_aspect) <= stretch_lim[None, :]))
+    ok = area[:, None] / p_area[None, :] <= area_lim[None, :]
+    for side in range(4):
+        ok &= value[:, None, side] >= need[None, :, side]
+    # _stretch(...) <= limit, one term at a time (max is exact, so this is the same test)
+    ok &= aspect[:, None] / np.maximum(max_aspect, p_aspect)[None, :] <= stretch_lim[None, :]
+    ok &= (1.0 / aspect)[:, None] / np.maximum(max_aspect, 1.0 / p_aspect)[None, :] <= stretch_lim[None, :]
+    return ok & (stretch_lim >= 1.0)[None, :]
 
 
 def coverage(index: CanvasIndex, points: PlacementPoints, bounds: CoverBounds) -> np.ndarray:
@@ -161,14 +163,18 @@ def coverage(index: CanvasIndex, points: PlacementPoints, bounds: CoverBounds) -
 
 
 # -- the grid's side of the comparison -------------------------------------------------------------
-def grid_canvas_pads(bbox_w: int, bbox_h: int, placements: Sequence[Placement], r: float) -> np.ndarray:
-    """(N, 4) the paddings (r^B - 1) of each placement's grid bucket canvas (geometry.bucket_for)."""
+def grid_exponents(bbox_w: int, bbox_h: int, placements: Sequence[Placement], r: float) -> np.ndarray:
+    """(N, 4) int64 each placement's grid bucket exponents (top, right, bottom, left): bucket_for's."""
     if not r > 1.0:
         raise CoverError(f"bucket ratio r must be > 1, got {r!r}")
-    box = place_product_array(bbox_w, bbox_h, placements)
-    pad_px = np.stack([box.y, box.canvas_w - box.x - box.w, box.canvas_h - box.y - box.h, box.x], axis=1)
-    extent = np.stack([box.h, box.w, box.h, box.w], axis=1)
-    return np.power(r, bucket_exponent_array(pad_px, extent, r).astype(np.float64)) - 1.0
+    pad_px, extent = place_product_array(bbox_w, bbox_h, placements).sides()
+    return bucket_exponent_array(pad_px, extent, r)
+
+
+def grid_canvas_pads(exponents: np.ndarray, r: float) -> np.ndarray:
+    """(N, 4) the paddings r^B - 1 of grid bucket canvases (per product extent, as for points)."""
+    powers = np.array([r**e for e in range(int(exponents.max(initial=0)) + 1)])
+    return powers[exponents] - 1.0
 
 
 def grid_costs(grid_pads: np.ndarray, points: PlacementPoints, max_aspect: float = DEFAULT_MAX_ASPECT):
@@ -190,7 +196,7 @@ def grid_bounds(products: Sequence[tuple[int, int]], placements: Sequence[Placem
     area, stretch = 1.0, 1.0
     for bw, bh in products:
         pts = placement_points(bw, bh, placements)
-        a, s = grid_costs(grid_canvas_pads(bw, bh, placements, r), pts, max_aspect)
+        a, s = grid_costs(grid_canvas_pads(grid_exponents(bw, bh, placements, r), r), pts, max_aspect)
         area, stretch = max(area, float(a.max(initial=1.0))), max(stretch, float(s.max(initial=1.0)))
     return CoverBounds(area, stretch, max_aspect)
 
@@ -318,51 +324,58 @@ def find_covering(index: CanvasIndex, points: PlacementPoints, bounds: CoverBoun
     return np.where(cov.any(axis=0), best, -1)
 
 
-def find_covering_placement(index: CanvasIndex, bbox_w: int, bbox_h: int, placement: Placement,
-                            bounds: CoverBounds) -> int:
-    """`find_covering` for one request (the serving path): the position of the covering canvas with
-    the smallest area ratio, or -1. One place_product and a few operations over K canvases."""
-    placed = place_product(bbox_w, bbox_h, placement)
-    pad_px = np.array([placed.pad_top, placed.pad_right, placed.pad_bottom, placed.pad_left], np.int64)
-    extent = np.array([placed.h, placed.w, placed.h, placed.w], np.int64)
-    need = -(-COVER_PAD_SCALE * pad_px // extent)
-    uw, uh = _point_units(pad_px / extent)
-    p_area, p_aspect = uw * uh, bbox_w / bbox_h * uw / uh
-    own_area, own_aspect = _canvas_arrays(need, bbox_w / bbox_h)
-    area_lim = max(bounds.area, own_area / p_area)
-    stretch_lim = max(bounds.stretch, _stretch(own_aspect, p_aspect, bounds.max_aspect))
-    ok = ((index.value >= need).all(axis=1) & (index.area / p_area <= area_lim)
-          & (_stretch(index.aspect, p_aspect, bounds.max_aspect) <= stretch_lim))
-    if not ok.any():
-        return -1
-    return int(np.where(ok, index.area, np.inf).argmin())
+class _Request(NamedTuple):
+    need: tuple[int, int, int, int]
+    area: float
+    aspect: float
+    area_lim: float
+    stretch_lim: float
 
 
-def find_covering_brute_force(canvases: Sequence[CoverCanvas], bbox_w: int, bbox_h: int, placement: Placement,
-                              bounds: CoverBounds) -> int:
-    """The reference for `find_covering`: one canvas at a time, from the definitions, in Python
-    floats with the same operations (tests)."""
+def _scalar_stretch(canvas_aspect: float, point_aspect: float, max_aspect: float) -> float:
+    return max(1.0, canvas_aspect / max(max_aspect, point_aspect), (1.0 / canvas_aspect) / max(max_aspect, 1.0 / point_aspect))
+
+
+def _request(bbox_w: int, bbox_h: int, placement: Placement, bounds: CoverBounds) -> _Request:
+    """One placement as a point, in Python scalars (the float operations of placement_points and
+    _own_limits, in the same order)."""
     placed = place_product(bbox_w, bbox_h, placement)
     sides = ((placed.pad_top, placed.h), (placed.pad_right, placed.w), (placed.pad_bottom, placed.h),
              (placed.pad_left, placed.w))
     t, r, b, l = (p / d for p, d in sides)
     uw, uh = 1.0 + r + l, 1.0 + t + b
-    need_area, aspect = uw * uh, bbox_w / bbox_h * uw / uh
-
-    def stretch(canvas_aspect: float) -> float:
-        return max(1.0, canvas_aspect / max(bounds.max_aspect, aspect),
-                   (1.0 / canvas_aspect) / max(bounds.max_aspect, 1.0 / aspect))
-
-    def cost(c: CoverCanvas) -> tuple[float, float]:
-        cw, ch = c.units_w, c.units_h
-        return cw * ch / need_area, stretch(bbox_w / bbox_h * cw / ch)
-
+    area, aspect = uw * uh, bbox_w / bbox_h * uw / uh
     own = CoverCanvas(*(-(-COVER_PAD_SCALE * p // d) for p, d in sides))
-    area_lim, stretch_lim = (max(bound, o) for bound, o in zip((bounds.area, bounds.stretch), cost(own)))
+    own_area = own.units_w * own.units_h
+    own_stretch = _scalar_stretch(bbox_w / bbox_h * own.units_w / own.units_h, aspect, bounds.max_aspect)
+    return _Request(tuple(own), area, aspect, max(bounds.area, own_area / area), max(bounds.stretch, own_stretch))
+
+
+def find_covering_placement(index: CanvasIndex, bbox_w: int, bbox_h: int, placement: Placement,
+                            bounds: CoverBounds) -> int:
+    """`find_covering` for one request (the serving path): the position of the covering canvas with
+    the smallest area ratio (the first of equals), or -1. The request in Python scalars, then a few
+    array operations over the product's K canvases."""
+    q = _request(bbox_w, bbox_h, placement, bounds)
+    v = index.value
+    ok = ((v[:, 0] >= q.need[0]) & (v[:, 1] >= q.need[1]) & (v[:, 2] >= q.need[2]) & (v[:, 3] >= q.need[3])
+          & (index.area / q.area <= q.area_lim)
+          & (_stretch(index.aspect, q.aspect, bounds.max_aspect) <= q.stretch_lim))
+    hits = np.flatnonzero(ok)
+    if len(hits) == 0:
+        return -1
+    return int(hits[index.area[hits].argmin()])
+
+
+def find_covering_brute_force(canvases: Sequence[CoverCanvas], bbox_w: int, bbox_h: int, placement: Placement,
+                              bounds: CoverBounds) -> int:
+    """The reference for the lookups: one canvas at a time, from the definitions (tests)."""
+    q = _request(bbox_w, bbox_h, placement, bounds)
     best, best_area = -1, math.inf
     for k, c in enumerate(canvases):
-        dominates = all(v * d >= COVER_PAD_SCALE * p for v, (p, d) in zip(c, sides))
-        area, s = cost(c)
-        if dominates and area <= area_lim and s <= stretch_lim and c.units_w * c.units_h < best_area:
-            best, best_area = k, c.units_w * c.units_h
+        area = c.units_w * c.units_h
+        stretch = _scalar_stretch(bbox_w / bbox_h * c.units_w / c.units_h, q.aspect, bounds.max_aspect)
+        if (all(v >= n for v, n in zip(c, q.need)) and area / q.area <= q.area_lim and stretch <= q.stretch_lim
+                and area < best_area):
+            best, best_area = k, area
     return best

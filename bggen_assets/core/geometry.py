@@ -303,6 +303,11 @@ class PlacedBoxes(NamedTuple):
     canvas_w: np.ndarray
     canvas_h: np.ndarray
 
+    def sides(self) -> tuple[np.ndarray, np.ndarray]:
+        """(N, 4) padding and (N, 4) product extent per side (top, right, bottom, left), in px."""
+        pad = np.stack([self.y, self.canvas_w - self.x - self.w, self.canvas_h - self.y - self.h, self.x], axis=1)
+        return pad, np.stack([self.h, self.w, self.h, self.w], axis=1)
+
 
 def place_product_array(bbox_w: int, bbox_h: int, placements) -> PlacedBoxes:
     """`place_product` for many placements, the same IEEE operations in the same order (numpy's
