@@ -34,7 +34,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bggen_assets.core import covers  # noqa: E402
-from bggen_assets.core.geometry import Placement, bucket_for, canvas_layout, place_product  # noqa: E402
+from bggen_assets.core.geometry import (  # noqa: E402
+    Bucket, CoverCanvas, Placement, bucket_for, canvas_layout, place_product)
 
 STANDARD = [(300, 250), (728, 90), (160, 600), (300, 600), (320, 50), (970, 250), (336, 280), (468, 60), (250, 250),
             (120, 600), (1200, 628), (1080, 1080), (1080, 1920), (320, 100), (200, 200), (300, 50), (970, 90),
@@ -61,6 +62,7 @@ def products(n: int, seed: int = 1) -> list[tuple[int, int]]:
 
 class ProductPlan(NamedTuple):
     grid: set                  # the product's grid buckets, as exponent tuples (t, r, b, l)
+    grid_index: covers.CanvasIndex  # the same canvases for containment lookups (CoverCanvas.inside_bucket)
     grid_area: np.ndarray      # per placement: area ratio of its own bucket's canvas
     grid_stretch: np.ndarray
     index: covers.CanvasIndex  # the cover canvases
@@ -78,6 +80,7 @@ def plan_products(args) -> list[ProductPlan]:
         exps = covers.grid_exponents(bw, bh, placements, r)
         grid = set(map(tuple, np.unique(exps, axis=0).tolist()))
         t1 = time.perf_counter()
+        grid_index = covers.canvas_index([CoverCanvas.inside_bucket(Bucket(*e, r)) for e in sorted(grid)], bw / bh)
         points = covers.placement_points(bw, bh, placements)
         index = covers.canvas_index(covers.plan_cover(points, bounds), points.product_aspect)
         t2 = time.perf_counter()
@@ -86,7 +89,7 @@ def plan_products(args) -> list[ProductPlan]:
             raise AssertionError(f"product {bw}x{bh}: {int((chosen < 0).sum())} placements left uncovered")
         ga, gs = covers.grid_costs(covers.grid_canvas_pads(exps, r), points, bounds.max_aspect)
         ca, cs = covers.cover_costs(index, points, chosen, bounds.max_aspect)
-        out.append(ProductPlan(grid, ga, gs, index, ca, cs, t1 - t0, t2 - t1))
+        out.append(ProductPlan(grid, grid_index, ga, gs, index, ca, cs, t1 - t0, t2 - t1))
     return out
 
 
@@ -132,19 +135,46 @@ def unplanned_stream(planned: list[Placement], n: int, spread: float, seed: int)
     return out
 
 
+class Hits(NamedTuple):
+    grid: float          # % served by grid lookup: the request's own bucket was generated
+    grid_contained: float  # % served by containment over the same grid canvases
+    cover: float         # % served by containment over the cover canvases
+    grid_worst: float    # worst area ratio served, each way
+    grid_contained_worst: float
+    cover_worst: float
+    grid_us: float       # one lookup, from the placement on (place_product included)
+    cover_us: float
+
+
 def hit_rates(bboxes, plans: list[ProductPlan], stream: list[Placement], r: float, bounds: covers.CoverBounds,
-              seed: int = 3) -> tuple[float, float, float, float]:
-    """Share of requests served from a generated canvas: (grid hit %, containment hit %, grid lookup
-    us, containment lookup us; both lookups from the placement on, place_product included)."""
+              timed: int = 2000, seed: int = 3) -> Hits:
+    """Which requests of the stream are served from a generated canvas, and at what area ratio."""
     rng = np.random.default_rng(seed)
     who = rng.integers(len(bboxes), size=len(stream))
+    served = {"grid": [], "grid_contained": [], "cover": []}
+    for i in np.unique(who):
+        ps = [stream[j] for j in np.flatnonzero(who == i)]
+        points = covers.placement_points(*bboxes[i], ps)
+        exps = covers.grid_exponents(*bboxes[i], ps, r)
+        own = np.array([tuple(e) in plans[i].grid for e in exps.tolist()])
+        area, _ = covers.grid_costs(covers.grid_canvas_pads(exps, r), points, bounds.max_aspect)
+        served["grid"].append(np.where(own, area, np.nan))
+        for name, index in (("grid_contained", plans[i].grid_index), ("cover", plans[i].index)):
+            k = covers.find_covering(index, points, bounds)
+            served[name].append(np.where(k >= 0, index.area[np.maximum(k, 0)] / points.area, np.nan))
+    ratio = {name: np.concatenate(v) for name, v in served.items()}
+    pct = {name: 100.0 * float(np.isfinite(v).mean()) for name, v in ratio.items()}
+    worst = {name: float(np.nanmax(v)) if np.isfinite(v).any() else float("nan") for name, v in ratio.items()}
+    sample = list(zip(who[:timed], stream[:timed]))
     t0 = time.perf_counter()
-    grid_hits = sum(tuple(bucket_for(place_product(*bboxes[i], p), r)[:4]) in plans[i].grid for i, p in zip(who, stream))
+    for i, p in sample:
+        _ = tuple(bucket_for(place_product(*bboxes[i], p), r)[:4]) in plans[i].grid
     t1 = time.perf_counter()
-    cover_hits = sum(covers.find_covering_placement(plans[i].index, *bboxes[i], p, bounds) >= 0 for i, p in zip(who, stream))
+    for i, p in sample:
+        covers.find_covering_placement(plans[i].index, *bboxes[i], p, bounds)
     t2 = time.perf_counter()
-    n = len(stream)
-    return 100.0 * grid_hits / n, 100.0 * cover_hits / n, (t1 - t0) / n * 1e6, (t2 - t1) / n * 1e6
+    return Hits(pct["grid"], pct["grid_contained"], pct["cover"], worst["grid"], worst["grid_contained"],
+                worst["cover"], (t1 - t0) / len(sample) * 1e6, (t2 - t1) / len(sample) * 1e6)
 
 
 def demo_placements() -> dict[str, list[Placement]]:
@@ -194,7 +224,7 @@ def main() -> None:
         for k, part in enumerate(parts):
             plans[k :: a.workers] = part
         grid_n = sum(len(p.grid) for p in plans)
-        cover_n = sum(len(p.index) for p in plans)
+        cover_n = sum(p.index.count for p in plans)
         grid_err = crop_error(bboxes, placements, lambda i, p: bucket_for(place_product(*bboxes[i], p), r), a.samples, a.budget)
 
         def cover_canvas(i, p):
@@ -216,20 +246,29 @@ def main() -> None:
         print(f"{r:>4} cover vs grid: {grid_n / cover_n:.2f}x fewer canvases (bounds: area {bounds.area:.4f}, "
               f"stretch {bounds.stretch:.4f})")
         for spread, stream in streams.items():
-            hits.append((r, spread, *hit_rates(bboxes, plans, stream, r, bounds)))
+            hits.append((r, spread, hit_rates(bboxes, plans, stream, r, bounds)))
     print(f"unplanned sizes ({a.stream:,} requests per stream: standard sizes stretched by up to +-spread, "
-          f"none of them in the mix; the mix's fills and anchors):")
-    print(f"{'r':>4} {'spread':>7} {'grid hits':>10} {'containment hits':>17} {'grid lookup us':>15} {'containment us':>15}")
-    for r, spread, grid_hit, cover_hit, grid_us, cover_us in hits:
-        print(f"{r:>4} {spread:>6.0%} {grid_hit:>9.1f}% {cover_hit:>16.1f}% {grid_us:>15.1f} {cover_us:>15.1f}")
+          f"none of them planned; the mix's fills and anchors). Hits: grid lookup (own bucket) and containment "
+          f"over the grid's canvases, containment over the cover's; the worst area ratio each serves:")
+    print(f"{'r':>4} {'plan':>22} {'grid hits':>10} {'grid contained':>15} {'cover contained':>16} "
+          f"{'worst area':>24} {'lookup us grid/cover':>21}")
+
+    def hit_row(r, label, h: Hits) -> None:
+        print(f"{r:>4} {label:>22} {h.grid:>9.1f}% {h.grid_contained:>14.1f}% {h.cover:>15.1f}% "
+              f"{h.grid_worst:>8.3f}/{h.grid_contained_worst:.3f}/{h.cover_worst:.3f} "
+              f"{h.grid_us:>12.1f} / {h.cover_us:<6.1f}")
+
+    for r, spread, h in hits:
+        hit_row(r, f"mix, sizes +-{spread:.0%}", h)
     # A handful of fixed sizes (the demo's) share few buckets: the reduction comes from many sizes.
     for merchant, fixed in demo_placements().items():
         requests = len(bboxes) * len(fixed)
         bounds = covers.grid_bounds(bboxes, fixed, 1.2)
         demo = plan_products((bboxes, fixed, 1.2, bounds))
-        grid_n, cover_n = sum(len(p.grid) for p in demo), sum(len(p.index) for p in demo)
+        grid_n, cover_n = sum(len(p.grid) for p in demo), sum(p.index.count for p in demo)
         print(f"demo sizes of {merchant} ({len(fixed)} placements), r=1.2: {requests:,} requests, "
               f"{grid_n:,} generations, {requests / grid_n:.2f}x; cover {cover_n:,} canvases, {requests / cover_n:.2f}x")
+        hit_row(1.2, f"{merchant}, sizes +-15%", hit_rates(bboxes, demo, unplanned_stream(fixed, a.stream, 0.15, 6), 1.2, bounds))
     fewer, grid_worst, cover_worst = summary[1.2]
     print(f"cover vs grid at r=1.2: {fewer:.2f}x fewer canvases; worst area ratio grid {grid_worst:.4f}, "
           f"cover {cover_worst:.4f}")

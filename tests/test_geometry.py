@@ -133,3 +133,74 @@ def test_bad_bucket_ids_and_ratios():
         Bucket.from_id("../../etc/passwd")
     with pytest.raises(GeometryError, match="r must be > 1"):
         bucket_for(place_product(10, 10, Placement(100, 100)), 1.0)
+
+
+# -- additions for bucket covers (core/covers.py) ------------------------------------------------
+from bggen_assets.core.geometry import (  # noqa: E402
+    CoverCanvas,
+    bucket_exponent_array,
+    canvas_from_id,
+    place_product_array,
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(bbox=bboxes, ps=st.lists(placements, min_size=1, max_size=30), r=ratios)
+def test_array_geometry_is_the_scalar_geometry(bbox, ps, r):
+    boxes = place_product_array(*bbox, ps)
+    pads, extents = boxes.sides()
+    for i, p in enumerate(ps):
+        placed = place_product(*bbox, p)
+        assert (boxes.x[i], boxes.y[i], boxes.w[i], boxes.h[i], boxes.canvas_w[i], boxes.canvas_h[i]) == placed
+        assert pads[i].tolist() == [placed.pad_top, placed.pad_right, placed.pad_bottom, placed.pad_left]
+        assert list(bucket_exponent_array(pads[i], extents[i], r)) == list(bucket_for(placed, r)[:4])
+
+
+def test_array_exponents_on_exact_powers():
+    assert bucket_exponent_array([44, 0, 43, 45], [100, 100, 100, 100], 1.2).tolist() == [2, 0, 2, 3]
+
+
+@settings(max_examples=200, deadline=None)
+@given(bbox=bboxes, placement=placements, extra=st.tuples(*[st.integers(0, 300)] * 4),
+       budget=st.sampled_from([20_000, 250_000, 1_000_000]))
+def test_a_cover_canvas_that_dominates_a_placement_crops_it_exactly(bbox, placement, extra, budget):
+    placed = place_product(*bbox, placement)
+    sides = ((placed.pad_top, placed.h), (placed.pad_right, placed.w), (placed.pad_bottom, placed.h),
+             (placed.pad_left, placed.w))
+    tight = CoverCanvas(*(-(-1000 * p // d) + e for (p, d), e in zip(sides, extra)))
+    layout = canvas_layout(tight, *bbox, budget)
+    assert layout.product_x == -(-tight.left * layout.product_w // 1000)  # integer paddings, rounded up
+    assert layout.width == layout.product_x + layout.product_w + -(-tight.right * layout.product_w // 1000)
+    x0, y0, x1, y1 = crop_box(layout, placed)  # raises if the placement did not fit
+    sx, sy = placement.width / (x1 - x0), placement.height / (y1 - y0)
+    assert abs((layout.product_x - x0) * sx - placed.x) < 1e-6 and abs((layout.product_y - y0) * sy - placed.y) < 1e-6
+    assert abs(layout.product_w * sx - placed.w) < 1e-6 and abs(layout.product_h * sy - placed.h) < 1e-6
+
+
+@settings(max_examples=150, deadline=None)
+@given(bbox=bboxes, placement=placements, r=ratios)
+def test_the_cover_canvas_inside_a_bucket_serves_from_the_grid_canvas(bbox, placement, r):
+    placed = place_product(*bbox, placement)
+    bucket = bucket_for(placed, r)
+    inside = CoverCanvas.inside_bucket(bucket)
+    for v, e in zip(inside, bucket[:4]):
+        assert v / 1000 <= r**e - 1 + 1e-12 and (v + 1) / 1000 > r**e - 1
+    sides = ((placed.pad_top, placed.h), (placed.pad_right, placed.w), (placed.pad_bottom, placed.h),
+             (placed.pad_left, placed.w))
+    if all(v * d >= 1000 * p for v, (p, d) in zip(inside, sides)):  # the cover test says it fits
+        crop_box(canvas_layout(bucket, *bbox, 100_000), placed)  # and it does, on the grid's canvas
+
+
+def test_cover_canvas_ids_round_trip_and_stay_apart_from_bucket_ids():
+    c = CoverCanvas(125, 3400, 0, 7)
+    assert c.id == "c-t125-r3400-b0-l7" and CoverCanvas.from_id(c.id) == c and canvas_from_id(c.id) == c
+    b = Bucket(1, 7, 1, 7, 1.2)
+    assert canvas_from_id(b.id) == b
+    for bad in ("c-t125-r3400-b0", "c-t0125-r1-b1-l1", "c-t-1-r1-b1-l1", "c-t1-r1-b1-l+1", "c-t1_0-r1-b1-l1",
+                "c-r1-t1-b1-l1", "x-t1-r1-b1-l1", f"c-t{8192 * 1000 + 1}-r0-b0-l0", b.id, "../../etc/passwd"):
+        with pytest.raises(GeometryError, match="not a cover canvas id"):
+            CoverCanvas.from_id(bad)
+    with pytest.raises(GeometryError, match="not a bucket id"):
+        Bucket.from_id(c.id)
+    with pytest.raises(GeometryError, match="not a bucket or cover canvas id"):
+        canvas_from_id("r1.2-t1")

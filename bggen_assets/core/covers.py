@@ -76,7 +76,8 @@ class PlacementPoints(NamedTuple):
     aspect: np.ndarray
     product_aspect: float
 
-    def __len__(self) -> int:
+    @property
+    def count(self) -> int:
         return len(self.area)
 
     def take(self, idx) -> "PlacementPoints":
@@ -92,7 +93,8 @@ class CanvasIndex(NamedTuple):
     aspect: np.ndarray
     canvases: tuple[CoverCanvas, ...]
 
-    def __len__(self) -> int:
+    @property
+    def count(self) -> int:
         return len(self.canvases)
 
 
@@ -121,6 +123,28 @@ def placement_points(bbox_w: int, bbox_h: int, placements: Sequence[Placement]) 
     product_aspect = bbox_w / bbox_h
     uw, uh = _point_units(pads)
     return PlacementPoints(pads, need, uw * uh, product_aspect * uw / uh, product_aspect)
+
+
+def request_canvas(bbox_w: int, bbox_h: int, placement: Placement) -> CoverCanvas:
+    """The smallest cover canvas a placement fits: what a miss asks for (its id can be queued like
+    a grid bucket id; canvas_points turns it back into a point for planning)."""
+    return CoverCanvas(*(int(v) for v in placement_points(bbox_w, bbox_h, [placement]).need[0]))
+
+
+def canvas_points(canvases: Sequence[CoverCanvas], product_aspect: float) -> PlacementPoints:
+    """Canvases as points needing exactly their paddings (queued misses, see request_canvas)."""
+    need = np.array([tuple(c) for c in canvases], np.int64).reshape(-1, 4)
+    pads = need / COVER_PAD_SCALE
+    uw, uh = _point_units(pads)
+    return PlacementPoints(pads, need, uw * uh, product_aspect * uw / uh, product_aspect)
+
+
+def join_points(*parts: PlacementPoints) -> PlacementPoints:
+    """One product's points from several sources (its placements, its queued misses), in order."""
+    if len({p.product_aspect for p in parts}) != 1:
+        raise CoverError("points of different products cannot be joined")
+    return PlacementPoints(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("pads", "need", "area", "aspect")),
+                           parts[0].product_aspect)
 
 
 def _canvas_arrays(value: np.ndarray, product_aspect: float) -> tuple[np.ndarray, np.ndarray]:
@@ -152,7 +176,7 @@ def _covers(value, area, aspect, need, p_area, p_aspect, area_lim, stretch_lim, 
     # _stretch(...) <= limit, one term at a time (max is exact, so this is the same test)
     ok &= aspect[:, None] / np.maximum(max_aspect, p_aspect)[None, :] <= stretch_lim[None, :]
     ok &= (1.0 / aspect)[:, None] / np.maximum(max_aspect, 1.0 / p_aspect)[None, :] <= stretch_lim[None, :]
-    return ok & (stretch_lim >= 1.0)[None, :]
+    return ok  # and 1 <= stretch_lim, which _own_limits guarantees
 
 
 def coverage(index: CanvasIndex, points: PlacementPoints, bounds: CoverBounds) -> np.ndarray:
@@ -202,10 +226,15 @@ def grid_bounds(products: Sequence[tuple[int, int]], placements: Sequence[Placem
 
 
 # -- planning --------------------------------------------------------------------------------------
-def _stride_sample(rows: np.ndarray, k: int) -> np.ndarray:
-    if len(rows) <= k:
-        return rows
-    return rows[np.linspace(0, len(rows) - 1, k).round().astype(np.int64)]
+def _distinct_sample(rows: np.ndarray, k: int) -> np.ndarray:
+    """At most k of the distinct rows, evenly spread over them in a fixed order (deterministic).
+    Rows are told apart by a 64-bit hash of their four values: a collision only loses a candidate."""
+    key = rows @ np.array([0x9E3779B97F4A7C15 - (1 << 64), 0xC2B2AE3D27D4EB4F - (1 << 64), 0x165667B19E3779F9,
+                           0x27D4EB2F165667C5], np.int64)
+    _, first = np.unique(key, return_index=True)
+    if len(first) > k:
+        first = first[np.linspace(0, len(first) - 1, k).round().astype(np.int64)]
+    return rows[first]
 
 
 class _Problem(NamedTuple):
@@ -242,8 +271,8 @@ def _greedy(problem: _Problem, uncovered: np.ndarray) -> list[np.ndarray]:
         # the open points whose join with the seed is within the seed's area limit.
         joined = np.maximum(need[seed], need[open_idx])
         pool = open_idx[_canvas_arrays(joined, 1.0)[0] / area[seed] <= problem.area_lim[seed]]
-        cands = np.unique(np.maximum(need[seed], need[pool]), axis=0)
-        cands = _stride_sample(cands[problem.fits(cands, seed)], _CANDIDATES)
+        cands = np.maximum(need[seed], need[pool])
+        cands = _distinct_sample(cands[problem.fits(cands, seed)], _CANDIDATES)
         best, best_count = need[seed], 0
         for _ in range(_GROW_STEPS + 1):  # grow the best canvas towards the pool points it misses
             if len(cands) == 0:
@@ -257,8 +286,8 @@ def _greedy(problem: _Problem, uncovered: np.ndarray) -> list[np.ndarray]:
             missed = pool[~cov[i]]
             if len(missed) == 0:
                 break
-            cands = np.unique(np.maximum(best, need[missed]), axis=0)
-            cands = _stride_sample(cands[problem.fits(cands, seed)], _CANDIDATES)
+            cands = np.maximum(best, need[missed])
+            cands = _distinct_sample(cands[problem.fits(cands, seed)], _CANDIDATES)
         chosen.append(best)
         uncovered[pool[problem.covers(best[None], pool)[0]]] = False
         if uncovered[seed]:  # cannot happen: the seed's own canvas covers it (_own_limits)
@@ -318,8 +347,8 @@ def find_covering(index: CanvasIndex, points: PlacementPoints, bounds: CoverBoun
     sharpest crop; the first of equals), or -1 where none covers. A few array operations over the
     product's K canvases."""
     cov = coverage(index, points, bounds)
-    if len(index) == 0:
-        return np.full(len(points), -1, np.int64)
+    if index.count == 0:
+        return np.full(points.count, -1, np.int64)
     best = np.where(cov, index.area[:, None], np.inf).argmin(axis=0)
     return np.where(cov.any(axis=0), best, -1)
 

@@ -237,14 +237,15 @@ class CoverCanvas(NamedTuple):
 
     @classmethod
     def from_id(cls, canvas_id: str) -> "CoverCanvas":
+        """Only canonical ids (what `.id` writes) are accepted, so one canvas has one id."""
         try:
-            c, t, rr, b, l = canvas_id.split("-")
-            if not (c == "c" and t[0] == "t" and rr[0] == "r" and b[0] == "b" and l[0] == "l"):
+            c, *sides = canvas_id.split("-")
+            if c != "c" or [v[:1] for v in sides] != ["t", "r", "b", "l"] or not all(v[1:].isdigit() for v in sides):
                 raise ValueError
-            sides = [int(v[1:]) for v in (t, rr, b, l)]
-            if not all(v[1:].isdigit() for v in (t, rr, b, l)) or max(sides) > MAX_COVER_PAD:
+            canvas = cls(*(int(v[1:]) for v in sides))
+            if canvas.id != canvas_id or max(canvas) > MAX_COVER_PAD:
                 raise ValueError
-            return cls(*sides)
+            return canvas
         except (ValueError, IndexError):
             raise GeometryError(f"not a cover canvas id: {canvas_id!r}") from None
 
@@ -258,9 +259,10 @@ class CoverCanvas(NamedTuple):
         return 1.0 + (self.top + self.bottom) / COVER_PAD_SCALE
 
     @classmethod
-    def of_bucket(cls, bucket: Bucket) -> "CoverCanvas":
-        """The smallest cover canvas at least as large as the grid bucket's canvas on every side."""
-        return cls(*(math.ceil((bucket.r**e - 1.0) * COVER_PAD_SCALE - 1e-9)
+    def inside_bucket(cls, bucket: Bucket) -> "CoverCanvas":
+        """The largest cover canvas inside a grid bucket's canvas on every side: a placement it
+        dominates is an exact crop of the generated grid canvas too (containment over grid canvases)."""
+        return cls(*(math.floor((bucket.r**e - 1.0) * COVER_PAD_SCALE + 1e-9)
                      for e in (bucket.top, bucket.right, bucket.bottom, bucket.left)))
 
 
