@@ -11,18 +11,9 @@ from PIL import Image
 from bggen_assets.core import covers
 from bggen_assets.core.compositing import canvas_pyramid, crop_placement
 from bggen_assets.core.geometry import CoverCanvas, Placement, canvas_layout, crop_box, place_product
+from test_geometry import bboxes, placements, ratios  # the same placements and products as the grid's tests
 
-placements = st.builds(
-    Placement,
-    width=st.integers(20, 2000),
-    height=st.integers(20, 2000),
-    fill=st.sampled_from([0.5, 0.6, 0.7, 0.8, 0.9, 1.0]),
-    anchor_x=st.sampled_from([0.0, 0.15, 0.5, 0.85, 1.0]),
-    anchor_y=st.sampled_from([0.0, 0.3, 0.5, 0.85, 1.0]),
-)
 placement_lists = st.lists(placements, min_size=1, max_size=40)
-bboxes = st.tuples(st.integers(8, 1500), st.integers(8, 1500))
-ratios = st.sampled_from([1.1, 1.2, 1.5])
 quick = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
