@@ -25,6 +25,8 @@ from typing import Optional
 
 import numpy as np
 
+from .core.geometry import Placement
+
 # The code location as `dagster dev -w workspace.yaml` loads it: the instance keeps each sensor's
 # state (its cursor) under that location's name, the repository and the sensor's name.
 WORKSPACE = Path(__file__).resolve().parents[1] / "workspace.yaml"
@@ -183,13 +185,13 @@ def main(argv=None) -> int:
             break
     if product_id:
         t = time.perf_counter()
-        miss = service.serve(merchant, product_id, 400, 300, fill=0.6, anchor=(0.25, 0.5))
+        miss = service.serve(merchant, product_id, UNPLANNED)
         _say(f"served {product_id} at 400x300 (not planned): hit={miss.hit}, fallback in {1000 * (time.perf_counter() - t):.1f} ms")
         miss_result = sensor_tick(instance, defs.resolve_sensor_def("bucket_miss_sensor"), resources)
         for r in run_requests_of(miss_result):
             failures += not execute(r)
         service = CreativeService(resources["store"], resources["miss_queue"], resources["creative_config"])
-        again = service.serve(merchant, product_id, 400, 300, fill=0.6, anchor=(0.25, 0.5))
+        again = service.serve(merchant, product_id, UNPLANNED)
         _say(f"after bucket_miss_sensor's run: hit={again.hit}")
 
     sheet_path = write_contact_sheet(service, data_dir / "contact_sheet.png", contact_sheet)
@@ -200,6 +202,8 @@ def main(argv=None) -> int:
     return 1 if failures else 0
 
 
+# A size and layout no merchant plans: the demo's miss.
+UNPLANNED = Placement(400, 300, 0.6, 0.25, 0.5)
 SHEET_SIZES = [(300, 250), (728, 90), (160, 600), (1080, 1080), (320, 50), (970, 250), (1200, 628), (1080, 1920)]
 
 
@@ -218,7 +222,7 @@ def write_contact_sheet(service, path: Path, contact_sheet, per_category: int = 
                 for prompt in doc.prompts:
                     cells = []
                     for w, h in SHEET_SIZES:
-                        c = service.serve(merchant, pid, w, h, prompt_id=prompt, fmt="png")
+                        c = service.serve(merchant, pid, service.default_placement(merchant, w, h), prompt_id=prompt, fmt="png")
                         cells.append(np.asarray(Image.open(io.BytesIO(c.body)).convert("RGB")))
                     rows.append((f"{merchant}\n{category}: {info.title}\ntheme: {prompt}", cells))
     sheet = contact_sheet([f"{w}x{h}" for w, h in SHEET_SIZES], rows,

@@ -151,11 +151,11 @@ def build_tiny_pipeline(out_dir: str | Path, seed: int = 0) -> dict[str, Path]:
 
 
 def config_snippet(paths: dict[str, Path]) -> str:
-    """How to point the pipeline (environment of ``bggen_assets.definitions``) or Python code
+    """How to point the pipeline (environment read by ``bggen_assets.deployment``) or Python code
     (``DiffusionConfig``) at a built tiny model."""
     base, cn = paths["base_model"].resolve(), paths["controlnet_model"].resolve()
     return (
-        "# Dagster code location (bggen_assets/definitions.py reads these):\n"
+        "# Dagster code location (bggen_assets/deployment.py reads these):\n"
         f"export BGGEN_GENERATOR=diffusion BGGEN_BASE_MODEL={base} \\\n"
         f"       BGGEN_CONTROLNET_MODEL={cn} BGGEN_LOCAL_FILES_ONLY=1\n"
         "# Python:\n"

@@ -58,11 +58,18 @@ class Requested:
 
 
 def read_cursor(raw: Optional[str]) -> dict[str, Requested]:
-    """partition ("merchant|category") -> its last request. The cursor of the previous version
-    of this sensor (partition -> newest request time) reads as attempt 1 of that time."""
+    """partition key (Dagster's string form, "category|merchant") -> its last request. The cursor
+    of the previous version of this sensor ("merchant|category" -> newest request time) reads as
+    attempt 1 of that time, under the partition's key."""
     found = json.loads(raw) if raw else {}
-    return {k: Requested(float(v), 1, f"miss:{k}:{float(v):.6f}") if isinstance(v, (int, float)) else Requested(**v)
-            for k, v in found.items()}
+    out = {}
+    for k, v in found.items():
+        if isinstance(v, (int, float)):
+            key = str(partition_key(*k.split("|", 1)))
+            out[key] = Requested(float(v), 1, f"miss:{k}:{float(v):.6f}")
+        else:
+            out[k] = Requested(**v)
+    return out
 
 
 def _run_failed(instance: DagsterInstance, run_key: str) -> bool:
@@ -78,7 +85,8 @@ def bucket_miss_sensor(context: SensorEvaluationContext, miss_queue: MissQueue):
     waiting = miss_queue.waiting_partitions()  # the longest-waiting partition first
     requests, gave_up = [], []
     for part in waiting:
-        key = f"{part.merchant}|{part.category}"
+        pkey = partition_key(part.merchant, part.category)
+        key = str(pkey)
         last = requested.get(key)
         if last is None or part.changed_at > last.changed_at:
             attempt = 1
@@ -93,7 +101,7 @@ def bucket_miss_sensor(context: SensorEvaluationContext, miss_queue: MissQueue):
         requested[key] = Requested(part.changed_at, attempt, run_key)
         requests.append(RunRequest(
             run_key=run_key,
-            partition_key=partition_key(part.merchant, part.category),
+            partition_key=pkey,
             asset_selection=[AssetKey(a) for a in MISS_ASSETS],
             tags={"bggen/trigger": "bucket_miss_sensor", "bggen/pending_misses": str(part.misses),
                   "bggen/attempt": str(attempt), REQUEST_TAG: run_key},

@@ -217,7 +217,7 @@ def test_hit_serves_the_bucket_crop_with_headers(live, world):
     from bggen_assets.serving.creative import CreativeService
 
     svc = CreativeService(world["store"], None, world["creative_config"], jpeg_quality=85)
-    ref = svc.serve(MERCHANT, product(world), 300, 250, prompt_id=r.headers["x-theme"])
+    ref = svc.serve(MERCHANT, product(world), svc.default_placement(MERCHANT, 300, 250), prompt_id=r.headers["x-theme"])
     assert ref.hit and ref.body == r.content
     # WebP by Accept
     r = live.client.get("/creative", params=params(world), headers={"Accept": "image/webp,image/*;q=0.8"})

@@ -113,8 +113,7 @@ def test_served_placement_is_the_crop_of_its_canvas(footwear_run):
 
     for placement in res["creative_config"].placements("northwind")[:6]:
         placed = place_product(bw, bh, placement)
-        served = service.serve("northwind", pid, placement.width, placement.height, "beach-sunset", fill=placement.fill,
-                               anchor=(placement.anchor_x, placement.anchor_y), fmt="png")  # PNG: lossless
+        served = service.serve("northwind", pid, placement, "beach-sunset", fmt="png")  # PNG: lossless
         assert served.hit
         got = np.asarray(Image.open(io.BytesIO(served.body)).convert("RGB"), np.float64)
         assert got.shape == (placement.height, placement.width, 3)

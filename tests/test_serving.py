@@ -11,6 +11,9 @@ from bggen_assets.core.manifests import item_key
 from bggen_assets.serving.creative import CreativeService, LRUBytes, NotFound
 from pipeline_helpers import run_partition
 
+# A size and layout no merchant of the sample catalog plans: a miss.
+UNPLANNED = Placement(333, 222, 0.5, 0.1, 0.9)
+
 
 @pytest.fixture
 def served(pipeline_resources):
@@ -34,8 +37,7 @@ def test_a_hit_is_exactly_the_crop_of_the_bucket_canvas(served):
     doc = service.index("northwind", "footwear")
     pid = sorted(doc.products)[0]
     for placement in res["creative_config"].placements("northwind"):
-        c = service.serve("northwind", pid, placement.width, placement.height, "beach-sunset",
-                          fill=placement.fill, anchor=(placement.anchor_x, placement.anchor_y), fmt="png")
+        c = service.serve("northwind", pid, placement, "beach-sunset", fmt="png")
         assert c.hit and c.category == "footwear"
         got = _decode(c.body)
         assert got.shape == (placement.height, placement.width, 3)
@@ -53,13 +55,13 @@ def test_a_hit_is_exactly_the_crop_of_the_bucket_canvas(served):
 def test_a_miss_records_it_and_answers_the_fallback_at_once(served):
     service, res = served
     pid = "NO-0001"
-    c = service.serve("northwind", pid, 333, 222, "beach-sunset", fill=0.5, anchor=(0.1, 0.9), fmt="png")
+    c = service.serve("northwind", pid, UNPLANNED, "beach-sunset", fmt="png")
     assert not c.hit and c.image_key is None
     img = _decode(c.body)
     assert img.shape == (222, 333, 3)
     doc = service.index("northwind", "footwear")
     _, _, bw, bh = doc.products[pid].bbox
-    placed = place_product(bw, bh, Placement(333, 222, 0.5, 0.1, 0.9))
+    placed = place_product(bw, bh, UNPLANNED)
     cutout = np.asarray(Image.open(io.BytesIO(res["store"].get_bytes(doc.products[pid].cutout_key))).convert("RGBA"))
     assert np.abs(img.astype(int) - fallback_creative(cutout, placed).astype(int)).max() <= 1
     pending = res["miss_queue"].pending()
@@ -68,10 +70,10 @@ def test_a_miss_records_it_and_answers_the_fallback_at_once(served):
 
 def test_a_miss_becomes_a_hit_after_the_miss_run(served):
     service, res = served
-    first = service.serve("northwind", "NO-0001", 333, 222, "beach-sunset", fill=0.5, anchor=(0.1, 0.9))
+    first = service.serve("northwind", "NO-0001", UNPLANNED, "beach-sunset")
     assert not first.hit
     run_partition(res, "northwind", "footwear", selection=["bucket_plans", "generated_backgrounds", "serving_index"])
-    second = service.serve("northwind", "NO-0001", 333, 222, "beach-sunset", fill=0.5, anchor=(0.1, 0.9))
+    second = service.serve("northwind", "NO-0001", UNPLANNED, "beach-sunset")
     assert second.hit  # picked up the new index version without a new service
     assert res["miss_queue"].pending() == []
 
@@ -79,23 +81,23 @@ def test_a_miss_becomes_a_hit_after_the_miss_run(served):
 def test_unknown_input_is_a_clear_error(served):
     service, _ = served
     with pytest.raises(NotFound, match="unknown product"):
-        service.serve("northwind", "NOPE", 300, 250)
+        service.serve("northwind", "NOPE", Placement(300, 250))
     with pytest.raises(NotFound, match="unknown merchant"):
-        service.serve("nobody", "NO-0001", 300, 250)
+        service.serve("nobody", "NO-0001", Placement(300, 250))
     with pytest.raises(NotFound, match="unknown prompt"):
-        service.serve("northwind", "NO-0001", 300, 250, "disco")
+        service.serve("northwind", "NO-0001", Placement(300, 250), "disco")
     with pytest.raises(ValueError, match="placement width"):
-        service.serve("northwind", "NO-0001", 0, 250)
+        service.serve("northwind", "NO-0001", Placement(0, 250))
     with pytest.raises(ValueError, match="merchant name"):
-        service.serve("../etc", "NO-0001", 300, 250)
+        service.serve("../etc", "NO-0001", Placement(300, 250))
     with pytest.raises(ValueError, match="unsupported format"):
-        service.serve("northwind", "NO-0001", 300, 250, fmt="gif")
+        service.serve("northwind", "NO-0001", Placement(300, 250), fmt="gif")
 
 
 def test_formats(served):
     service, _ = served
     for fmt, magic in (("jpeg", b"\xff\xd8"), ("webp", b"RIFF"), ("png", b"\x89PNG")):
-        c = service.serve("northwind", "NO-0001", 300, 250, fmt=fmt)
+        c = service.serve("northwind", "NO-0001", Placement(300, 250), fmt=fmt)
         assert c.body.startswith(magic) and Image.open(io.BytesIO(c.body)).size == (300, 250)
 
 
@@ -141,7 +143,7 @@ def test_prefetch_decodes_every_canvas_before_the_first_request(served):
     keys = {e.image_key for e in doc.entries.values()}
     assert service.prefetched == len(keys) and all(store.reads[k] == 1 for k in keys)
     placement = res["creative_config"].placements("northwind")[0]
-    c = service.serve("northwind", sorted(doc.products)[0], placement.width, placement.height, "beach-sunset")
+    c = service.serve("northwind", sorted(doc.products)[0], placement, "beach-sunset")
     assert c.hit and store.reads[c.image_key] == 1  # served from the prefetched canvas, not re-read
 
 

@@ -30,18 +30,20 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
+from .diffusion_config import DiffusionConfig
 from .geometry import (
     COVER_PAD_SCALE,
     CoverCanvas,
     GeometryError,
+    PlacedBox,
     Placement,
     bucket_exponent_array,
     place_product,
     place_product_array,
 )
 
-DEFAULT_MAX_ASPECT = 2.0  # diffusion_config.DiffusionConfig.max_aspect: what the generator renders at most
-_CANDIDATES = 256  # candidate canvases tried per greedy step (a stride sample of the distinct ones)
+DEFAULT_MAX_ASPECT = DiffusionConfig.max_aspect  # the most elongated shape the generator renders
+_CANDIDATES = 256  # candidate canvases tried per greedy step (an even sample of the distinct ones)
 _GROW_STEPS = 4  # rounds of growing the best candidate towards the points it misses
 
 
@@ -68,7 +70,8 @@ class PlacementPoints(NamedTuple):
     pads: float64 (N, 4) needed padding / product extent, sides (top, right, bottom, left);
     need: int64 (N, 4) the smallest cover-canvas value per side that fits (ceil(1000 * P / D), exact);
     area: float64 (N,) needed extent area in product units, (1 + l + r) * (1 + t + b) = W/sw * H/sh;
-    aspect: float64 (N,) the placement's aspect W/H as the units give it (product aspect * units_w / units_h)."""
+    aspect: float64 (N,) the placement's aspect as the units give it: product aspect * units_w / units_h
+    (W/H up to the rounding of the placed box)."""
 
     pads: np.ndarray
     need: np.ndarray
@@ -80,17 +83,16 @@ class PlacementPoints(NamedTuple):
     def count(self) -> int:
         return len(self.area)
 
-    def take(self, idx) -> "PlacementPoints":
-        return PlacementPoints(self.pads[idx], self.need[idx], self.area[idx], self.aspect[idx], self.product_aspect)
-
 
 class CanvasIndex(NamedTuple):
-    """A product's canvases as arrays, for containment lookups: value (K, 4) int64 paddings in
-    thousandths (CoverCanvas order), area (K,) and aspect (K,) as for points."""
+    """A product's canvases as arrays, for containment lookups, sorted by area (the first that
+    covers a request is its sharpest crop): value (K, 4) int64 paddings in thousandths (CoverCanvas
+    order), area (K,), aspect (K,) as for points and its inverse; canvases in the same order."""
 
     value: np.ndarray
     area: np.ndarray
     aspect: np.ndarray
+    inverse_aspect: np.ndarray
     canvases: tuple[CoverCanvas, ...]
 
     @property
@@ -143,8 +145,8 @@ def join_points(*parts: PlacementPoints) -> PlacementPoints:
     """One product's points from several sources (its placements, its queued misses), in order."""
     if len({p.product_aspect for p in parts}) != 1:
         raise CoverError("points of different products cannot be joined")
-    return PlacementPoints(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("pads", "need", "area", "aspect")),
-                           parts[0].product_aspect)
+    fields = ("pads", "need", "area", "aspect")
+    return PlacementPoints(*(np.concatenate([getattr(p, f) for p in parts]) for f in fields), parts[0].product_aspect)
 
 
 def _canvas_arrays(value: np.ndarray, product_aspect: float) -> tuple[np.ndarray, np.ndarray]:
@@ -153,9 +155,13 @@ def _canvas_arrays(value: np.ndarray, product_aspect: float) -> tuple[np.ndarray
 
 
 def canvas_index(canvases: Sequence[CoverCanvas], product_aspect: float) -> CanvasIndex:
-    """The arrays `find_covering` searches, for one product (its bbox aspect w/h)."""
+    """The arrays `find_covering` searches, for one product (its bbox aspect w/h); equal areas keep
+    the order given."""
     value = np.array([tuple(c) for c in canvases], np.int64).reshape(-1, 4)
-    return CanvasIndex(value, *_canvas_arrays(value, product_aspect), tuple(canvases))
+    area, aspect = _canvas_arrays(value, product_aspect)
+    order = np.argsort(area, kind="stable")
+    return CanvasIndex(np.ascontiguousarray(value[order]), area[order], aspect[order], 1.0 / aspect[order],
+                       tuple(canvases[i] for i in order.tolist()))
 
 
 def _own_limits(points: PlacementPoints, bounds: CoverBounds) -> tuple[np.ndarray, np.ndarray]:
@@ -163,7 +169,7 @@ def _own_limits(points: PlacementPoints, bounds: CoverBounds) -> tuple[np.ndarra
     point's own smallest canvas costs (rounding up to thousandths adds at most 0.1% per side), so a
     point can always be covered by its own canvas."""
     own_area, own_aspect = _canvas_arrays(points.need, points.product_aspect)
-    area_lim = np.maximum(bounds.area, own_area / points.area)
+    area_lim = np.maximum(bounds.area * 1.05, own_area / points.area)
     stretch_lim = np.maximum(bounds.stretch, _stretch(own_aspect, points.aspect, bounds.max_aspect))
     return area_lim, stretch_lim
 
@@ -343,14 +349,13 @@ def plan_product_cover(bbox_w: int, bbox_h: int, placements: Sequence[Placement]
 
 # -- lookup ----------------------------------------------------------------------------------------
 def find_covering(index: CanvasIndex, points: PlacementPoints, bounds: CoverBounds) -> np.ndarray:
-    """Per point: the position in `index` of the covering canvas with the smallest area ratio (the
-    sharpest crop; the first of equals), or -1 where none covers. A few array operations over the
-    product's K canvases."""
+    """Per point: the position in `index` (index.canvases) of the covering canvas with the smallest
+    area ratio (the sharpest crop; the first of equals), or -1 where none covers."""
     cov = coverage(index, points, bounds)
     if index.count == 0:
         return np.full(points.count, -1, np.int64)
-    best = np.where(cov, index.area[:, None], np.inf).argmin(axis=0)
-    return np.where(cov.any(axis=0), best, -1)
+    first = cov.argmax(axis=0)  # the index is sorted by area
+    return np.where(cov[first, np.arange(points.count)], first, -1)
 
 
 class _Request(NamedTuple):
@@ -362,15 +367,20 @@ class _Request(NamedTuple):
 
 
 def _scalar_stretch(canvas_aspect: float, point_aspect: float, max_aspect: float) -> float:
-    return max(1.0, canvas_aspect / max(max_aspect, point_aspect), (1.0 / canvas_aspect) / max(max_aspect, 1.0 / point_aspect))
+    return max(1.0, canvas_aspect / max(max_aspect, point_aspect),
+               (1.0 / canvas_aspect) / max(max_aspect, 1.0 / point_aspect))
+
+
+def _sides(placed: PlacedBox) -> tuple[tuple[int, int], ...]:
+    """(padding px, product extent px) per side, top, right, bottom, left."""
+    return ((placed.pad_top, placed.h), (placed.pad_right, placed.w), (placed.pad_bottom, placed.h),
+            (placed.pad_left, placed.w))
 
 
 def _request(bbox_w: int, bbox_h: int, placement: Placement, bounds: CoverBounds) -> _Request:
     """One placement as a point, in Python scalars (the float operations of placement_points and
     _own_limits, in the same order)."""
-    placed = place_product(bbox_w, bbox_h, placement)
-    sides = ((placed.pad_top, placed.h), (placed.pad_right, placed.w), (placed.pad_bottom, placed.h),
-             (placed.pad_left, placed.w))
+    sides = _sides(place_product(bbox_w, bbox_h, placement))
     t, r, b, l = (p / d for p, d in sides)
     uw, uh = 1.0 + r + l, 1.0 + t + b
     area, aspect = uw * uh, bbox_w / bbox_h * uw / uh
@@ -386,25 +396,27 @@ def find_covering_placement(index: CanvasIndex, bbox_w: int, bbox_h: int, placem
     the smallest area ratio (the first of equals), or -1. The request in Python scalars, then a few
     array operations over the product's K canvases."""
     q = _request(bbox_w, bbox_h, placement, bounds)
-    v = index.value
-    ok = ((v[:, 0] >= q.need[0]) & (v[:, 1] >= q.need[1]) & (v[:, 2] >= q.need[2]) & (v[:, 3] >= q.need[3])
-          & (index.area / q.area <= q.area_lim)
-          & (_stretch(index.aspect, q.aspect, bounds.max_aspect) <= q.stretch_lim))
-    hits = np.flatnonzero(ok)
-    if len(hits) == 0:
+    if index.count == 0:
         return -1
-    return int(hits[index.area[hits].argmin()])
+    cap = bounds.max_aspect
+    # the terms of _stretch(...) <= limit one at a time, as in _covers (the same float operations)
+    ok = ((index.value >= np.array(q.need)).all(axis=1) & (index.area / q.area <= q.area_lim)
+          & (index.aspect / max(cap, q.aspect) <= q.stretch_lim)
+          & (index.inverse_aspect / max(cap, 1.0 / q.aspect) <= q.stretch_lim))
+    first = int(ok.argmax())  # the index is sorted by area
+    return first if ok[first] else -1
 
 
 def find_covering_brute_force(canvases: Sequence[CoverCanvas], bbox_w: int, bbox_h: int, placement: Placement,
                               bounds: CoverBounds) -> int:
     """The reference for the lookups: one canvas at a time, from the definitions (tests)."""
     q = _request(bbox_w, bbox_h, placement, bounds)
+    sides = _sides(place_product(bbox_w, bbox_h, placement))
     best, best_area = -1, math.inf
     for k, c in enumerate(canvases):
+        fits = all(v * extent >= COVER_PAD_SCALE * pad for v, (pad, extent) in zip(c, sides))
         area = c.units_w * c.units_h
         stretch = _scalar_stretch(bbox_w / bbox_h * c.units_w / c.units_h, q.aspect, bounds.max_aspect)
-        if (all(v >= n for v, n in zip(c, q.need)) and area / q.area <= q.area_lim and stretch <= q.stretch_lim
-                and area < best_area):
+        if fits and area / q.area <= q.area_lim and stretch <= q.stretch_lim and area < best_area:
             best, best_area = k, area
     return best

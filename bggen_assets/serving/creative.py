@@ -254,16 +254,15 @@ class CreativeService:
         return buf.getvalue()
 
     # -- serving ---------------------------------------------------------------------------------
-    def serve(self, merchant: str, product_id: str, width: int, height: int, prompt_id: Optional[str] = None,
-              fill: Optional[float] = None, anchor: Optional[tuple[float, float]] = None, fmt: str = "jpeg",
-              record_miss: bool = True) -> Creative:
-        """``record_miss=False`` answers a miss with the fallback without queueing it (previews)."""
+    def serve(self, merchant: str, product_id: str, placement: Placement, prompt_id: Optional[str] = None,
+              fmt: str = "jpeg", record_miss: bool = True) -> Creative:
+        """The creative of ``placement`` (see ``default_placement`` for a merchant's configured fill
+        and anchor of a size). ``record_miss=False`` answers a miss with the fallback without
+        queueing it (previews)."""
         if fmt not in FORMATS:
             raise ValueError(f"unsupported format {fmt!r}; use one of {', '.join(FORMATS)}")
         category, doc = self.find_product(merchant, product_id)
-        base = self.default_placement(merchant, width, height)
-        placement = Placement(width, height, base.fill if fill is None else fill,
-                              *(anchor if anchor is not None else (base.anchor_x, base.anchor_y)))
+        width, height = placement.width, placement.height
         if prompt_id is None:
             prompt_id = doc.prompts[0]
         elif prompt_id not in doc.prompts:

@@ -70,8 +70,7 @@ def creative(
         body, bucket_id = state.positioned(doc, product, placement, fmt)
         hit, theme = True, "none"
     else:
-        c = service.serve(merchant, product, width, height, prompt_id=choice.theme,
-                          fill=placement.fill, anchor=(placement.anchor_x, placement.anchor_y), fmt=fmt)
+        c = service.serve(merchant, product, placement, prompt_id=choice.theme, fmt=fmt)
         body, hit, bucket_id, theme = c.body, c.hit, c.bucket_id, c.prompt_id
         state.personalizer.record_impression(choice, merchant, category, arms, doc.products, hit)
     state.served["hit" if hit else "miss"] += 1

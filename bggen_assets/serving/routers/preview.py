@@ -56,8 +56,7 @@ def preview_image(state: Annotated[ServingState, Depends(serving_state)], fmt: I
     else:
         if theme not in doc.prompts:
             raise NotFound(f"unknown theme {theme!r} for category {category!r}; known: {', '.join(doc.prompts)}")
-        c = service.serve(merchant, product, query.width, query.height, prompt_id=theme, fill=placement.fill,
-                          anchor=(placement.anchor_x, placement.anchor_y), fmt=fmt, record_miss=False)
+        c = service.serve(merchant, product, placement, prompt_id=theme, fmt=fmt, record_miss=False)
         body, bucket_id, hit = c.body, c.bucket_id, c.hit
     return Response(body, media_type=FORMATS[fmt], headers={
         "X-Bucket": bucket_id, "X-Cache": "hit" if hit else "miss", "X-Theme": theme or "none",
