@@ -9,6 +9,7 @@ log-uniformly over 1:4 .. 4:1. For each r:
 * grid: distinct (product, bucket) generations (bucket_for), against the (product, placement)
   requests; cover: canvases of plan_cover per product, under the grid's own worst case on the same
   mix and products as bounds (area ratio and stretch beyond the model's aspect cap), so never worse;
+  (plan_product_cover: also never more canvases than the grid for any product);
 * the worst and mean area ratio (canvas extent / needed extent, the resolution a crop loses) and
   the worst stretch of each, over every (product, placement);
 * the largest crop error in pixels measured on rendered canvases (the product box found in the
@@ -60,14 +61,24 @@ def products(n: int, seed: int = 1) -> list[tuple[int, int]]:
     return [(max(8, round(np.sqrt(a * r))), max(8, round(np.sqrt(a / r)))) for a, r in zip(area, aspect)]
 
 
+class Costs(NamedTuple):
+    """Over a product's placements: worst and summed area ratio, worst stretch."""
+
+    worst_area: float
+    area_sum: float
+    worst_stretch: float
+
+    @classmethod
+    def of(cls, area: np.ndarray, stretch: np.ndarray) -> "Costs":
+        return cls(float(area.max()), float(area.sum()), float(stretch.max()))
+
+
 class ProductPlan(NamedTuple):
     grid: set                  # the product's grid buckets, as exponent tuples (t, r, b, l)
     grid_index: covers.CanvasIndex  # the same canvases for containment lookups (CoverCanvas.inside_bucket)
-    grid_area: np.ndarray      # per placement: area ratio of its own bucket's canvas
-    grid_stretch: np.ndarray
+    grid_cost: "Costs"         # of serving each placement from its own bucket's canvas
     index: covers.CanvasIndex  # the cover canvases
-    cover_area: np.ndarray     # per placement: area ratio of its best covering canvas
-    cover_stretch: np.ndarray
+    cover_cost: "Costs"        # of serving each placement from its best covering canvas
     grid_s: float
     cover_s: float
 
@@ -80,16 +91,17 @@ def plan_products(args) -> list[ProductPlan]:
         exps = covers.grid_exponents(bw, bh, placements, r)
         grid = set(map(tuple, np.unique(exps, axis=0).tolist()))
         t1 = time.perf_counter()
-        points = covers.placement_points(bw, bh, placements)
-        index = covers.canvas_index(covers.plan_cover(points, bounds), points.product_aspect)
+        canvases, _ = covers.plan_product_cover(bw, bh, placements, r, bounds)
         t2 = time.perf_counter()
+        points = covers.placement_points(bw, bh, placements)
+        index = covers.canvas_index(canvases, points.product_aspect)
         grid_index = covers.canvas_index([CoverCanvas.inside_bucket(Bucket(*e, r)) for e in sorted(grid)], bw / bh)
         chosen = covers.find_covering(index, points, bounds)
         if (chosen < 0).any():
             raise AssertionError(f"product {bw}x{bh}: {int((chosen < 0).sum())} placements left uncovered")
-        ga, gs = covers.grid_costs(covers.grid_canvas_pads(exps, r), points, bounds.max_aspect)
-        ca, cs = covers.cover_costs(index, points, chosen, bounds.max_aspect)
-        out.append(ProductPlan(grid, grid_index, ga, gs, index, ca, cs, t1 - t0, t2 - t1))
+        grid_cost = Costs.of(*covers.grid_costs(covers.grid_canvas_pads(exps, r), points, bounds.max_aspect))
+        cover_cost = Costs.of(*covers.cover_costs(index, points, chosen, bounds.max_aspect))
+        out.append(ProductPlan(grid, grid_index, grid_cost, index, cover_cost, t1 - t0, t2 - t1))
     return out
 
 
@@ -235,16 +247,15 @@ def main() -> None:
             return plans[i].index.canvases[k]
 
         cover_err = crop_error(bboxes, placements, cover_canvas, a.samples, a.budget)
-        rows = (("grid", grid_n, [p.grid_area for p in plans], [p.grid_stretch for p in plans], grid_err,
-                 [p.grid_s for p in plans]),
-                ("cover", cover_n, [p.cover_area for p in plans], [p.cover_stretch for p in plans], cover_err,
-                 [p.cover_s for p in plans]))
+        rows = (("grid", grid_n, [p.grid_cost for p in plans], grid_err, [p.grid_s for p in plans]),
+                ("cover", cover_n, [p.cover_cost for p in plans], cover_err, [p.cover_s for p in plans]))
         worst = {}
-        for name, n, area, stretch, err, secs in rows:
-            area, stretch = np.concatenate(area), np.concatenate(stretch)
-            worst[name] = float(area.max())
+        for name, n, costs, err, secs in rows:
+            worst[name] = max(c.worst_area for c in costs)
+            mean = sum(c.area_sum for c in costs) / requests
             print(f"{r:>4} {name:>8} {n:>9,} {n / len(bboxes):>9.1f} {requests / n:>9.1f}x {worst[name]:>11.4f} "
-                  f"{area.mean():>10.4f} {stretch.max():>14.4f} {err:>12} {1e3 * np.mean(secs):>16.1f}")
+                  f"{mean:>10.4f} {max(c.worst_stretch for c in costs):>14.4f} {err:>12} "
+                  f"{1e3 * np.mean(secs):>16.1f}")
         summary[r] = (grid_n / cover_n, worst["grid"], worst["cover"])
         print(f"{r:>4} cover vs grid: {grid_n / cover_n:.2f}x fewer canvases (bounds: area {bounds.area:.4f}, "
               f"stretch {bounds.stretch:.4f})")

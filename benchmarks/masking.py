@@ -60,6 +60,7 @@ from masking_evalset import (  # noqa: E402
 
 from bggen_assets.core.masking import classical_mask  # noqa: E402
 
+TARGET_IMAGES_PER_S = 15   # DESIGN.md, classical masker at 1024 px on one core
 
 
 def _evaluate(fn, items):
@@ -125,10 +126,10 @@ def _catalog(sizes, seeds) -> None:
                 cells.append(f"{v:9.3f}" + (f" (sole {sole:.0%})" if sole is not None else ""))
             print(f"  {kind:10s} " + " ".join(cells))
         worst = min((v[0], k) for k, v in res.items() if k[0] == size)
-        print(f"  lowest over every colour and seed: {worst[0]:.3f} ({' '.join(map(str, worst[1][1:]))})")
+        print(f"  lowest over every colour and seed: {worst[0]:.3f} (seed {' '.join(map(str, worst[1][1:]))})")
     print()
     print(f"sample catalog, every kind x {len(COLOURS)} colours x {len(CATALOG_BACKGROUNDS)} backgrounds, "
-          f"{' and '.join(map(str, sizes))} px, seeds {', '.join(map(str, seeds))}: "
+          f"{' and '.join(map(str, sizes))} px, seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}: "
           f"{sum(v[0] < CATALOG_IOU for v in res.values())} of {len(res)} photos below IoU {CATALOG_IOU}:")
     for k, (v, sole, _) in res.items():
         if v < CATALOG_IOU:
@@ -172,7 +173,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     items = [(seed, it) for seed in seeds for it in make_evalset(n, seed=seed)]
     print(f"evaluation set: {len(items)} images ({n} per background type: {', '.join(BACKGROUNDS)}; "
-          f"seeds {', '.join(map(str, seeds))}), sizes 480-900 px wide; "
+          f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}), sizes 480-900 px wide; "
           f"built in {time.perf_counter() - t0:.1f} s")
 
     maskers = [
@@ -254,7 +255,9 @@ def main(argv=None) -> int:
     for name, fn in maskers:
         r = 1 if name.startswith("yolo") else rounds
         ips, cps = _speed(fn, images, r)
-        tgt = "  (target >= 20: " + ("met" if ips >= 20 else "NOT met") + " by wall clock)" if name.startswith("classical (") else ""
+        # DESIGN.md: >= 15 images/s on one core; CPU time is what one dedicated core gives
+        tgt = (f"  (target >= {TARGET_IMAGES_PER_S}: " + ("met" if cps >= TARGET_IMAGES_PER_S else "NOT met")
+               + " by CPU time)") if name.startswith("classical (") else ""
         print(f"  {name:42s} {ips:7.1f} images/s wall ({1000 / ips:6.1f} ms), "
               f"{cps:7.1f} images/s CPU time ({1000 / cps:6.1f} ms){tgt}")
     try:

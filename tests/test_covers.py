@@ -40,7 +40,7 @@ def served_box(canvas_spec, bbox, placed, budget):
     canvas[y : y + h, x : x + w] = 255
     out = np.asarray(crop_placement(canvas_pyramid(Image.fromarray(canvas)), layout, placed))
     ys, xs = np.nonzero(out >= 128)
-    return layout, out.shape, (int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1))
+    return out.shape, (int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1))
 
 
 @quick
@@ -49,7 +49,8 @@ def test_every_placement_is_covered_within_the_bounds_and_an_exact_crop(bbox, ps
     canvases, bounds = covers.plan_product_cover(*bbox, ps, r)
     grid = covers.grid_bounds([bbox], ps, r)
     assert bounds == grid  # by default: the grid's own worst case on these placements
-    assert len(set(canvases)) == len(canvases) <= len({tuple(e) for e in covers.grid_exponents(*bbox, ps, r).tolist()})
+    grid_buckets = {tuple(e) for e in covers.grid_exponents(*bbox, ps, r).tolist()}
+    assert len(set(canvases)) == len(canvases) <= len(grid_buckets)  # never more canvases than the grid
     index = covers.canvas_index(canvases, bbox[0] / bbox[1])
     chosen = covers.find_covering(index, covers.placement_points(*bbox, ps), bounds)
     assert (chosen >= 0).all()
@@ -76,7 +77,7 @@ def test_every_placement_is_covered_within_the_bounds_and_an_exact_crop(bbox, ps
         placed = place_product(*bbox, p)
         layout = canvas_layout(index.canvases[k], *bbox, budget)
         if layout.product_w >= placed.w and layout.product_h >= placed.h:
-            _, shape, box = served_box(index.canvases[k], bbox, placed, budget)
+            shape, box = served_box(index.canvases[k], bbox, placed, budget)
             assert shape == (p.height, p.width)
             assert box == (placed.x, placed.y, placed.w, placed.h)
 
@@ -213,3 +214,20 @@ def test_bad_bounds_are_refused():
     with pytest.raises(covers.CoverError, match="r must be > 1"):
         covers.grid_exponents(100, 100, [Placement(200, 200)], 1.0)
     assert math.isfinite(covers.grid_bounds([(100, 100)], [], 1.2).area)
+
+
+def test_one_canvas_per_grid_bucket_is_the_fallback_and_fits_the_bounds():
+    """Where the greedy cover would need more canvases than the grid, the plan has one per grid
+    bucket instead: each the join of its placements, inside the bucket's canvas, so within bounds."""
+    bbox, ps, r = (8, 8), [Placement(20, 20, 0.5, 0.0, 0.0), Placement(31, 110, 0.6, 0.2, 0.0),
+                           Placement(70, 254, 0.6, 0.2, 0.0)], 1.1
+    bounds = covers.grid_bounds([bbox], ps, r)
+    points = covers.placement_points(*bbox, ps)
+    exps = covers.grid_exponents(*bbox, ps, r)
+    groups = np.unique(exps, axis=0, return_inverse=True)[1].reshape(-1)
+    per_group = covers._one_per_group(covers._Problem(points, *covers._own_limits(points, bounds), bounds.max_aspect),
+                                      np.arange(len(ps)), groups)
+    assert per_group is not None and len(per_group) == len(set(map(tuple, exps.tolist()))) == 2
+    canvases, _ = covers.plan_product_cover(*bbox, ps, r)
+    assert len(canvases) <= 2
+    assert (covers.find_covering(covers.canvas_index(canvases, 1.0), points, bounds) >= 0).all()

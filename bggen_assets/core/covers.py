@@ -16,12 +16,20 @@ paper's quantity). A `CoverCanvas` (four paddings) **covers** a point when it
 Both bounds default to the paper's grid's own worst case on the same placements (`grid_bounds`),
 so a cover is never worse than the grid there; choosing the canvases is then a set cover, solved
 greedily (`plan_cover`): seed on the uncovered point with the smallest needed area (it limits the
-canvas most), try the component-wise maxima of the seed with its neighbours as canvases, grow the
-best one while it covers more, repeat; then drop the canvases others make redundant.
+canvas most), try the component-wise maxima of the seed with its neighbours as canvases (widened or
+heightened where the join is more elongated than the stretch bound allows), grow the best one while
+it covers more, repeat; then drop the canvases others make redundant. `plan_product_cover` also
+caps the count at the grid's: one canvas per grid bucket, where the greedy cover would need more.
 
-Serving asks the other way round (`find_covering`): which canvas of this product covers this
-request, and the one with the smallest area ratio (the sharpest crop), over a `CanvasIndex`, a
-few small arrays per product.
+Serving asks the other way round (`find_covering_placement`, `find_covering` for many): which
+canvas of this product covers this request, and the one with the smallest area ratio (the sharpest
+crop), over a `CanvasIndex`, a few small arrays per product sorted by area.
+
+Pipeline use: bounds once per partition (`grid_bounds` over its products and placements at r), per
+product `plan_product_cover(..., bounds=, existing=the previous plan's canvases)`; a miss queues
+`request_canvas(...).id`, and planning turns queued ids back into points (`canvas_points`,
+`join_points`). Canvas ids are `CoverCanvas.id` (`c-t125-r3400-b125-l3400`), read back with
+geometry.canvas_from_id next to grid bucket ids; geometry.canvas_layout renders either.
 """
 from __future__ import annotations
 
@@ -169,7 +177,7 @@ def _own_limits(points: PlacementPoints, bounds: CoverBounds) -> tuple[np.ndarra
     point's own smallest canvas costs (rounding up to thousandths adds at most 0.1% per side), so a
     point can always be covered by its own canvas."""
     own_area, own_aspect = _canvas_arrays(points.need, points.product_aspect)
-    area_lim = np.maximum(bounds.area * 1.05, own_area / points.area)
+    area_lim = np.maximum(bounds.area, own_area / points.area)
     stretch_lim = np.maximum(bounds.stretch, _stretch(own_aspect, points.aspect, bounds.max_aspect))
     return area_lim, stretch_lim
 
@@ -263,6 +271,37 @@ class _Problem(NamedTuple):
         return ((area / p.area[point] <= self.area_lim[point])
                 & (_stretch(aspect, p.aspect[point], self.max_aspect) <= self.stretch_lim[point]))
 
+    def reshape(self, value: np.ndarray, points: np.ndarray | int) -> np.ndarray:
+        """Canvases `value` made just wide (or tall) enough for the stretch limits of `points`.
+
+        The join of points can be more elongated than a canvas that covers them all (the grid's,
+        which is larger on every side): widening the join to the aspect they allow keeps it inside
+        such a canvas, so within their area limits too. The extra padding is split between the two
+        sides in proportion to what they have."""
+        p = self.points
+        cap = self.max_aspect
+        lim = np.atleast_1d(self.stretch_lim[points])
+        aspect = np.atleast_1d(p.aspect[points])
+        lo = float(np.max(1.0 / (lim * np.maximum(cap, 1.0 / aspect))))  # the aspect allowed: [lo, hi]
+        hi = float(np.min(lim * np.maximum(cap, aspect)))
+        uw, uh = _canvas_units(value)
+        a = p.product_aspect * uw / uh
+        out = value.copy()
+        scale = COVER_PAD_SCALE
+        for (first, second), rows in (((1, 3), np.flatnonzero(a < lo)), ((0, 2), np.flatnonzero(a > hi))):
+            if len(rows) == 0:
+                continue
+            if first == 1:  # too tall: widen to units_w = units_h * lo / product aspect
+                want = np.ceil(scale * (uh[rows] * lo / p.product_aspect - 1.0)).astype(np.int64) + 1
+            else:  # too wide: heighten to units_h = units_w * product aspect / hi
+                want = np.ceil(scale * (uw[rows] * p.product_aspect / hi - 1.0)).astype(np.int64) + 1
+            have = out[rows, first] + out[rows, second]
+            extra = np.maximum(0, want - have)
+            to_first = (extra * (out[rows, first] + 1)) // (have + 2)
+            out[rows, first] += to_first
+            out[rows, second] += extra - to_first
+        return out
+
 
 def _greedy(problem: _Problem, uncovered: np.ndarray) -> list[np.ndarray]:
     need, area = problem.points.need, problem.points.area
@@ -277,7 +316,7 @@ def _greedy(problem: _Problem, uncovered: np.ndarray) -> list[np.ndarray]:
         # the open points whose join with the seed is within the seed's area limit.
         joined = np.maximum(need[seed], need[open_idx])
         pool = open_idx[_canvas_arrays(joined, 1.0)[0] / area[seed] <= problem.area_lim[seed]]
-        cands = np.maximum(need[seed], need[pool])
+        cands = problem.reshape(np.maximum(need[seed], need[pool]), seed)
         cands = _distinct_sample(cands[problem.fits(cands, seed)], _CANDIDATES)
         best, best_count = need[seed], 0
         for _ in range(_GROW_STEPS + 1):  # grow the best canvas towards the pool points it misses
@@ -292,7 +331,7 @@ def _greedy(problem: _Problem, uncovered: np.ndarray) -> list[np.ndarray]:
             missed = pool[~cov[i]]
             if len(missed) == 0:
                 break
-            cands = np.maximum(best, need[missed])
+            cands = problem.reshape(np.maximum(best, need[missed]), seed)
             cands = _distinct_sample(cands[problem.fits(cands, seed)], _CANDIDATES)
         chosen.append(best)
         uncovered[pool[problem.covers(best[None], pool)[0]]] = False
@@ -314,37 +353,65 @@ def _drop_redundant(cov: np.ndarray, removable: np.ndarray) -> np.ndarray:
     return keep
 
 
-def plan_cover(points: PlacementPoints, bounds: CoverBounds,
-               existing: Sequence[CoverCanvas] = ()) -> list[CoverCanvas]:
+def _one_per_group(problem: _Problem, todo: np.ndarray, groups: np.ndarray) -> list[np.ndarray] | None:
+    """One canvas per group of the points in `todo` (their grid buckets): the join of its points,
+    reshaped for their stretch limits; None unless every group's canvas covers all its points."""
+    out = []
+    labels, inverse = np.unique(groups[todo], return_inverse=True)
+    for g in range(len(labels)):
+        members = todo[inverse == g]
+        canvas = problem.reshape(problem.points.need[members].max(axis=0)[None], members)
+        if not problem.covers(canvas, members).all():
+            return None
+        out.append(canvas[0])
+    return out
+
+
+def plan_cover(points: PlacementPoints, bounds: CoverBounds, existing: Sequence[CoverCanvas] = (),
+               groups: np.ndarray | None = None) -> list[CoverCanvas]:
     """Canvases covering every point under the bounds: the existing ones that still cover a point
     (all kept, in their order), then new ones for the points they leave uncovered.
 
     Stable: planning again with more placements keeps every canvas of the previous plan that still
-    covers one of them, and adds canvases only for the points none of them covers."""
+    covers one of them, and adds canvases only for the points none of them covers.
+
+    `groups` (one label per point, e.g. its grid bucket: plan_product_cover) caps the new canvases
+    at one per group of uncovered points: where the greedy cover needs more than that, one canvas
+    per group is planned instead (it always fits the bounds when they are the groups' own worst
+    case, up to the rounding to thousandths)."""
     bounds = bounds.check()
     problem = _Problem(points, *_own_limits(points, bounds), bounds.max_aspect)
     kept = list(dict.fromkeys(existing))
     old_value = np.array([tuple(c) for c in kept], np.int64).reshape(-1, 4)
     old_cov = problem.covers(old_value)
     kept = [c for c, row in zip(kept, old_cov) if row.any()]
-    old_value, old_cov = old_value[old_cov.any(axis=1)], old_cov[old_cov.any(axis=1)]
-    new = _greedy(problem, ~old_cov.any(axis=0))
+    old_cov = old_cov[old_cov.any(axis=1)]
+    uncovered = ~old_cov.any(axis=0)
+    new = _greedy(problem, uncovered)
     if not new:
         return kept
     new_value = np.array(new, np.int64)
     cov = np.concatenate([old_cov, problem.covers(new_value)])
     keep = _drop_redundant(cov, np.arange(len(cov)) >= len(kept))[len(kept):]
-    return kept + [CoverCanvas(*(int(v) for v in row)) for row in new_value[keep]]
+    new_value = new_value[keep]
+    if groups is not None and len(new_value) > len(np.unique(groups[uncovered])):
+        per_group = _one_per_group(problem, np.flatnonzero(uncovered), np.asarray(groups))
+        if per_group is not None and len(per_group) < len(new_value):
+            new_value = np.array(per_group, np.int64)
+    return kept + [CoverCanvas(*(int(v) for v in row)) for row in new_value]
 
 
 def plan_product_cover(bbox_w: int, bbox_h: int, placements: Sequence[Placement], r: float = 1.2,
                        bounds: CoverBounds | None = None, existing: Sequence[CoverCanvas] = (),
                        max_aspect: float = DEFAULT_MAX_ASPECT) -> tuple[list[CoverCanvas], CoverBounds]:
-    """`plan_cover` for one product's placements; bounds default to the grid's worst case at r on
-    these placements (the pipeline should rather compute them once per partition: grid_bounds)."""
+    """`plan_cover` for one product's placements, never more new canvases than the grid at r would
+    generate for them; bounds default to the grid's worst case at r on these placements (the
+    pipeline should rather compute them once per partition: grid_bounds)."""
     if bounds is None:
         bounds = grid_bounds([(bbox_w, bbox_h)], placements, r, max_aspect)
-    return plan_cover(placement_points(bbox_w, bbox_h, placements), bounds, existing), bounds
+    exps = grid_exponents(bbox_w, bbox_h, placements, r)
+    groups = np.unique(exps, axis=0, return_inverse=True)[1].reshape(-1) if len(exps) else None
+    return plan_cover(placement_points(bbox_w, bbox_h, placements), bounds, existing, groups), bounds
 
 
 # -- lookup ----------------------------------------------------------------------------------------
