@@ -548,8 +548,10 @@ def test_a_partition_with_old_misses_is_not_starved_by_a_storm_of_newer_ones(con
 
     configured_queue.record(Miss("northwind", "bags", "p-old", "b1", "warm"), now=1000.0)
     newer = [Miss("acme-outfitters", "footwear", f"p{i:05d}", "b1", "warm") for i in range(OLD_PENDING_LIMIT + 1)]
-    with ThreadPoolExecutor(4) as pool:
-        list(pool.map(lambda i: configured_queue.record(newer[i], now=2000.0 + i), range(len(newer))))
+    with ThreadPoolExecutor(4) as pool:  # the storm, in any order
+        list(pool.map(lambda i: configured_queue.record(newer[i], now=2000.0 + i), range(len(newer) - 2)))
+    for i in (len(newer) - 2, len(newer) - 1):  # the two newest, in order (Redis: LIFO by arrival)
+        configured_queue.record(newer[i], now=2000.0 + i)
     with DagsterInstance.ephemeral() as instance:
         requests = requests_of(tick(instance, configured_queue))
     assert [(r.partition_key, r.tags["bggen/pending_misses"]) for r in requests] == [
