@@ -203,7 +203,7 @@ def bench_simulation(quick, out):
 
 
 def bench_unit_test_setting():
-    """The regret test of tests/test_bandit.py: fast model, 3,000 impressions, seeds 0-3."""
+    """The regret test of tests/core/test_bandit.py: fast model, 3,000 impressions, seeds 0-3."""
     n = 3000
     print(f"\n## Unit-test setting: ClickModel.fast, n={n:,}, LinUCB (alpha=1) regret ratios")
     print("| seed | LinUCB / random | LinUCB / UCB1 |")
@@ -217,7 +217,7 @@ def bench_unit_test_setting():
         ucb = simulate(UCB1(arms, seed=seed), n, seed, model).regret[-1]
         ratios += [lin / rnd, lin / ucb]
         print(f"| {seed:4d} | {lin / rnd:15.3f} | {lin / ucb:13.3f} |")
-    print(f"ratios range {min(ratios):.2f}-{max(ratios):.2f} (tests/test_bandit.py asks < 0.35)")
+    print(f"ratios range {min(ratios):.2f}-{max(ratios):.2f} (tests/core/test_bandit.py asks < 0.35)")
 
 
 def _k(v, _pos=None):

@@ -194,7 +194,7 @@ def diff(a: list[np.ndarray], b: list[np.ndarray]) -> tuple[int, float]:
 
 
 def print_gate_figures() -> None:
-    """The quality gates' scores on constructed images (the cases tests/test_quality_gates.py checks)."""
+    """The quality gates' scores on constructed images (the cases tests/core/test_quality_gates.py checks)."""
     from gate_scenes import MASK, H, W, bottle_mask, halo, left_half_halo, scene
 
     from bggen_assets.core.masking import classical_mask

@@ -11,7 +11,7 @@ to one thread).
 It also prints the classical masker on every sample-catalog product kind x colour x opaque
 background (bggen_assets/sample_catalog.py) at 400 and 800 px, seeds 0 and 1: the red, seed-0
 tables, then every case below the catalog's IoU target and every sneaker whose sole is not
-covered (the demo's dropped sole) or whose floor shadow is kept.  tests/test_masking.py runs the
+covered (the demo's dropped sole) or whose floor shadow is kept.  tests/core/test_masking.py runs the
 same cases (one seed at 800 px) and marks each miss listed here as a strict xfail.
 
 Without --yolo-weights the yolo masker uses a model built offline from yolo11n-seg.yaml with
@@ -223,7 +223,7 @@ def main(argv=None) -> int:
     if yolo_note:
         print(f"note: {yolo_note}")
 
-    # DESIGN.md's targets, which tests/test_masking.py holds the classical masker to
+    # DESIGN.md's targets, which tests/core/test_masking.py holds the classical masker to
     classical = maskers[0][0]
     print()
     print(f"targets (classical, DESIGN.md): mean IoU >= {TARGET_MEAN_IOU} on every type: " + ", ".join(

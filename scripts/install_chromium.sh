@@ -1,5 +1,5 @@
 #!/bin/sh
-# Headless Chromium for tests/test_preview.py (Debian's `chromium` package; no browser download
+# Headless Chromium for tests/serving/test_preview.py (Debian's `chromium` package; no browser download
 # from anywhere else). Run as root; a no-op when chromium is already installed.
 set -eu
 if command -v chromium >/dev/null 2>&1; then

@@ -1,6 +1,6 @@
 """Constructed "generated" images for the quality gates: a bottle-shaped product on a plain or busy
 background, the same product extended (object expansion), and its contour drawn again just outside
-it (edge leakage). Used by tests/test_quality_gates.py and printed by benchmarks/diffusion.py."""
+it (edge leakage). Used by tests/core/test_quality_gates.py and printed by benchmarks/diffusion.py."""
 import cv2
 import numpy as np
 

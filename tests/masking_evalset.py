@@ -18,7 +18,7 @@ with a soft drop or contact shadow, sensor noise and JPEG compression.  The true
 Also the cases drawn from the sample catalog (``bggen_assets/sample_catalog.py``): every product
 kind x colour x opaque background at 400 and 800 px, and the white sneaker sole's coverage.
 
-Used by ``tests/test_masking.py`` (which holds ``EVAL_SEEDS`` x ``EVAL_PER_BACKGROUND`` images and
+Used by ``tests/core/test_masking.py`` (which holds ``EVAL_SEEDS`` x ``EVAL_PER_BACKGROUND`` images and
 the catalog cases to the documented targets below) and by ``benchmarks/masking.py`` (which prints
 the figures, the same sets and more).  Deterministic for a given seed.
 """

@@ -53,7 +53,7 @@ def _check(name: str, asset: str) -> AssetCheckSpec:
     """A check partitioned like its asset: each result is recorded against the partition it checked."""
     with warnings.catch_warnings():
         # partitions_def on a check spec is a preview API in Dagster 1.13 (pinned in pyproject);
-        # tests/test_pipeline.py asserts the per-partition results it gives
+        # tests/assets/test_pipeline.py asserts the per-partition results it gives
         warnings.simplefilter("ignore", PreviewWarning)
         return AssetCheckSpec(name, asset=asset, partitions_def=merchant_category)
 

@@ -9,7 +9,7 @@ fallback that the API would answer with. Previews record no impression and queue
 
 GET /preview/image?merchant=..&product=..&width=..&height=..[&theme=..][&fill=..&anchor=..]
 serves one cell. The page reports its image load status in ``#status`` (``data-loaded``,
-``data-failed``, ``data-total``) so a headless browser can check it (tests/test_preview.py).
+``data-failed``, ``data-total``) so a headless browser can check it (tests/serving/test_preview.py).
 
 This module renders; the endpoints are in :mod:`.routers.preview`.
 """

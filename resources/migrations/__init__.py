@@ -10,7 +10,7 @@ use and `python -m resources.migrations <url>` does the same by hand.
 Rules:
 - Revisions are numbered (0001, 0002, ...) and never edited once released; a schema change is a
   new revision AND the matching change to the `sa.Table`s in `resources/metadata_db.py`
-  (tests/test_mysql_db.py compares the migrated schema with those tables on both dialects).
+  (tests/resources/test_mysql_db.py compares the migrated schema with those tables on both dialects).
 - The version table is `bggen_schema_version`, not Alembic's default `alembic_version`, so the
   metadata DB may share a MySQL database with the Dagster instance (dagster-mysql uses
   `alembic_version` for its own revisions).

@@ -6,7 +6,7 @@ Revises: 0002
 Under migration control so that every replica starts on a complete schema, made once under the
 migration lock (BanditStore's own create_all is then a no-op; racing create_alls from several
 threads or processes failed with "Table 'clicks' already exists" on MySQL).
-Mirrors resources/bandit_store.py; tests/test_mysql_db.py compares the two. Times are DOUBLE here
+Mirrors resources/bandit_store.py; tests/resources/test_mysql_db.py compares the two. Times are DOUBLE here
 although bandit_store.py declares sa.Float: on MySQL, Float renders as FLOAT (single precision:
 epoch seconds rounded to ~2 minutes) unless dagster._core.storage.sql has been imported, which
 globally compiles Float as DOUBLE. A migration must not depend on import order, so DOUBLE it is.

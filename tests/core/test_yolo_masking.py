@@ -1,6 +1,6 @@
 """The YOLO masking logic of core/yolo_masking.py on instances given as arrays and as a real
 ultralytics ``Results``: which instance is the product, its refined boundary, the fallback.
-(Random YOLO weights find nothing, so the model's own path is tested in tests/test_masking.py.)"""
+(Random YOLO weights find nothing, so the model's own path is tested in tests/core/test_masking.py.)"""
 import cv2
 import numpy as np
 import torch

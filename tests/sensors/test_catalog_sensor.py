@@ -10,7 +10,7 @@ from bggen_assets.partitions import partition_key
 from resources.creative_config import CreativeConfig
 from sensors.catalog import daily_catalog_refresh, new_product_sensor
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 BROKEN_FEED = "product_id,title\n1,2,3\n"  # a row longer than its header
 
 

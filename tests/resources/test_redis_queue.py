@@ -18,7 +18,7 @@ import pytest
 from services import services_only
 
 pytestmark = services_only
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

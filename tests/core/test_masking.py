@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1]))
 
 from masking_evalset import (  # noqa: E402
     BACKGROUNDS,

@@ -20,7 +20,7 @@ import pytest
 from services import S3_KEY, S3_SECRET, services_only
 
 pytestmark = services_only
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MERCHANT, CATEGORY = "acme-outfitters", "beauty"
 
 

@@ -10,7 +10,7 @@ import pytest
 from bggen_assets import deployment
 from bggen_assets.deployment import build_executor, build_resources
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 DB_URL = "mysql+mysqlconnector://bggen:db-password-1@db.internal:3306/bggen"
 REDIS_URL = "redis://:redis-password-2@cache.internal:6379/3"
 S3 = {"BGGEN_STORE": "s3", "BGGEN_S3_BUCKET": "creatives", "BGGEN_S3_ENDPOINT_URL": "http://s3.internal:8333",

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 
 from services import MariaDBServer, create_database, services_only, start_or_fail
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def schema_diff(engine) -> list:

@@ -22,7 +22,7 @@ import pytest
 from services import RABBITMQ_URL, services_only, stop_process
 
 pytestmark = services_only
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CELERY_CONFIG = """
 broker_url = {broker!r}
 result_backend = "rpc://"

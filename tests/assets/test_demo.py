@@ -16,7 +16,7 @@ from bggen_assets.demo import (
     stored_cursor,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_run_requests_of_every_sensor_result_shape():

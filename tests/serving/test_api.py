@@ -368,7 +368,7 @@ def test_the_api_starts_without_the_dagster_definitions(tmp_path):
         "             or m.startswith(('bggen_assets.assets', 'sensors'))))\n"
     )
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "data")], capture_output=True, text=True,
-                         timeout=300, cwd=Path(__file__).resolve().parents[1])
+                         timeout=300, cwd=Path(__file__).resolve().parents[2])
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().splitlines()[-1] == "[]"
 

@@ -273,7 +273,7 @@ def test_prompts_changing_starts_a_policy_over_the_new_arms(bandit_store):
 
 
 def test_linucb_regret_below_random_and_ucb1():
-    """The known contextual click model from the bandit core (see tests/test_bandit.py)."""
+    """The known contextual click model from the bandit core (see tests/core/test_bandit.py)."""
     model = ClickModel.fast(seed=0)
     arms = model.arms
     d = model.schema.dim

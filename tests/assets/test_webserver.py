@@ -14,7 +14,7 @@ from dagster import DagsterInstance
 from sensors.catalog import feed_fingerprints
 from resources.creative_config import CreativeConfig
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 QUERY = """
 {

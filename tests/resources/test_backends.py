@@ -34,7 +34,7 @@ import pytest
 from bggen_assets.core import serving_index
 from bggen_assets.core.manifests import IndexDocument, IndexEntry
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MERCHANT, CATEGORY = "northwind", "bags"
 
 
