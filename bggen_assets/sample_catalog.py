@@ -287,7 +287,8 @@ def prompts_doc() -> dict:
 
 def generate_sample_catalog(out_dir: Path, products_per_merchant: int = 18, merchants: int = 2, seed: int = 7,
                             bad_rows: bool = True, image_size: int = 800) -> dict:
-    """Write feeds/, images/, placements.yaml and prompts.yaml under out_dir; returns a summary."""
+    """Write feeds/ (with the images under feeds/images/: local image paths stay under the feeds
+    directory), placements.yaml and prompts.yaml under out_dir; returns a summary."""
     out_dir = Path(out_dir)
     rng = np.random.default_rng(seed)
     (out_dir / "feeds").mkdir(parents=True, exist_ok=True)
@@ -298,7 +299,7 @@ def generate_sample_catalog(out_dir: Path, products_per_merchant: int = 18, merc
     summary = {"merchants": {}, "products": 0}
     for mi, merchant in enumerate(names[:merchants]):
         cats = MERCHANTS.get(merchant, list(CATEGORIES)[: 3 + mi % 2])
-        img_dir = out_dir / "images" / merchant
+        img_dir = out_dir / "feeds" / "images" / merchant
         img_dir.mkdir(parents=True, exist_ok=True)
         rows = []
         for i in range(products_per_merchant):
@@ -313,16 +314,16 @@ def generate_sample_catalog(out_dir: Path, products_per_merchant: int = 18, merc
             ext = "png" if background == "alpha" else "jpg"
             write_image(img_dir / f"{pid}.{ext}", img)
             rows.append([pid, f"{colour.title()} {SINGULAR.get(sub, sub)}", cat, sub, colour,
-                         f"../images/{merchant}/{pid}.{ext}"])
+                         f"images/{merchant}/{pid}.{ext}"])
         if bad_rows and mi == 0:
             cat = cats[0]
-            rows.append([f"{merchant[:2].upper()}-BAD-MISSING", "Missing photo", cat, "sneakers", "red", f"../images/{merchant}/does-not-exist.jpg"])
+            rows.append([f"{merchant[:2].upper()}-BAD-MISSING", "Missing photo", cat, "sneakers", "red", f"images/{merchant}/does-not-exist.jpg"])
             (img_dir / "not-an-image.jpg").write_text("<html>this is an error page, not a photo</html>")
-            rows.append([f"{merchant[:2].upper()}-BAD-NOTIMAGE", "Broken photo", cat, "sneakers", "red", f"../images/{merchant}/not-an-image.jpg"])
+            rows.append([f"{merchant[:2].upper()}-BAD-NOTIMAGE", "Broken photo", cat, "sneakers", "red", f"images/{merchant}/not-an-image.jpg"])
             full = (np.dstack([np.full((600, 600), c, np.uint8) for c in COLOURS["navy"]]) +
                     rng.integers(0, 6, (600, 600, 3), dtype=np.uint8))
             write_image(img_dir / "full-frame.jpg", full)
-            rows.append([f"{merchant[:2].upper()}-BAD-FULLFRAME", "Close-up fabric", cat, "sneakers", "navy", f"../images/{merchant}/full-frame.jpg"])
+            rows.append([f"{merchant[:2].upper()}-BAD-FULLFRAME", "Close-up fabric", cat, "sneakers", "navy", f"images/{merchant}/full-frame.jpg"])
         with open(out_dir / "feeds" / f"{merchant}.csv", "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["product_id", "title", "category", "subcategory", "colour", "image_uri"])
