@@ -349,3 +349,43 @@ def main(argv=None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+GMC_TSV_COLUMNS = ("id", "title", "link", "image_link", "availability", "price", "product_type", "brand", "color")
+LARGE_FEED_TYPES = ("Apparel & Accessories > Shoes > Sneakers", "Apparel & Accessories > Handbags",
+                    "Home & Garden > Decor > Vases", "Health & Beauty > Personal Care", "Luggage & Bags > Backpacks")
+
+
+def write_large_gmc_tsv(path: Path, rows: int, image_base: str = "https://cdn.example.com/img") -> Path:
+    """A Merchant Center TSV of `rows` products (rows only: the image links point nowhere), for the
+    scale test and benchmarks/catalog.py. Written in blocks: memory does not grow with `rows`."""
+    colours = list(COLOURS)
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        f.write("\t".join(GMC_TSV_COLUMNS) + "\n")
+        for start in range(0, rows, 10_000):
+            f.write("".join(
+                f"SKU-{i:07d}\t{colours[i % len(colours)].title()} item {i}\thttps://shop.example.com/p/{i}\t"
+                f"{image_base}/{i % 97}/{i}.jpg\t{'out_of_stock' if i % 50 == 0 else 'in_stock'}\t{10 + i % 90}.99 EUR\t"
+                f"{LARGE_FEED_TYPES[i % len(LARGE_FEED_TYPES)]}\tBrand {i % 13}\t{colours[i % len(colours)]}\n"
+                for i in range(start, min(rows, start + 10_000))))
+    return path
+
+
+def write_large_gmc_xml(path: Path, items: int, image_base: str = "https://cdn.example.com/img") -> Path:
+    """The same products as write_large_gmc_tsv, as a Merchant Center RSS 2.0 feed."""
+    from xml.sax.saxutils import escape
+
+    colours = list(COLOURS)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write('<?xml version="1.0" encoding="UTF-8"?>\n<rss version="2.0" xmlns:g="http://base.google.com/ns/1.0">'
+                "<channel><title>Large feed</title>\n")
+        for start in range(0, items, 10_000):
+            f.write("".join(
+                f"<item><g:id>SKU-{i:07d}</g:id><title>{colours[i % len(colours)].title()} item {i}</title>"
+                f"<link>https://shop.example.com/p/{i}</link><g:image_link>{image_base}/{i % 97}/{i}.jpg</g:image_link>"
+                f"<g:availability>in_stock</g:availability><g:price>{10 + i % 90}.99 EUR</g:price>"
+                f"<g:product_type>{escape(LARGE_FEED_TYPES[i % len(LARGE_FEED_TYPES)])}</g:product_type>"
+                f"<g:color>{colours[i % len(colours)]}</g:color></item>\n"
+                for i in range(start, min(items, start + 10_000))))
+        f.write("</channel></rss>\n")
+    return path

@@ -28,22 +28,22 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Iterator, Optional, Union
-from urllib.parse import urlparse
 from xml.parsers import expat
 
-from .keys import InvalidName, InvalidProductId, check_name, check_product_id
+from .keys import NAME_RE, PRODUCT_ID_RE, InvalidName, InvalidProductId, check_name, check_product_id
 
 FEED_COLUMNS = ("product_id", "title", "category", "subcategory", "colour", "image_uri")
 OWN_REQUIRED = ("product_id", "category", "image_uri")
 MAX_FIELD = {"product_id": 128, "title": 512, "category": 64, "subcategory": 128, "colour": 64, "image_uri": 1024}
 GMC_NS = "http://base.google.com/ns/1.0"
 ATOM_NS = "http://www.w3.org/2005/Atom"
-# Merchant Center / Meta attributes kept (the others are ignored)
-MERCHANT_ATTRIBUTES = ("id", "title", "image_link", "additional_image_link", "product_type", "google_product_category",
-                       "brand", "color", "gender", "age_group", "item_group_id", "availability", "price", "link")
+# Merchant Center / Meta attributes bggen reads (the others, e.g. brand, price, link, gender,
+# age_group, item_group_id, additional_image_link, are accepted and ignored: nothing downstream uses them yet)
+MERCHANT_ATTRIBUTES = ("id", "title", "image_link", "product_type", "google_product_category", "color", "availability")
 META_ONLY = frozenset({"fb_product_category", "quantity_to_sell_on_facebook", "commerce_tax_category"})
 OUT_OF_STOCK = frozenset({"out_of_stock", "discontinued"})  # GMC and Meta spellings, normalised
 IMAGE_SCHEMES = ("", "file", "http", "https")
+SCHEME_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
 DELIMITERS = ("\t", ",", "|", "~")
 CHUNK = 1 << 16
 csv.field_size_limit(1 << 20)  # a description may exceed csv's 128 KiB default; far larger is an error
@@ -148,6 +148,10 @@ class _Rows:
         self.merchant_format = merchant_format
         self.mapping = mapping
         self.skip_out_of_stock = skip_out_of_stock
+        self.names = {c: c for c in FEED_COLUMNS}  # the feed's own name of each column, for messages
+        if merchant_format:
+            self.names.update(product_id="id", category="product_type", image_uri="image_link", colour="color")
+        self._categories: dict[str, tuple[str, str]] = {}
         self.out_of_stock: dict[str, int] = {}  # category -> rows skipped
         # 8-byte digests, not the ids: a 1M-row feed's duplicate check stays ~60 MB
         self._seen: set[bytes] = set()
@@ -171,62 +175,79 @@ class _Rows:
     def reject(self, line: int, pid: str, category: str, reason: str) -> RowRejection:
         return RowRejection(self.path, line, pid[:128], category, reason)
 
+    def _category(self, raw: str) -> tuple[str, str]:
+        """(category, subcategory) of a feed category value, cached: a feed has few distinct ones."""
+        found = self._categories.get(raw)
+        if found is None:
+            if self.merchant_format:
+                found = self.mapping.resolve(raw)
+            else:  # the category column is a bggen category already, unless the mapping renames it
+                found = (self.mapping.categories.get(_levels(raw), raw.lower()), "")
+            if len(self._categories) > 100_000:  # a feed with a unique value per row: stay bounded
+                self._categories.clear()
+            self._categories[raw] = found
+        return found
+
     def make(self, line: int, values: dict[str, str]) -> Optional[Parsed]:
         """None for a row that is skipped, not rejected (out of stock)."""
+        names = self.names
+        get = values.get
         if self.merchant_format:
-            pid = (values.get("id") or "").strip()
-            raw_category = (values.get("product_type") or "").strip() or (values.get("google_product_category") or "").strip()
-            image = (values.get("image_link") or "").strip()
-            colour = (values.get("color") or "").strip().lower()
-            names = {"product_id": "id", "category": "product_type", "image_uri": "image_link"}
+            pid = (get("id") or "").strip()
+            raw_category = (get("product_type") or "").strip() or (get("google_product_category") or "").strip()
+            image = (get("image_link") or "").strip()
+            colour = (get("color") or "").strip().lower()
         else:
-            pid = (values.get("product_id") or "").strip()
-            raw_category = (values.get("category") or "").strip()
-            image = (values.get("image_uri") or "").strip()
-            colour = (values.get("colour") or "").strip().lower()
-            names = {}
-        title = (values.get("title") or "").strip()
+            pid = (get("product_id") or "").strip()
+            raw_category = (get("category") or "").strip()
+            image = (get("image_uri") or "").strip()
+            colour = (get("colour") or "").strip().lower()
         if not pid:
-            return self.reject(line, "", self.category_of(values), f"column '{names.get('product_id', 'product_id')}' is empty")
-        try:
-            check_product_id(pid)
-        except InvalidProductId as exc:
-            return self.reject(line, pid, self.category_of(values), f"column '{names.get('product_id', 'product_id')}': {exc}")
-        if self.merchant_format:
-            category, subcategory = self.mapping.resolve(raw_category)
-        else:  # the category column is a bggen category already, unless the mapping renames it
-            category = self.mapping.categories.get(_levels(raw_category), raw_category.lower())
-            subcategory = (values.get("subcategory") or "").strip().lower()
+            return self.reject(line, "", self.category_of(values), f"column '{names['product_id']}' is empty")
+        if not PRODUCT_ID_RE.match(pid):
+            try:
+                check_product_id(pid)
+            except InvalidProductId as exc:
+                return self.reject(line, pid, self.category_of(values), f"column '{names['product_id']}': {exc}")
+        category, subcategory = self._category(raw_category)
+        if not self.merchant_format:
+            subcategory = (get("subcategory") or "").strip().lower()
         if not category:
             what = "product_type' and 'google_product_category' are" if self.merchant_format else "category' is"
             return self.reject(line, pid, "", f"column '{what} empty")
-        try:
-            check_name("category", category)
-        except InvalidName as exc:
-            return self.reject(line, pid, "", f"column '{names.get('category', 'category')}': {exc}")
+        if not NAME_RE.match(category):
+            try:
+                check_name("category", category)
+            except InvalidName as exc:
+                return self.reject(line, pid, "", f"column '{names['category']}': {exc}")
         if not image:
-            return self.reject(line, pid, category, f"column '{names.get('image_uri', 'image_uri')}' is empty")
-        scheme = urlparse(image).scheme.lower()
-        if scheme not in IMAGE_SCHEMES and not (len(scheme) == 1 and image[1:3] in (":\\", ":/")):
-            return self.reject(line, pid, category, f"column '{names.get('image_uri', 'image_uri')}': unsupported image "
+            return self.reject(line, pid, category, f"column '{names['image_uri']}' is empty")
+        scheme = uri_scheme(image)
+        if scheme not in IMAGE_SCHEMES:
+            return self.reject(line, pid, category, f"column '{names['image_uri']}': unsupported image "
                                                     f"URI scheme {scheme!r} (use http(s), a path or file://)")
-        fields = {"product_id": pid, "title": title, "category": category, "subcategory": subcategory,
-                  "colour": colour, "image_uri": image}
-        for col, limit in MAX_FIELD.items():
-            if len(fields[col]) > limit:
-                return self.reject(line, pid, category, f"column '{names.get(col, col)}' is longer than {limit} characters")
-        availability = (values.get("availability") or "").strip().lower().replace(" ", "_")
-        if self.skip_out_of_stock and availability in OUT_OF_STOCK:
+        title = (get("title") or "").strip()
+        fields = (pid, title, category, subcategory, colour, image)
+        for col, value in zip(FEED_COLUMNS, fields):
+            if len(value) > MAX_FIELD[col]:
+                return self.reject(line, pid, category, f"column '{names[col]}' is longer than {MAX_FIELD[col]} characters")
+        availability = get("availability")
+        if availability and self.skip_out_of_stock and availability.strip().lower().replace(" ", "_") in OUT_OF_STOCK:
             self.out_of_stock[category] = self.out_of_stock.get(category, 0) + 1
             return None
         key = hashlib.blake2b(pid.encode(), digest_size=8).digest()
         if key in self._seen:
-            return self.reject(line, pid, category, f"column '{names.get('product_id', 'product_id')}': duplicate id "
+            return self.reject(line, pid, category, f"column '{names['product_id']}': duplicate id "
                                                     f"{pid!r} (an earlier row has it)")
         self._seen.add(key)
-        extra = {k: values[k].strip() for k in MERCHANT_ATTRIBUTES if k not in ("id", "title", "image_link", "color")
-                 and (values.get(k) or "").strip()} if self.merchant_format else {}
-        return FeedRow(line=line, extra=extra, **fields)
+        return FeedRow(line, *fields)
+
+
+def uri_scheme(uri: str) -> str:
+    """The URI's scheme, lowercased; "" for a path (a Windows drive letter is a path too). A regex,
+    not urlparse: this runs once per row and urlparse is most of a row's parsing time."""
+    m = SCHEME_RE.match(uri)
+    return m.group(1).lower() if m and len(m.group(1)) > 1 else ""
 
 
 # -- opening ---------------------------------------------------------------------------------------

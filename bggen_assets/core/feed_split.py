@@ -24,9 +24,8 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional
-from urllib.parse import urlparse
 
-from .feed_formats import FEED_COLUMNS, CategoryMapping, FeedRow, FeedStream, RowRejection
+from .feed_formats import CategoryMapping, FeedRow, FeedStream, RowRejection, uri_scheme
 from .keys import digest
 
 SPLIT_VERSION = 1
@@ -47,7 +46,7 @@ def stamp(path: Optional[Path]) -> Optional[tuple[int, int]]:
 
 
 def is_local_uri(uri: str) -> bool:
-    return urlparse(uri).scheme.lower() in ("", "file") or (len(uri) > 2 and uri[1:3] in (":\\", ":/"))
+    return uri_scheme(uri) in ("", "file")
 
 
 @dataclass
@@ -163,3 +162,44 @@ def _drop_old_splits(root: Path, keep: Path) -> None:
     for old in root.iterdir():
         if old != keep and now - old.stat().st_mtime > KEEP_OLD_S:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """`python -m bggen_assets.core.feed_split FEED CACHE_DIR`: split one feed, print what it found
+    with the time taken and this process's peak RSS as JSON (benchmarks/catalog.py and the scale
+    test measure a split in a process of its own this way)."""
+    import argparse
+    import resource
+    import sys
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("feed", type=Path)
+    p.add_argument("cache", type=Path)
+    a = p.parse_args(argv)
+    started = time.perf_counter()
+    split = load_or_split(a.feed, a.cache, None, CategoryMapping())
+    seconds = time.perf_counter() - started
+    rows = sum(c.rows for c in split.categories.values())
+    rejected = sum(c.rejected for c in split.categories.values()) + split.unassigned_rejected
+    out_of_stock = sum(c.out_of_stock for c in split.categories.values())
+    json.dump({"format": split.format, "rows": rows, "rejected": rejected, "out_of_stock": out_of_stock,
+               "read": rows + rejected + out_of_stock, "seconds": seconds,
+               "peak_rss_mib": _peak_rss_mib(resource),
+               "categories": {c: s.rows for c, s in split.categories.items()}}, sys.stdout)
+    return 0
+
+
+def _peak_rss_mib(resource) -> float:
+    """This process image's peak RSS. VmHWM, not ru_maxrss: on Linux ru_maxrss keeps the high-water
+    mark of the process that forked us (exec records it), so a child of a big parent reads big."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
