@@ -251,3 +251,12 @@ def test_a_mass_failure_fails_the_blocking_check_and_keeps_the_last_index(shop, 
     assert not check.passed and check.metadata["rejected_fraction"].value == 1.0
     assert serving_index.read_pointer(res["store"], "shop", category) == before  # not unpublished
     assert served(res, "SKU-1").hit
+
+
+def test_product_ids_compare_byte_exact_and_titles_keep_unicode(metadata_db):
+    row = {"merchant": "shop", "category": "footwear", "subcategory": "", "colour": "", "image_uri": "img/a.jpg",
+           "image_hash": None, "status": "ok", "reason": ""}
+    metadata_db.upsert_products([{**row, "product_id": "ABC", "title": "Café crème"},
+                                 {**row, "product_id": "abc", "title": "Ünïcode 👟"}])
+    rows = {r["product_id"]: r["title"] for r in metadata_db.product_rows("shop")}
+    assert rows == {"ABC": "Café crème", "abc": "Ünïcode 👟"}
