@@ -41,18 +41,20 @@ def write_delimited(path: Path, columns: list[str], rows: list[dict], sep: str, 
     path.write_bytes(gzip.compress(data) if path.name.endswith(".gz") else data)
 
 
+def _items(rows: list[dict], tag: str, link) -> str:
+    return "".join(f"<{tag}><title>{escape(r['title'])}</title>{link(escape(r['link']))}"
+                   + "".join(f"<g:{k}>{escape(v)}</g:{k}>" for k, v in r.items() if k not in ("title", "link"))
+                   + f"</{tag}>\n" for r in rows)
+
+
 def rss(rows: list[dict]) -> str:
-    items = "".join("<item>" + f"<title>{escape(r['title'])}</title><link>{escape(r['link'])}</link>"
-                    + "".join(f"<g:{k}>{escape(v)}</g:{k}>" for k, v in r.items() if k not in ("title", "link"))
-                    + "</item>\n" for r in rows)
+    items = _items(rows, "item", lambda url: f"<link>{url}</link>")
     return ('<?xml version="1.0" encoding="UTF-8"?>\n<rss version="2.0" xmlns:g="http://base.google.com/ns/1.0">'
             f"<channel><title>Shop</title>\n{items}</channel></rss>\n")
 
 
 def atom(rows: list[dict]) -> str:
-    entries = "".join("<entry>" + f"<title>{escape(r['title'])}</title><link href=\"{escape(r['link'])}\"/>"
-                      + "".join(f"<g:{k}>{escape(v)}</g:{k}>" for k, v in r.items() if k not in ("title", "link"))
-                      + "</entry>\n" for r in rows)
+    entries = _items(rows, "entry", lambda url: f'<link href="{url}"/>')
     return ('<?xml version="1.0" encoding="UTF-8"?>\n<feed xmlns="http://www.w3.org/2005/Atom" '
             f'xmlns:g="http://base.google.com/ns/1.0"><title>Shop</title>\n{entries}</feed>\n')
 
