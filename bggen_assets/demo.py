@@ -158,6 +158,8 @@ def main(argv=None) -> int:
     from .serving.creative import CreativeService
 
     sample = data_dir / "sample"
+    if (sample / "images").is_dir():  # drawn by an older bggen: images beside feeds/, now refused
+        shutil.rmtree(sample)          # (local image paths must stay under the feeds directory)
     if not (sample / "feeds").is_dir():
         summary = generate_sample_catalog(sample, products_per_merchant=a.products_per_merchant)
         _say(f"drew a sample catalog: {summary['products']} feed rows, merchants {', '.join(summary['merchants'])}")

@@ -262,3 +262,14 @@ def test_product_ids_compare_byte_exact_and_titles_keep_unicode(metadata_db):
                                  {**row, "product_id": "abc", "title": "Ünïcode 👟"}])
     rows = {r["product_id"]: r["title"] for r in metadata_db.product_rows("shop")}
     assert rows == {"ABC": "Café crème", "abc": "Ünïcode 👟"}
+
+
+def test_a_meta_xml_feed_is_told_apart_by_its_meta_only_attributes(tmp_path):
+    rows = [{**r, "availability": r["availability"].replace("_", " "), "fb_product_category": "shoes"}
+            for r in gmc_rows(LOCAL_IMAGES)]
+    path = tmp_path / "meta.xml"
+    path.write_text(rss(rows))
+    stream = FeedStream(path)
+    parsed = list(stream)
+    assert stream.format == "meta-xml" and stream.out_of_stock == {"apparel-accessories": 1}
+    assert [p.product_id for p in parsed if isinstance(p, FeedRow)] == ["SKU-1", "SKU-2"]

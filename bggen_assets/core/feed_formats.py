@@ -159,18 +159,15 @@ class _Rows:
     def product_id_of(self, values: dict[str, str]) -> str:
         return (values.get("id" if self.merchant_format else "product_id") or "").strip()
 
+    def raw_category(self, values: dict[str, str]) -> str:
+        if self.merchant_format:
+            return (values.get("product_type") or "").strip() or (values.get("google_product_category") or "").strip()
+        return (values.get("category") or "").strip()
+
     def category_of(self, values: dict[str, str]) -> str:
         """The row's category where it can be told, else ""."""
-        if self.merchant_format:
-            raw = (values.get("product_type") or "").strip() or (values.get("google_product_category") or "").strip()
-            category = self.mapping.resolve(raw)[0]
-        else:
-            raw = (values.get("category") or "").strip()
-            category = self.mapping.categories.get(_levels(raw), raw.lower())
-        try:
-            return check_name("category", category)
-        except InvalidName:
-            return ""
+        category = self._category(self.raw_category(values))[0]
+        return category if NAME_RE.match(category) else ""
 
     def reject(self, line: int, pid: str, category: str, reason: str) -> RowRejection:
         return RowRejection(self.path, line, pid[:128], category, reason)
@@ -194,12 +191,10 @@ class _Rows:
         get = values.get
         if self.merchant_format:
             pid = (get("id") or "").strip()
-            raw_category = (get("product_type") or "").strip() or (get("google_product_category") or "").strip()
             image = (get("image_link") or "").strip()
             colour = (get("color") or "").strip().lower()
         else:
             pid = (get("product_id") or "").strip()
-            raw_category = (get("category") or "").strip()
             image = (get("image_uri") or "").strip()
             colour = (get("colour") or "").strip().lower()
         if not pid:
@@ -209,7 +204,7 @@ class _Rows:
                 check_product_id(pid)
             except InvalidProductId as exc:
                 return self.reject(line, pid, self.category_of(values), f"column '{names['product_id']}': {exc}")
-        category, subcategory = self._category(raw_category)
+        category, subcategory = self._category(self.raw_category(values))
         if not self.merchant_format:
             subcategory = (get("subcategory") or "").strip().lower()
         if not category:
