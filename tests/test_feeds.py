@@ -273,3 +273,18 @@ def test_a_meta_xml_feed_is_told_apart_by_its_meta_only_attributes(tmp_path):
     parsed = list(stream)
     assert stream.format == "meta-xml" and stream.out_of_stock == {"apparel-accessories": 1}
     assert [p.product_id for p in parsed if isinstance(p, FeedRow)] == ["SKU-1", "SKU-2"]
+
+
+def test_an_unreachable_image_link_rejects_its_row_alone(shop, shop_config, pipeline_resources, image_server):
+    image_server.images["/a.jpg"] = (shop / "img" / "NO-0001.jpg").read_bytes()
+    image_server.images["/b.jpg"] = (shop / "img" / "NO-0004.jpg").read_bytes()
+    rows = gmc_rows([image_server.url("/a.jpg"), image_server.url("/b.jpg"), image_server.url("/gone.jpg")])
+    (shop / "shop.xml").write_text(rss(rows))
+    res = resources_for(pipeline_resources, shop_config())
+    result, _ = run_partition(res, "shop", "apparel-accessories")
+    assert result.success  # 2 of 4 rows rejected: not a mass failure
+    catalog = read_manifest(res["store"], CatalogManifest, "catalog", "shop", "apparel-accessories")
+    assert [p.product_id for p in catalog.products] == ["SKU-1", "SKU-2"] and catalog.images_failed == 1
+    reasons = {r.product_id: r.reason for r in catalog.rejected}
+    assert reasons["SKU-3"] == f"{image_server.url('/gone.jpg')}: HTTP 404" and "is not allowed" in reasons["café"]
+    assert {r["product_id"]: r["status"] for r in res["metadata_db"].product_rows("shop")}["SKU-3"] == "rejected"
