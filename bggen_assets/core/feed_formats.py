@@ -241,6 +241,10 @@ class _Rows:
 def uri_scheme(uri: str) -> str:
     """The URI's scheme, lowercased; "" for a path (a Windows drive letter is a path too). A regex,
     not urlparse: this runs once per row and urlparse is most of a row's parsing time."""
+    if uri.startswith("https://"):  # the common cases first: most feeds are all http(s)
+        return "https"
+    if uri.startswith("http://"):
+        return "http"
     m = SCHEME_RE.match(uri)
     return m.group(1).lower() if m and len(m.group(1)) > 1 else ""
 
@@ -336,7 +340,7 @@ class FeedStream:
                         yield rows, rows.reject(line_no, "", "", str(exc))
                         continue
                     line_no = 1 + reader.line_num
-                    if not record or all(not v.strip() for v in record):
+                    if not any(record):  # a blank line (or one of empty fields only)
                         continue
                     if len(record) != width:
                         col = header[len(record)] if len(record) < width else f"#{len(record)} (beyond the header)"
