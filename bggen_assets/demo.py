@@ -96,7 +96,7 @@ def store_cursor(instance, origin, sensor_def, cursor: str) -> None:
         instance.update_instigator_state(state.with_data(state.instigator_data._replace(cursor=cursor)))
 
 
-def sensor_tick(instance, sensor_def, resources: dict, workspace: Path = WORKSPACE):
+def sensor_tick(instance, sensor_def, resources: dict, workspace: Path = WORKSPACE, say=_say):
     """Evaluate the sensor once as the daemon would: from the instance's cursor, saving the new one
     there, and adding the dynamic partitions it asks for. Returns the evaluation's result."""
     from dagster import build_sensor_context
@@ -106,10 +106,19 @@ def sensor_tick(instance, sensor_def, resources: dict, workspace: Path = WORKSPA
         result = sensor_def(ctx)
     for req in getattr(result, "dynamic_partitions_requests", None) or []:
         instance.add_dynamic_partitions(req.partitions_def_name, list(req.partition_keys))
-        _say(f"added {req.partitions_def_name} partitions: {', '.join(req.partition_keys)}")
+        say(f"added {req.partitions_def_name} partitions: {', '.join(req.partition_keys)}")
     if getattr(result, "cursor", None):
         store_cursor(instance, origin, sensor_def, result.cursor)
     return result
+
+
+def execute_request(job, instance, run_request, log_level: str = "WARNING"):
+    """Run one RunRequest of the job in this process, on the instance, as the daemon would launch it."""
+    return job.execute_in_process(
+        instance=instance, partition_key=run_request.partition_key, tags={**(run_request.tags or {})},
+        asset_selection=run_request.asset_selection, raise_on_error=False,
+        run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
+    )
 
 
 def run_requests_of(result) -> list:
@@ -151,6 +160,8 @@ def main(argv=None) -> int:
     from .serving.creative import CreativeService
 
     sample = data_dir / "sample"
+    if (sample / "images").is_dir():  # drawn by an older bggen: images beside feeds/, now refused
+        shutil.rmtree(sample)          # (local image paths must stay under the feeds directory)
     if not (sample / "feeds").is_dir():
         summary = generate_sample_catalog(sample, products_per_merchant=a.products_per_merchant)
         _say(f"drew a sample catalog: {summary['products']} feed rows, merchants {', '.join(summary['merchants'])}")
@@ -161,12 +172,7 @@ def main(argv=None) -> int:
     started = time.perf_counter()
 
     def execute(run_request) -> bool:
-        tags = {**(run_request.tags or {})}
-        result = job.execute_in_process(
-            instance=instance, partition_key=run_request.partition_key, tags=tags,
-            asset_selection=run_request.asset_selection, raise_on_error=False,
-            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
-        )
+        result = execute_request(job, instance, run_request)
         status = "ok" if result.success else "FAILED"
         _say(f"run {result.run_id[:8]} partition {run_request.partition_key}: {status}")
         return result.success

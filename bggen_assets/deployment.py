@@ -13,6 +13,15 @@ diffusion on a GPU), chosen backend by backend:
                       BGGEN_S3_BUCKET, BGGEN_S3_PREFIX, BGGEN_S3_ENDPOINT_URL, BGGEN_S3_CREATE_BUCKET=1,
                       AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION)
   BGGEN_FEEDS_DIR, BGGEN_PLACEMENTS, BGGEN_PROMPTS   the catalog config (default: the sample catalog)
+  BGGEN_SKIP_OUT_OF_STOCK  1 (default): out-of-stock feed rows are skipped (and counted); 0: kept
+  BGGEN_MAX_REJECTED_FRACTION  above this share of a partition's rows rejected (default 0.5), the
+                      blocking check catalog_not_mass_rejected fails and the last index stays
+  BGGEN_FEED_SPLITS   where feed versions are split per category (default $BGGEN_DATA_DIR/feed_splits)
+  BGGEN_FETCH_ALLOW_NETWORKS  CIDRs image fetching may reach despite the SSRF guard (e.g.
+                      127.0.0.0/8 for a CDN on this host); BGGEN_FETCH_CONCURRENCY (8),
+                      BGGEN_FETCH_CONNECT_TIMEOUT_S (5), BGGEN_FETCH_READ_TIMEOUT_S (15),
+                      BGGEN_FETCH_TOTAL_TIMEOUT_S (60), BGGEN_FETCH_MAX_BYTES (16 MiB),
+                      BGGEN_FETCH_MAX_PIXELS (64M), BGGEN_FETCH_RETRIES (3)
   BGGEN_BUCKET_RATIO  r of the bucketing formula (default 1.2)
   BGGEN_CANVAS_PIXELS the pixel budget of a generated canvas (default 786432 = 1024x768)
   BGGEN_MASKER        classical | yolo (with BGGEN_YOLO_WEIGHTS)
@@ -45,6 +54,7 @@ import dagster as dg
 
 from resources.bandit_store import BanditStore
 from resources.creative_config import CreativeConfig
+from resources.image_fetcher import FetchSettings
 from resources.generator import DiffusionSettings, GeneratorResource
 from resources.io_manager import ManifestIOManager
 from resources.masker import MaskerResource
@@ -129,6 +139,23 @@ def build_generator(e: DeploymentEnv) -> GeneratorResource:
     return GeneratorResource(diffusion=diffusion, **_given(kind=e.setting("BGGEN_GENERATOR")))
 
 
+def _float(value: Optional[str]) -> Optional[float]:
+    return None if value is None else float(value)
+
+
+def build_fetch_settings(e: DeploymentEnv) -> FetchSettings:
+    return FetchSettings(**_given(
+        allow_networks=e.setting("BGGEN_FETCH_ALLOW_NETWORKS"),
+        concurrency=_int(e.setting("BGGEN_FETCH_CONCURRENCY")),
+        connect_timeout_s=_float(e.setting("BGGEN_FETCH_CONNECT_TIMEOUT_S")),
+        read_timeout_s=_float(e.setting("BGGEN_FETCH_READ_TIMEOUT_S")),
+        total_timeout_s=_float(e.setting("BGGEN_FETCH_TOTAL_TIMEOUT_S")),
+        max_bytes=_int(e.setting("BGGEN_FETCH_MAX_BYTES")),
+        max_pixels=_int(e.setting("BGGEN_FETCH_MAX_PIXELS")),
+        retries=_int(e.setting("BGGEN_FETCH_RETRIES")),
+    ))
+
+
 def build_resources(env: Optional[Mapping[str, str]] = None, *, read_secrets_now: bool = False) -> dict[str, Any]:
     """Every resource the definitions bind, by key. `env` (default: os.environ) picks backends and
     settings; an EnvVar is read from the process environment when Dagster initialises it."""
@@ -147,8 +174,12 @@ def build_resources(env: Optional[Mapping[str, str]] = None, *, read_secrets_now
             feeds_dir=e.setting("BGGEN_FEEDS_DIR", str(sample / "feeds")),
             placements_path=e.setting("BGGEN_PLACEMENTS", str(sample / "placements.yaml")),
             prompts_path=e.setting("BGGEN_PROMPTS", str(sample / "prompts.yaml")),
-            **_given(bucket_ratio=None if ratio is None else float(ratio),
-                     canvas_pixels=_int(e.setting("BGGEN_CANVAS_PIXELS"))),
+            split_cache_dir=e.setting("BGGEN_FEED_SPLITS", str(data_dir / "feed_splits")),
+            fetch=build_fetch_settings(e),
+            **_given(bucket_ratio=_float(ratio), canvas_pixels=_int(e.setting("BGGEN_CANVAS_PIXELS")),
+                     skip_out_of_stock=None if e.setting("BGGEN_SKIP_OUT_OF_STOCK") is None
+                     else e.setting("BGGEN_SKIP_OUT_OF_STOCK") == "1",
+                     max_rejected_fraction=_float(e.setting("BGGEN_MAX_REJECTED_FRACTION"))),
         ),
         "masker": MaskerResource(**_given(method=e.setting("BGGEN_MASKER"), yolo_weights=e.setting("BGGEN_YOLO_WEIGHTS"))),
         "generator": build_generator(e),

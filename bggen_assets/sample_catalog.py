@@ -287,7 +287,8 @@ def prompts_doc() -> dict:
 
 def generate_sample_catalog(out_dir: Path, products_per_merchant: int = 18, merchants: int = 2, seed: int = 7,
                             bad_rows: bool = True, image_size: int = 800) -> dict:
-    """Write feeds/, images/, placements.yaml and prompts.yaml under out_dir; returns a summary."""
+    """Write feeds/ (with the images under feeds/images/: local image paths stay under the feeds
+    directory), placements.yaml and prompts.yaml under out_dir; returns a summary."""
     out_dir = Path(out_dir)
     rng = np.random.default_rng(seed)
     (out_dir / "feeds").mkdir(parents=True, exist_ok=True)
@@ -298,7 +299,7 @@ def generate_sample_catalog(out_dir: Path, products_per_merchant: int = 18, merc
     summary = {"merchants": {}, "products": 0}
     for mi, merchant in enumerate(names[:merchants]):
         cats = MERCHANTS.get(merchant, list(CATEGORIES)[: 3 + mi % 2])
-        img_dir = out_dir / "images" / merchant
+        img_dir = out_dir / "feeds" / "images" / merchant
         img_dir.mkdir(parents=True, exist_ok=True)
         rows = []
         for i in range(products_per_merchant):
@@ -313,16 +314,16 @@ def generate_sample_catalog(out_dir: Path, products_per_merchant: int = 18, merc
             ext = "png" if background == "alpha" else "jpg"
             write_image(img_dir / f"{pid}.{ext}", img)
             rows.append([pid, f"{colour.title()} {SINGULAR.get(sub, sub)}", cat, sub, colour,
-                         f"../images/{merchant}/{pid}.{ext}"])
+                         f"images/{merchant}/{pid}.{ext}"])
         if bad_rows and mi == 0:
             cat = cats[0]
-            rows.append([f"{merchant[:2].upper()}-BAD-MISSING", "Missing photo", cat, "sneakers", "red", f"../images/{merchant}/does-not-exist.jpg"])
+            rows.append([f"{merchant[:2].upper()}-BAD-MISSING", "Missing photo", cat, "sneakers", "red", f"images/{merchant}/does-not-exist.jpg"])
             (img_dir / "not-an-image.jpg").write_text("<html>this is an error page, not a photo</html>")
-            rows.append([f"{merchant[:2].upper()}-BAD-NOTIMAGE", "Broken photo", cat, "sneakers", "red", f"../images/{merchant}/not-an-image.jpg"])
+            rows.append([f"{merchant[:2].upper()}-BAD-NOTIMAGE", "Broken photo", cat, "sneakers", "red", f"images/{merchant}/not-an-image.jpg"])
             full = (np.dstack([np.full((600, 600), c, np.uint8) for c in COLOURS["navy"]]) +
                     rng.integers(0, 6, (600, 600, 3), dtype=np.uint8))
             write_image(img_dir / "full-frame.jpg", full)
-            rows.append([f"{merchant[:2].upper()}-BAD-FULLFRAME", "Close-up fabric", cat, "sneakers", "navy", f"../images/{merchant}/full-frame.jpg"])
+            rows.append([f"{merchant[:2].upper()}-BAD-FULLFRAME", "Close-up fabric", cat, "sneakers", "navy", f"images/{merchant}/full-frame.jpg"])
         with open(out_dir / "feeds" / f"{merchant}.csv", "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["product_id", "title", "category", "subcategory", "colour", "image_uri"])
@@ -348,3 +349,43 @@ def main(argv=None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+GMC_TSV_COLUMNS = ("id", "title", "link", "image_link", "availability", "price", "product_type", "brand", "color")
+LARGE_FEED_TYPES = ("Apparel & Accessories > Shoes > Sneakers", "Apparel & Accessories > Handbags",
+                    "Home & Garden > Decor > Vases", "Health & Beauty > Personal Care", "Luggage & Bags > Backpacks")
+
+
+def write_large_gmc_tsv(path: Path, rows: int, image_base: str = "https://cdn.example.com/img") -> Path:
+    """A Merchant Center TSV of `rows` products (rows only: the image links point nowhere), for the
+    scale test and benchmarks/catalog.py. Written in blocks: memory does not grow with `rows`."""
+    colours = list(COLOURS)
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        f.write("\t".join(GMC_TSV_COLUMNS) + "\n")
+        for start in range(0, rows, 10_000):
+            f.write("".join(
+                f"SKU-{i:07d}\t{colours[i % len(colours)].title()} item {i}\thttps://shop.example.com/p/{i}\t"
+                f"{image_base}/{i % 97}/{i}.jpg\t{'out_of_stock' if i % 50 == 0 else 'in_stock'}\t{10 + i % 90}.99 EUR\t"
+                f"{LARGE_FEED_TYPES[i % len(LARGE_FEED_TYPES)]}\tBrand {i % 13}\t{colours[i % len(colours)]}\n"
+                for i in range(start, min(rows, start + 10_000))))
+    return path
+
+
+def write_large_gmc_xml(path: Path, items: int, image_base: str = "https://cdn.example.com/img") -> Path:
+    """The same products as write_large_gmc_tsv, as a Merchant Center RSS 2.0 feed."""
+    from xml.sax.saxutils import escape
+
+    colours = list(COLOURS)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write('<?xml version="1.0" encoding="UTF-8"?>\n<rss version="2.0" xmlns:g="http://base.google.com/ns/1.0">'
+                "<channel><title>Large feed</title>\n")
+        for start in range(0, items, 10_000):
+            f.write("".join(
+                f"<item><g:id>SKU-{i:07d}</g:id><title>{colours[i % len(colours)].title()} item {i}</title>"
+                f"<link>https://shop.example.com/p/{i}</link><g:image_link>{image_base}/{i % 97}/{i}.jpg</g:image_link>"
+                f"<g:availability>in_stock</g:availability><g:price>{10 + i % 90}.99 EUR</g:price>"
+                f"<g:product_type>{escape(LARGE_FEED_TYPES[i % len(LARGE_FEED_TYPES)])}</g:product_type>"
+                f"<g:color>{colours[i % len(colours)]}</g:color></item>\n"
+                for i in range(start, min(items, start + 10_000))))
+        f.write("</channel></rss>\n")
+    return path

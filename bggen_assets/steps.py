@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,8 @@ import pandas as pd
 
 from .core import keys, serving_index
 from .core.compositing import cut_back, fidelity_error, make_cutout, place_on_canvas, product_alpha, resample_product
-from .core.feeds import FEED_COLUMNS, Prompt
+from .core.feed_split import is_local_uri
+from .core.feeds import FEED_COLUMNS, FeedRow, Prompt
 from .core.generation import GenerationJob, derive_seed
 from .core.geometry import Bucket, canvas_layout, plan_buckets
 from .core.image_io import ImageDecodeError, decode_png, encode_png, image_sha256
@@ -65,48 +67,123 @@ def _quiet(_: str) -> None:
 
 
 # -- catalog -------------------------------------------------------------------------------------
-def resolve_image_uri(uri: str, feed_path: Path, images_root: Path) -> Path:
-    """A feed's image URI -> a local file under images_root. Anything else is refused with a reason."""
+FETCH_RECORDS = "fetches"
+
+
+def resolve_image_uri(uri: str, feeds_dir: Path) -> Path:
+    """A feed's local image path or file:// URI -> a file under the feeds directory itself; a path
+    outside it is refused with a reason (with BGGEN_FEEDS_DIR=/feeds, /etc/passwd is not an image)."""
     parsed = urlparse(uri)
-    if parsed.scheme in ("", "file"):
-        raw = unquote(parsed.path if parsed.scheme == "file" else uri)
-        path = (feed_path.parent / raw).resolve() if not Path(raw).is_absolute() else Path(raw).resolve()
-        root = images_root.resolve()
-        if root != path and root not in path.parents:
-            raise ValueError(f"image path {uri!r} is outside the allowed image root {root}")
-        return path
-    raise ValueError(f"unsupported image URI scheme {parsed.scheme!r} in {uri!r} (use a path or file:// URI)")
+    raw = unquote(parsed.path) if parsed.scheme.lower() == "file" else uri
+    root = feeds_dir.resolve()
+    path = Path(raw).resolve() if Path(raw).is_absolute() else (root / raw).resolve()
+    if root != path and root not in path.parents:
+        raise ValueError(f"image path {uri!r} is outside the feeds directory {root}")
+    return path
+
+
+def _fetch_record_key(url: str) -> str:
+    d = hashlib.sha256(url.encode()).hexdigest()
+    return f"{FETCH_RECORDS}/{d[:2]}/{d}.json"
+
+
+def _read_local(row: FeedRow, feeds_dir: Path) -> bytes:
+    path = resolve_image_uri(row.image_uri, feeds_dir)
+    if not path.is_file():
+        raise ValueError(f"image file not found: {row.image_uri}")
+    if path.stat().st_size > MAX_SOURCE_BYTES:
+        raise ValueError(f"image file is larger than {MAX_SOURCE_BYTES // 2**20} MiB: {row.image_uri}")
+    data = path.read_bytes()
+    if not data:
+        raise ValueError(f"image file is empty: {row.image_uri}")
+    return data
+
+
+@dataclass
+class _ImageResults:
+    hashes: dict[str, str] = field(default_factory=dict)  # image URI -> content hash
+    failures: dict[str, str] = field(default_factory=dict)  # image URI -> reason
+    fetched: int = 0
+    reused: int = 0
+
+
+def _store_source(store: ObjectStore, data: bytes) -> str:
+    digest = image_sha256(data)
+    key = keys.source_key(digest)
+    if not store.exists(key):
+        store.put_bytes(key, data)
+    return digest
+
+
+def _remote_images(urls: list[str], cfg: CreativeConfig, store: ObjectStore, out: _ImageResults, log: Log) -> None:
+    """Fetch each URL once (conditional GET against the last download's validators), storing the
+    bytes content-addressed and the validators under fetches/ for the next run."""
+    from resources.image_fetcher import ImageFetcher, Validators
+
+    def requests():
+        for url in urls:
+            validators = None
+            record_key = _fetch_record_key(url)
+            if store.exists(record_key):
+                rec = json.loads(store.get_bytes(record_key))
+                if store.exists(keys.source_key(rec["image_hash"])):  # only when the bytes are still there
+                    validators = Validators(rec.get("etag", ""), rec.get("last_modified", ""))
+            yield url, validators
+
+    done, last_log, started = 0, time.perf_counter(), time.perf_counter()
+    with ImageFetcher(cfg.fetch) as fetcher:
+        for outcome in fetcher.fetch_all(requests()):
+            done += 1
+            url = outcome.url
+            if outcome.status == "failed":
+                out.failures[url] = outcome.reason
+            elif outcome.status == "not_modified":
+                out.hashes[url] = json.loads(store.get_bytes(_fetch_record_key(url)))["image_hash"]
+                out.reused += 1
+            else:
+                digest = _store_source(store, outcome.data)
+                out.hashes[url] = digest
+                out.fetched += 1
+                if outcome.etag or outcome.last_modified:
+                    record = {"url": url, "etag": outcome.etag, "last_modified": outcome.last_modified,
+                              "image_hash": digest}
+                    store.put_bytes(_fetch_record_key(url), json.dumps(record).encode(), "application/json")
+            now = time.perf_counter()
+            if now - last_log >= PROGRESS_EVERY_S:
+                last_log = now
+                log(f"images: {done}/{len(urls)} ({done / (now - started):.1f}/s)")
 
 
 def catalog_step(cfg: CreativeConfig, store: ObjectStore, db: MetadataDB, merchant: str, category: str,
                  log: Log = _quiet) -> CatalogManifest:
     keys.check_name("merchant", merchant)
     keys.check_name("category", category)
-    feed_path = cfg.feed_paths().get(merchant)
-    if feed_path is None:
-        raise ValueError(f"no feed for merchant {merchant!r} in {cfg.feeds_dir}")
-    rows = [r for r in cfg.read_feed(merchant) if r.category == category]
-    images_root = Path(cfg.feeds_dir).resolve().parent
-    products, rejected, db_rows = [], [], []
+    split = cfg.feed_split(merchant)  # the feed version is parsed once for all its partitions
+    summary = split.categories.get(category)
+    rejected = [Rejection(product_id=r.product_id, line=r.line, reason=r.reason, file=r.file)
+                for r in (split.rejections(category) if summary and summary.rejected else [])]
+    rows = list(split.rows(category))
+    feeds_dir = Path(cfg.feeds_dir)
+    images = _ImageResults()
+    remote = sorted({r.image_uri for r in rows if not is_local_uri(r.image_uri)})
+    for row in rows:
+        if is_local_uri(row.image_uri) and row.image_uri not in images.hashes:
+            try:
+                images.hashes[row.image_uri] = _store_source(store, _read_local(row, feeds_dir))
+                images.fetched += 1
+            except (ValueError, OSError) as exc:
+                images.failures[row.image_uri] = str(exc)
+    if remote:
+        _remote_images(remote, cfg, store, images, log)
+    products, db_rows = [], []
     for row in rows:
         record = row.as_dict()
-        try:
-            path = resolve_image_uri(row.image_uri, feed_path, images_root)
-            if not path.is_file():
-                raise ValueError(f"image file not found: {row.image_uri}")
-            if path.stat().st_size > MAX_SOURCE_BYTES:
-                raise ValueError(f"image file is larger than {MAX_SOURCE_BYTES // 2**20} MiB: {row.image_uri}")
-            data = path.read_bytes()
-            if not data:
-                raise ValueError(f"image file is empty: {row.image_uri}")
-        except (ValueError, OSError) as exc:
-            rejected.append(Rejection(product_id=row.product_id, line=row.line, reason=str(exc)))
-            db_rows.append({**record, "merchant": merchant, "image_hash": None, "status": "rejected", "reason": str(exc)[:500]})
+        digest = images.hashes.get(row.image_uri)
+        if digest is None:
+            reason = images.failures.get(row.image_uri, "image not fetched")
+            rejected.append(Rejection(product_id=row.product_id, line=row.line, reason=reason, file=split.feed))
+            db_rows.append({**record, "merchant": merchant, "image_hash": None, "status": "rejected", "reason": reason[:500]})
             continue
-        digest = image_sha256(data)
-        key = keys.source_key(digest)
-        if not store.exists(key):
-            store.put_bytes(key, data)
         products.append(CatalogProduct(**record, image_hash=digest))
         db_rows.append({**record, "merchant": merchant, "image_hash": digest, "status": "ok", "reason": ""})
     frame = pd.DataFrame([p.model_dump() for p in products], columns=[*FEED_COLUMNS, "image_hash"])
@@ -115,11 +192,17 @@ def catalog_step(cfg: CreativeConfig, store: ObjectStore, db: MetadataDB, mercha
     snapshot = buf.getvalue()
     snapshot_key = f"{keys.partition_prefix('catalog', merchant, category)}/{hashlib.sha256(snapshot).hexdigest()[:24]}.parquet"
     store.put_bytes(snapshot_key, snapshot)
-    db.upsert_products(db_rows)
-    for r in rejected:
-        log(f"rejected {r.product_id} (feed line {r.line}): {r.reason}")
+    for start in range(0, len(db_rows), 1000):
+        db.upsert_products(db_rows[start : start + 1000])
+    for r in rejected[:200]:
+        log(f"rejected {r.product_id or '(no id)'} ({r.file or 'feed'}:{r.line}): {r.reason}")
+    if len(rejected) > 200:
+        log(f"... and {len(rejected) - 200} more rejected rows")
     return CatalogManifest(merchant=merchant, category=category, snapshot_key=snapshot_key, products=products,
-                           rejected=rejected)
+                           rejected=rejected, feed_format=split.format,
+                           out_of_stock=summary.out_of_stock if summary else 0,
+                           images_fetched=images.fetched, images_reused=images.reused,
+                           images_failed=len(images.failures))
 
 
 # -- masks ---------------------------------------------------------------------------------------
@@ -189,7 +272,8 @@ def _compute_mask(digest: str, masker: MaskerResource, masker_id: str, store: Ob
 def plans_step(catalog: CatalogManifest, masks: MaskManifest, cfg: CreativeConfig, miss_queue: MissQueue,
                merchant: str, category: str, consumer: str = "plans") -> PlanManifest:
     placements = cfg.placements(merchant)
-    prompts = cfg.prompts(category)
+    prompt_set = cfg.prompt_set(category, merchant)
+    prompts = prompt_set.prompts
     r, budget = cfg.bucket_ratio, cfg.canvas_pixels
     items: dict[str, PlanItem] = {}
 
@@ -227,6 +311,7 @@ def plans_step(catalog: CatalogManifest, masks: MaskManifest, cfg: CreativeConfi
         requests=len(masks.products) * len(placements) * len(prompts),
         miss_keys=miss_keys,
         planned_at=time.time(),
+        prompt_set=prompt_set.name,
     )
 
 

@@ -36,12 +36,15 @@ from sqlalchemy.dialects import mysql, sqlite
 from bggen_assets.core.keys import digest
 
 metadata = sa.MetaData()
+# Byte-exact on MySQL/MariaDB (migration 0004): `ABC` and `abc` are two products. SQLite's default
+# BINARY collation is byte-exact already.
+PRODUCT_ID = sa.String(128).with_variant(mysql.VARCHAR(128, charset="utf8mb4", collation="utf8mb4_bin"), "mysql", "mariadb")
 
 products = sa.Table(
     "products",
     metadata,
     sa.Column("merchant", sa.String(64), primary_key=True),
-    sa.Column("product_id", sa.String(128), primary_key=True),
+    sa.Column("product_id", PRODUCT_ID, primary_key=True),
     sa.Column("category", sa.String(64), nullable=False, index=True),
     sa.Column("subcategory", sa.String(128), nullable=False, default=""),
     sa.Column("colour", sa.String(64), nullable=False, default=""),
@@ -76,7 +79,7 @@ generated_images = sa.Table(
     sa.Column("image_key", sa.String(255), primary_key=True),
     sa.Column("merchant", sa.String(64), nullable=False),
     sa.Column("category", sa.String(64), nullable=False),
-    sa.Column("product_id", sa.String(128), nullable=False),
+    sa.Column("product_id", PRODUCT_ID, nullable=False),
     sa.Column("bucket_id", sa.String(64), nullable=False),
     sa.Column("prompt_id", sa.String(64), nullable=False),
     sa.Column("generator_id", sa.String(255), nullable=False),
@@ -93,7 +96,7 @@ misses = sa.Table(
     sa.Column("request_key", sa.String(64), primary_key=True),
     sa.Column("merchant", sa.String(64), nullable=False),
     sa.Column("category", sa.String(64), nullable=False),
-    sa.Column("product_id", sa.String(128), nullable=False),
+    sa.Column("product_id", PRODUCT_ID, nullable=False),
     sa.Column("bucket_id", sa.String(64), nullable=False),
     sa.Column("prompt_id", sa.String(64), nullable=False),
     sa.Column("first_requested_at", sa.Double, nullable=False),

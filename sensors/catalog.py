@@ -17,36 +17,49 @@ from dagster import (
     sensor,
 )
 
+from bggen_assets.core.feed_split import is_local_uri, stamp
 from bggen_assets.core.feeds import ConfigError, FeedError
 from bggen_assets.core.keys import digest
 from bggen_assets.jobs import pipeline_job
 from bggen_assets.partitions import partition_key, split_key
+from bggen_assets.steps import resolve_image_uri
 from resources.creative_config import CreativeConfig
 
 
 def feed_fingerprints(cfg: CreativeConfig) -> tuple[dict[tuple[str, str], str], list[str]]:
-    """{(merchant, category): fingerprint of its rows and image files}, plus per-merchant feed errors.
+    """{(merchant, category): fingerprint of its rows and local image files}, plus the feeds and
+    files skipped, with why.
 
-    An image replaced in place changes its size or mtime, so it changes the fingerprint too."""
-    prints, errors = {}, []
-    for merchant, path in cfg.feed_paths().items():
+    Cheap on an unchanged feed: its size and mtime name the split of its version (made once, on
+    the first tick that sees it; core/feed_split.py), whose per-category content hashes are read
+    back, not recomputed. Local image files are stat'ed (a replaced image changes the fingerprint);
+    an http(s) image is revalidated by the catalog step's conditional GET instead."""
+    prints, directory = {}, cfg.feed_directory()
+    errors = list(directory.skipped)
+    for merchant in directory.feeds:
         try:
-            rows = cfg.read_feed(merchant)
+            split = cfg.feed_split(merchant)
         except (FeedError, ConfigError) as exc:
             errors.append(str(exc))
             continue
-        by_category: dict[str, list] = {}
-        for row in rows:
-            image = (path.parent / row.image_uri) if "://" not in row.image_uri else Path(row.image_uri)
-            try:
-                st = image.stat()
-                stamp = (st.st_size, st.st_mtime_ns)
-            except OSError:
-                stamp = None
-            by_category.setdefault(row.category, []).append((row.as_dict(), stamp))
-        for category, items in by_category.items():
-            prints[(merchant, category)] = digest(sorted(items, key=lambda i: i[0]["product_id"]))
+        feeds_dir = Path(cfg.feeds_dir)
+        for category, summary in split.categories.items():
+            if not summary.rows and not summary.rejected:
+                continue  # only out-of-stock rows: nothing to make
+            stamps = []
+            if summary.local_images:
+                for row in split.rows(category):
+                    if is_local_uri(row.image_uri):
+                        stamps.append(stamp(_local_path(row.image_uri, feeds_dir)))
+            prints[(merchant, category)] = digest(summary.content_hash, summary.rejected, stamps)
     return prints, errors
+
+
+def _local_path(uri: str, feeds_dir: Path) -> Optional[Path]:
+    try:
+        return resolve_image_uri(uri, feeds_dir)
+    except ValueError:
+        return None  # outside the feeds dir: the catalog step rejects the row
 
 
 def read_cursor(cursor: Optional[str]) -> dict[tuple[str, str], str]:

@@ -49,17 +49,18 @@ def _partition(context: AssetExecutionContext) -> tuple[str, str]:
     return split_key(context.partition_key)
 
 
-def _check(name: str, asset: str) -> AssetCheckSpec:
-    """A check partitioned like its asset: each result is recorded against the partition it checked."""
+def _check(name: str, asset: str, blocking: bool = False) -> AssetCheckSpec:
+    """A check partitioned like its asset: each result is recorded against the partition it checked.
+    A blocking check that fails (severity ERROR) stops the run before the asset's dependents."""
     with warnings.catch_warnings():
         # partitions_def on a check spec is a preview API in Dagster 1.13 (pinned in pyproject);
         # tests/assets/test_pipeline.py asserts the per-partition results it gives
         warnings.simplefilter("ignore", PreviewWarning)
-        return AssetCheckSpec(name, asset=asset, partitions_def=merchant_category)
+        return AssetCheckSpec(name, asset=asset, partitions_def=merchant_category, blocking=blocking)
 
 
 @asset(partitions_def=merchant_category, group_name=GROUP, io_manager_key="manifest_io_manager",
-       check_specs=[_check("feed_rows_usable", "catalog")],
+       check_specs=[_check("feed_rows_usable", "catalog"), _check("catalog_not_mass_rejected", "catalog", blocking=True)],
        description="The merchant feed's rows of this category, normalised; images copied into the store by content hash.")
 def catalog(context: AssetExecutionContext, creative_config: CreativeConfig, store: ObjectStore, metadata_db: MetadataDB):
     merchant, category = _partition(context)
@@ -68,13 +69,20 @@ def catalog(context: AssetExecutionContext, creative_config: CreativeConfig, sto
     except (FeedError, ConfigError) as exc:
         raise Failure(description=str(exc)) from exc
     rejected = manifest.rejected
+    reasons = Counter(_reason_kind(r.reason) for r in rejected)
     yield Output(
         manifest,
         metadata={
             "products": len(manifest.products),
             "rejected": len(rejected),
+            "out_of_stock_skipped": manifest.out_of_stock,
+            "feed_format": manifest.feed_format,
+            "images_fetched": manifest.images_fetched,
+            "images_reused": manifest.images_reused,
+            "images_failed": manifest.images_failed,
             "snapshot_key": manifest.snapshot_key,
-            "rejections": MetadataValue.md(_table(rejected, ["product_id", "line", "reason"])),
+            "rejection_reasons": MetadataValue.json(dict(reasons.most_common(20))),
+            "rejections": MetadataValue.md(_table(rejected, ["product_id", "file", "line", "reason"])),
         },
     )
     yield AssetCheckResult(
@@ -83,6 +91,23 @@ def catalog(context: AssetExecutionContext, creative_config: CreativeConfig, sto
         severity=AssetCheckSeverity.WARN,
         metadata={"rejected": len(rejected), "reasons": _json(rejected[:50])},
     )
+    # Blocking: a CDN down or an image directory briefly missing rejects most rows at once; the
+    # failed check stops the run before serving_index, so the last good index stays published.
+    limit = creative_config.max_rejected_fraction
+    yield AssetCheckResult(
+        check_name="catalog_not_mass_rejected",
+        passed=manifest.rejected_fraction <= limit,
+        severity=AssetCheckSeverity.ERROR,
+        metadata={"rejected_fraction": round(manifest.rejected_fraction, 4), "max_rejected_fraction": limit,
+                  "rejected": len(rejected), "usable": len(manifest.products),
+                  "reasons": MetadataValue.json(dict(reasons.most_common(20)))},
+    )
+
+
+def _reason_kind(reason: str) -> str:
+    """A rejection reason without the URL or value it names, so that reasons can be counted."""
+    text = reason.split(": ", 1)[1] if reason.startswith(("http://", "https://")) and ": " in reason else reason
+    return text.split(" (after ")[0][:80]
 
 
 @asset(partitions_def=merchant_category, group_name=GROUP, io_manager_key="manifest_io_manager",
@@ -130,6 +155,9 @@ def bucket_plans(context: AssetExecutionContext, catalog: CatalogManifest, produ
     except ConfigError as exc:
         raise Failure(description=str(exc)) from exc
     n = len(plan.items)
+    if plan.prompt_set != category:
+        context.log.warning(f"category {category!r} uses the prompt set {plan.prompt_set!r}"
+                            + (" (it has no prompts of its own)" if plan.prompt_set == "default" else " (mapping file)"))
     return Output(
         plan,
         metadata={
@@ -138,6 +166,7 @@ def bucket_plans(context: AssetExecutionContext, catalog: CatalogManifest, produ
             "reduction": round(plan.requests / n, 2) if n else 0.0,
             "from_misses": len(plan.miss_keys),
             "bucket_ratio": plan.bucket_ratio,
+            "prompt_set": plan.prompt_set,
         },
     )
 

@@ -1,29 +1,21 @@
-"""Merchant catalog feeds (CSV or Parquet), placements and prompts config: parsing and validation.
+"""Placements and prompts config: parsing and validation; feeds are read by core/feed_formats.py
+(re-exported here: FeedError, FeedRow, FEED_COLUMNS, read_feed).
 
-A malformed feed is an error that names the file, the line and the column, so a merchant's feed
-team can fix it without reading our code.
+A malformed file is an error that names the file (and the line and column where there is one), so
+a merchant's feed team can fix it without reading our code.
 """
 from __future__ import annotations
 
-import csv
-import io
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import yaml
 
+from .feed_formats import FEED_COLUMNS, CategoryMapping, FeedError, FeedRow, FeedStream  # noqa: F401 (re-exported)
 from .geometry import GeometryError, Placement
 from .keys import InvalidName, check_name
 from .template_bg import STYLES, TemplateStyleError, hex_rgb
-
-FEED_COLUMNS = ("product_id", "title", "category", "subcategory", "colour", "image_uri")
-REQUIRED = ("product_id", "category", "image_uri")
-MAX_FIELD = {"product_id": 128, "title": 512, "category": 64, "subcategory": 128, "colour": 64, "image_uri": 1024}
-
-
-class FeedError(ValueError):
-    """A malformed feed: the message names file, line and column."""
 
 
 class ConfigError(ValueError):
@@ -39,107 +31,11 @@ class Prompt:
     palette: tuple[str, ...] = ()
 
 
-@dataclass
-class FeedRow:
-    line: int
-    product_id: str
-    title: str
-    category: str
-    subcategory: str
-    colour: str
-    image_uri: str
-    extra: dict = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {c: getattr(self, c) for c in FEED_COLUMNS}
-
-
-def _check_row(path: str, line: int, values: dict[str, str]) -> FeedRow:
-    for col in REQUIRED:
-        if not (values.get(col) or "").strip():
-            raise FeedError(f"{path}:{line}: column '{col}' is empty")
-    for col, limit in MAX_FIELD.items():
-        if len(values.get(col) or "") > limit:
-            raise FeedError(f"{path}:{line}: column '{col}' is longer than {limit} characters")
-    pid = values["product_id"].strip()
-    if any(ord(ch) < 32 for ch in pid):
-        raise FeedError(f"{path}:{line}: column 'product_id' has control characters")
-    category = values["category"].strip().lower()
-    try:
-        check_name("category", category)
-    except InvalidName as exc:
-        raise FeedError(f"{path}:{line}: column 'category': {exc}") from None
-    return FeedRow(
-        line=line,
-        product_id=pid,
-        title=(values.get("title") or "").strip(),
-        category=category,
-        subcategory=(values.get("subcategory") or "").strip().lower(),
-        colour=(values.get("colour") or "").strip().lower(),
-        image_uri=values["image_uri"].strip(),
-    )
-
-
-def parse_feed_csv(text: str, path: str) -> list[FeedRow]:
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
-    try:
-        header = next(reader)
-    except StopIteration:
-        raise FeedError(f"{path}:1: the feed is empty (expected a header: {', '.join(FEED_COLUMNS)})") from None
-    except csv.Error as exc:
-        raise FeedError(f"{path}:1: {exc}") from None
-    header = [h.strip().lower() for h in header]
-    for col in REQUIRED:
-        if col not in header:
-            raise FeedError(f"{path}:1: header is missing column '{col}' (expected {', '.join(FEED_COLUMNS)})")
-    rows, seen = [], {}
-    while True:
-        try:
-            record = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as exc:
-            raise FeedError(f"{path}:{reader.line_num}: {exc}") from None
-        line = reader.line_num
-        if not record or all(not v.strip() for v in record):
-            continue
-        if len(record) != len(header):
-            col = header[len(record)] if len(record) < len(header) else f"#{len(record)} (beyond the header)"
-            raise FeedError(f"{path}:{line}: column {col}: expected {len(header)} fields, found {len(record)}")
-        row = _check_row(path, line, dict(zip(header, record)))
-        if row.product_id in seen:
-            raise FeedError(f"{path}:{line}: column 'product_id': duplicate id {row.product_id!r} (first on line {seen[row.product_id]})")
-        seen[row.product_id] = line
-        rows.append(row)
-    return rows
-
-
-def read_feed(path: Path) -> list[FeedRow]:
-    """CSV (utf-8) or Parquet feed -> validated rows."""
-    if path.suffix == ".parquet":
-        import pandas as pd
-
-        try:
-            frame = pd.read_parquet(path)
-        except Exception as exc:
-            raise FeedError(f"{path}: not a readable Parquet file: {exc}") from None
-        missing = [c for c in REQUIRED if c not in frame.columns]
-        if missing:
-            raise FeedError(f"{path}: missing column(s) {', '.join(missing)}")
-        rows, seen = [], {}
-        for i, rec in enumerate(frame.fillna("").astype(str).to_dict("records"), start=1):
-            row = _check_row(str(path), i, rec)  # Parquet "line" = 1-based row number
-            if row.product_id in seen:
-                raise FeedError(f"{path}:{i}: column 'product_id': duplicate id {row.product_id!r}")
-            seen[row.product_id] = i
-            rows.append(row)
-        return rows
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        line = path.read_bytes()[: exc.start].count(b"\n") + 1
-        raise FeedError(f"{path}:{line}: not valid UTF-8 ({exc.reason})") from None
-    return parse_feed_csv(text, str(path))
+def read_feed(path: Path, mapping: Optional[CategoryMapping] = None, skip_out_of_stock: bool = True) -> list[FeedRow]:
+    """A feed file (any format feed_formats reads) -> its usable rows, in memory: for small feeds
+    and tests; the pipeline streams feeds through core/feed_split.py instead."""
+    stream = FeedStream(path, mapping or CategoryMapping(), skip_out_of_stock)
+    return [r for r in stream if isinstance(r, FeedRow)]
 
 
 def _parse_size(value: Any, where: str) -> tuple[int, int]:

@@ -11,10 +11,25 @@ import re
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 KEY_RE = re.compile(r"^[a-z0-9][a-z0-9/_.=-]{0,511}$")
+# The one product-id rule of the feed, the metadata DB and the API: ASCII only, so an id compares
+# byte-exact everywhere and travels in a URL query unescaped.
+PRODUCT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
 
 class InvalidName(ValueError):
     pass
+
+
+class InvalidProductId(ValueError):
+    pass
+
+
+def check_product_id(value: str) -> str:
+    """A product id the API can serve: 1-128 ASCII letters, digits, '.', '_', ':' or '-', starting with a letter or digit."""
+    if not isinstance(value, str) or not PRODUCT_ID_RE.match(value):
+        raise InvalidProductId(f"product id {str(value)[:140]!r} is not allowed: 1-128 letters, digits, '.', '_', ':' "
+                               "or '-', starting with a letter or digit")
+    return value
 
 
 def check_name(kind: str, value: str) -> str:

@@ -101,6 +101,7 @@ class Rejection(Value):
     product_id: str
     reason: str
     line: Optional[int] = None
+    file: Optional[str] = None  # the feed file, for rows the catalog refused
 
 
 # -- catalog -------------------------------------------------------------------------------------
@@ -122,6 +123,16 @@ class CatalogManifest(Document):
     snapshot_key: str  # the partition's rows as Parquet
     products: tuple[CatalogProduct, ...]
     rejected: tuple[Rejection, ...]
+    feed_format: str = ""  # as detected from the content (feed_formats.FeedStream.format)
+    out_of_stock: int = 0  # rows skipped as out of stock (not rejected)
+    images_fetched: int = 0  # downloaded (or read from a local file) this run
+    images_reused: int = 0  # unchanged since the last download (HTTP 304), not downloaded again
+    images_failed: int = 0
+
+    @property
+    def rejected_fraction(self) -> float:
+        total = len(self.products) + len(self.rejected)
+        return len(self.rejected) / total if total else 0.0
 
 
 # -- masks ---------------------------------------------------------------------------------------
@@ -178,6 +189,7 @@ class PlanManifest(Document):
     requests: int  # placement x prompt requests the items serve
     miss_keys: tuple[str, ...]  # the claimed misses this plan covers
     planned_at: float
+    prompt_set: str = ""  # the prompts file's set used ("default": the category has none of its own)
 
     def prompt(self, prompt_id: str) -> Prompt:
         for p in self.prompts:

@@ -9,7 +9,6 @@ app; routers raise :class:`BadRequest`, :class:`NotAcceptable` or
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Optional
 
@@ -19,6 +18,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..core.geometry import GeometryError, Placement
+from ..core import keys
 from ..core.keys import InvalidName, check_name
 from .creative import NotFound
 
@@ -28,7 +28,6 @@ MIN_SIDE, MAX_SIDE = 8, 4096
 MAX_PIXELS = 4096 * 2048
 #: bytes of query string answered 414 before any parsing (see QueryLimit)
 MAX_QUERY = 2048
-ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 IMPRESSION_RE = r"^[0-9a-f]{32}$"
 LABEL_RE = r"^[A-Za-z0-9][A-Za-z0-9 _-]{0,31}$"
 ANCHORS = {
@@ -105,8 +104,10 @@ def check_size(width: int, height: int) -> None:
 
 
 def check_product_id(product: str) -> None:
-    if not ID_RE.match(product):
-        raise BadRequest(f"product id {product[:140]!r} is not allowed: 1-128 letters, digits, '.', '_', ':' or '-'")
+    try:
+        keys.check_product_id(product)  # the rule the feed applies too
+    except keys.InvalidProductId as exc:
+        raise BadRequest(str(exc)) from None
 
 
 # ------------------------------------------------------------------------------- query dependencies

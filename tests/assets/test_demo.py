@@ -76,7 +76,8 @@ def test_the_demo_keeps_the_sensor_cursor_in_the_instance(demo_env):
         assert set(instance.get_dynamic_partitions("merchant")) == {"northwind", "acme-outfitters"}
     with DagsterInstance.get() as instance:  # a later demo: the cursor comes back from the instance
         assert sensor_tick(instance, new_product_sensor, resources).skip_message == "no feed changes"
-    assert sorted(p.name for p in demo_env.iterdir()) == ["dagster_home", "sample"]  # no cursor file
+    # no cursor file (feed_splits: each feed version split per category, once)
+    assert sorted(p.name for p in demo_env.iterdir()) == ["dagster_home", "feed_splits", "sample"]
 
 
 def test_after_the_demo_the_daemon_of_make_ui_requests_no_run(demo_env, monkeypatch):

@@ -121,23 +121,46 @@ def test_served_placement_is_the_crop_of_its_canvas(footwear_run):
         assert psnr["beach-sunset"] > 40.0 and all(v < 25.0 for t, v in psnr.items() if t != "beach-sunset"), psnr
 
 
-def test_malformed_feed_fails_catalog_naming_file_line_and_column(pipeline_resources, tmp_path, sample_dir):
+def _with_feeds(pipeline_resources, feeds):
     from resources.creative_config import CreativeConfig
 
+    cfg = pipeline_resources["creative_config"]
+    return {**pipeline_resources, "creative_config": CreativeConfig(**{**cfg.model_dump(), "feeds_dir": str(feeds)})}
+
+
+def test_a_malformed_row_is_rejected_alone_naming_file_line_and_column(pipeline_resources, tmp_path, sample_dir):
     feeds = tmp_path / "feeds"
     shutil.copytree(sample_dir / "feeds", feeds)
     lines = (feeds / "northwind.csv").read_text().splitlines()
+    bad_id = lines[3].split(",")[0]
     lines[3] = lines[3] + ',"extra"'  # one field too many on line 4
     (feeds / "northwind.csv").write_text("\n".join(lines) + "\n")
-    cfg = pipeline_resources["creative_config"]
-    res = {**pipeline_resources, "creative_config": CreativeConfig(**{**cfg.model_dump(), "feeds_dir": str(feeds)})}
+    res = _with_feeds(pipeline_resources, feeds)
+    category = next(c for c in ("footwear", "bags", "home") if f",{c}," in lines[3])
+    result, _ = run_partition(res, "northwind", category, raise_on_error=False)
+    assert result.success
+    catalog = read_manifest(res["store"], CatalogManifest, "catalog", "northwind", category)
+    [rejection] = [r for r in catalog.rejected if r.line == 4]
+    assert rejection.file.endswith("northwind.csv") and rejection.product_id == bad_id
+    assert "column" in rejection.reason and "expected 6 fields, found 7" in rejection.reason
+    assert bad_id not in {p.product_id for p in catalog.products} and catalog.products  # the others went through
+    assert res["store"].exists(f"index/northwind/{category}/current.json")
+
+
+def test_an_unreadable_feed_fails_its_catalog_naming_the_file(pipeline_resources, tmp_path, sample_dir):
+    feeds = tmp_path / "feeds"
+    shutil.copytree(sample_dir / "feeds", feeds)
+    text = (feeds / "northwind.csv").read_text()
+    (feeds / "northwind.csv").write_bytes(text.encode("utf-16"))  # Excel's "Unicode text"
+    res = _with_feeds(pipeline_resources, feeds)
     result, _ = run_partition(res, "northwind", "footwear", raise_on_error=False)
     assert not result.success
     failure = result.get_step_failure_events()[0].step_failure_data.error
     text = failure.message + "".join(str(c.message) for c in ([failure.cause] if failure.cause else []))
-    assert "northwind.csv:4" in text and "column" in text and "expected 6 fields, found 7" in text
-    # nothing downstream ran and nothing was published
+    assert "northwind.csv" in text and "UTF-16" in text
+    # nothing downstream ran and nothing was published; the other merchant's feed still works
     assert not res["store"].exists("index/northwind/footwear/current.json")
+    assert run_partition(res, "acme-outfitters", "bags")[0].success
 
 
 def test_empty_partition_publishes_an_empty_index(pipeline_resources):

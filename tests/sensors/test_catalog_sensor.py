@@ -72,7 +72,7 @@ def test_a_malformed_feed_is_reported_and_its_fix_runs_on_the_next_tick(catalog,
     feed.write_text(BROKEN_FEED)
     assert isinstance(ticks.tick(), SkipReason)
     feed.write_text(good)
-    add_row(feed, "NO-NEW-1", "bags", "../images/northwind/NO-0002.jpg")
+    add_row(feed, "NO-NEW-1", "bags", "images/northwind/NO-0002.jpg")
     fixed = ticks.tick()
     assert requested(fixed) == [str(partition_key("northwind", "bags"))]
     assert not fixed.dynamic_partitions_requests
@@ -89,7 +89,7 @@ def test_a_new_merchant_whose_first_feed_is_malformed_is_added_once_fixed(catalo
     assert "zephyr" not in ticks.instance.get_dynamic_partitions("merchant")
 
     feed.write_text("product_id,title,category,subcategory,colour,image_uri\n")
-    add_row(feed, "ZE-1", "footwear", "../images/northwind/NO-0001.jpg")
+    add_row(feed, "ZE-1", "footwear", "images/northwind/NO-0001.jpg")
     fixed = ticks.tick()
     assert [(r.partitions_def_name, list(r.partition_keys)) for r in fixed.dynamic_partitions_requests] == [
         ("merchant", ["zephyr"])]

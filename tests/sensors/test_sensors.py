@@ -62,7 +62,7 @@ def test_a_new_product_triggers_a_run_for_its_partition_only(feeds):
     idle = _evaluate(new_product_sensor, instance, cursor=first.cursor, creative_config=_cfg(feeds))
     assert not getattr(idle, "run_requests", None)
     with open(feeds / "feeds" / "acme-outfitters.csv", "a", newline="") as f:
-        csv.writer(f).writerow(["AC-NEW-1", "New bag", "bags", "handbags", "red", "../images/acme-outfitters/AC-0002.jpg"])
+        csv.writer(f).writerow(["AC-NEW-1", "New bag", "bags", "handbags", "red", "images/acme-outfitters/AC-0002.jpg"])
     second = _evaluate(new_product_sensor, instance, cursor=first.cursor, creative_config=_cfg(feeds))
     assert [str(r.partition_key) for r in second.run_requests] == ["bags|acme-outfitters"]
     assert not second.dynamic_partitions_requests
@@ -74,7 +74,7 @@ def test_a_new_category_becomes_a_partition(feeds):
     for req in first.dynamic_partitions_requests:
         instance.add_dynamic_partitions(req.partitions_def_name, list(req.partition_keys))
     with open(feeds / "feeds" / "northwind.csv", "a", newline="") as f:
-        csv.writer(f).writerow(["NO-W1", "Steel watch", "watches", "watches", "grey", "../images/northwind/NO-0001.jpg"])
+        csv.writer(f).writerow(["NO-W1", "Steel watch", "watches", "watches", "grey", "images/northwind/NO-0001.jpg"])
     second = _evaluate(new_product_sensor, instance, cursor=first.cursor, creative_config=_cfg(feeds))
     assert [(r.partitions_def_name, list(r.partition_keys)) for r in second.dynamic_partitions_requests] == [("category", ["watches"])]
     assert [str(r.partition_key) for r in second.run_requests] == ["watches|northwind"]
@@ -83,7 +83,7 @@ def test_a_new_category_becomes_a_partition(feeds):
 def test_a_replaced_image_counts_as_a_change(feeds):
     instance = DagsterInstance.ephemeral()
     first = _evaluate(new_product_sensor, instance, creative_config=_cfg(feeds))
-    img = feeds / "images" / "northwind" / "NO-0002.jpg"
+    img = feeds / "feeds" / "images" / "northwind" / "NO-0002.jpg"
     img.write_bytes(img.read_bytes() + b"\0")
     second = _evaluate(new_product_sensor, instance, cursor=first.cursor, creative_config=_cfg(feeds))
     assert [str(r.partition_key) for r in second.run_requests] == ["bags|northwind"]
