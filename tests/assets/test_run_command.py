@@ -10,7 +10,7 @@ import yaml
 
 import test_feeds as feeds_helpers
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_bggen_run_runs_the_changed_partitions_and_summarises(tmp_path, sample_dir):
