@@ -216,8 +216,7 @@ def served(res, product_id: str):
     cfg = res["creative_config"]
     placement = cfg.placements("shop")[0]
     service = CreativeService(res["store"], res["miss_queue"], cfg)
-    return service.serve("shop", product_id, placement.width, placement.height, fill=placement.fill,
-                         anchor=(placement.anchor_x, placement.anchor_y))
+    return service.serve("shop", product_id, placement)
 
 
 @pytest.mark.parametrize("fmt", ["gmc-tsv", "gmc-xml-http", "gmc-atom-gz", "meta-csv", "bggen-bom-crlf-gz"])
