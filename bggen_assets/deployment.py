@@ -14,6 +14,8 @@ diffusion on a GPU), chosen backend by backend:
                       AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION)
   BGGEN_FEEDS_DIR, BGGEN_PLACEMENTS, BGGEN_PROMPTS   the catalog config (default: the sample catalog)
   BGGEN_BUCKET_RATIO  r of the bucketing formula (default 1.2)
+  BGGEN_BUCKETING     grid (default: the paper's grid buckets) | cover (fewer canvases, chosen to
+                      cover the placements at no worse a worst-case area ratio than the grid's)
   BGGEN_CANVAS_PIXELS the pixel budget of a generated canvas (default 786432 = 1024x768)
   BGGEN_MASKER        classical | yolo (with BGGEN_YOLO_WEIGHTS)
   BGGEN_EXECUTOR      default (in-process/multiprocess) | celery: steps run on dagster-celery workers,
@@ -147,6 +149,7 @@ def build_resources(env: Optional[Mapping[str, str]] = None, *, read_secrets_now
             feeds_dir=e.setting("BGGEN_FEEDS_DIR", str(sample / "feeds")),
             placements_path=e.setting("BGGEN_PLACEMENTS", str(sample / "placements.yaml")),
             prompts_path=e.setting("BGGEN_PROMPTS", str(sample / "prompts.yaml")),
+            bucketing=e.choice("BGGEN_BUCKETING", ("grid", "cover")),
             **_given(bucket_ratio=None if ratio is None else float(ratio),
                      canvas_pixels=_int(e.setting("BGGEN_CANVAS_PIXELS"))),
         ),

@@ -22,9 +22,11 @@ from .core import keys, serving_index
 from .core.compositing import cut_back, fidelity_error, make_cutout, place_on_canvas, product_alpha, resample_product
 from .core.feeds import FEED_COLUMNS, Prompt
 from .core.generation import GenerationJob, derive_seed
-from .core.geometry import Bucket, canvas_layout, plan_buckets
+from .core.covers import canvas_points, grid_bounds, plan_cover, plan_product_cover
+from .core.geometry import CanvasSpec, CoverCanvas, GeometryError, canvas_from_id, canvas_layout, plan_buckets
 from .core.image_io import ImageDecodeError, decode_png, encode_png, image_sha256
 from .core.manifests import (
+    CanvasBounds,
     CatalogManifest,
     CatalogProduct,
     FidelityFailure,
@@ -186,41 +188,88 @@ def _compute_mask(digest: str, masker: MaskerResource, masker_id: str, store: Ob
 
 
 # -- plans ---------------------------------------------------------------------------------------
+def previous_canvases(previous: Optional[IndexDocument]) -> dict[str, list[CoverCanvas]]:
+    """product id -> the cover canvases a published index holds for it (in key order): what a
+    cover plan keeps where they still cover, so that replanning a partition is stable."""
+    out: dict[str, list[CoverCanvas]] = {}
+    if previous is None:
+        return out
+    for key in previous.entries:
+        pid, canvas_id, _ = key.split("|")
+        if canvas_id.startswith("c-"):
+            canvas = CoverCanvas.from_id(canvas_id)
+            if canvas not in out.setdefault(pid, []):
+                out[pid].append(canvas)
+    return out
+
+
 def plans_step(catalog: CatalogManifest, masks: MaskManifest, cfg: CreativeConfig, miss_queue: MissQueue,
-               merchant: str, category: str, consumer: str = "plans") -> PlanManifest:
+               merchant: str, category: str, consumer: str = "plans",
+               previous: Optional[IndexDocument] = None) -> PlanManifest:
+    """The canvases of a partition: per product, its placements' grid buckets (`grid`) or a cover
+    of them (`cover`, keeping the canvases of `previous`, the live index, that still cover), in
+    every theme; then the claimed misses, each on its requested canvas (grid) or on a canvas that
+    covers it (cover; none new where a planned one already does)."""
     placements = cfg.placements(merchant)
     prompts = cfg.prompts(category)
+    mode = cfg.bucketing_mode()
     r, budget = cfg.bucket_ratio, cfg.canvas_pixels
+    bboxes = {pid: (m.bbox[2], m.bbox[3]) for pid, m in masks.products.items()}
+    # once per partition: the grid's worst case on its products, the bar a cover (and containment
+    # at serving) must not fall below
+    bounds = grid_bounds(list(dict.fromkeys(bboxes.values())), placements, r)
     items: dict[str, PlanItem] = {}
 
-    def add(pid: str, bucket: Bucket, prompt_id: str, source: str) -> None:
-        _, _, bw, bh = masks.products[pid].bbox
-        lay = canvas_layout(bucket, bw, bh, budget)
-        item = PlanItem(product_id=pid, bucket_id=bucket.id, prompt_id=prompt_id, canvas=(lay.width, lay.height),
+    def add(pid: str, canvas: CanvasSpec, prompt_id: str, source: str) -> None:
+        lay = canvas_layout(canvas, *bboxes[pid], budget)
+        item = PlanItem(product_id=pid, bucket_id=canvas.id, prompt_id=prompt_id, canvas=(lay.width, lay.height),
                         product_box=lay.product_box, source=source)
         items.setdefault(item.key, item)
 
-    for pid, m in masks.products.items():
-        _, _, bw, bh = m.bbox
-        for bucket in plan_buckets(bw, bh, placements, r):
+    planned: dict[str, list[CoverCanvas]] = {}
+    kept = previous_canvases(previous) if mode == "cover" else {}
+    for pid, (bw, bh) in bboxes.items():
+        if mode == "cover":
+            canvases, _ = plan_product_cover(bw, bh, placements, r, bounds=bounds, existing=kept.get(pid, ()))
+            planned[pid] = canvases
+        else:
+            canvases = list(plan_buckets(bw, bh, placements, r))
+        for canvas in canvases:
             for prompt in prompts:
-                add(pid, bucket, prompt.id, "placement")
+                add(pid, canvas, prompt.id, "placement")
     prompt_ids = {p.id for p in prompts}
     miss_keys, unusable = [], []
+    queued: dict[tuple[str, str], list[CoverCanvas]] = {}
     # claimed, not just read: two runs of one partition at once never plan the same misses (a
     # claim that index_step does not mark done comes back after the queue's lease)
     for miss in miss_queue.claim(consumer, limit=10_000, merchant=merchant, category=category):
         if miss.product_id in masks.products and miss.prompt_id in prompt_ids:
-            add(miss.product_id, Bucket.from_id(miss.bucket_id), miss.prompt_id, "miss")
+            try:
+                canvas = canvas_from_id(miss.bucket_id)
+            except GeometryError:  # not a canvas id: nothing to plan for it, ever
+                unusable.append(miss.request_key)
+                continue
+            if mode == "cover" and isinstance(canvas, CoverCanvas):
+                queued.setdefault((miss.product_id, miss.prompt_id), []).append(canvas)
+            else:  # a grid bucket (or any canvas in grid mode): generated as requested
+                add(miss.product_id, canvas, miss.prompt_id, "miss")
             miss_keys.append(miss.request_key)
         else:  # a product masking rejected, or a theme no longer configured: may become valid later
             unusable.append(miss.request_key)
+    for (pid, prompt_id), canvases in queued.items():
+        # a miss is one theme's: new canvases only where the product's canvases leave it uncovered
+        have = planned.get(pid, []) + kept.get(pid, [])
+        points = canvas_points(canvases, bboxes[pid][0] / bboxes[pid][1])
+        for canvas in plan_cover(points, bounds, existing=have):
+            add(pid, canvas, prompt_id, "miss")
     miss_queue.release(unusable)
     return PlanManifest(
         merchant=merchant,
         category=category,
         bucket_ratio=r,
         canvas_pixels=budget,
+        bucketing=mode,
+        bounds=CanvasBounds.of(bounds),
         prompts=prompts,
         placements=[p.id for p in placements],
         items=[items[k] for k in sorted(items)],
@@ -397,7 +446,7 @@ def index_document(plans: PlanManifest, generated: GenerationManifest, masks: Ma
                                      title=row.title if row else "", subcategory=row.subcategory if row else "",
                                      colour=row.colour if row else "")
     return IndexDocument(merchant=plans.merchant, category=plans.category, bucket_ratio=plans.bucket_ratio,
-                         canvas_pixels=plans.canvas_pixels, generator_id=generated.generator_id,
+                         canvas_pixels=plans.canvas_pixels, bucketing=plans.bucketing, bounds=plans.bounds, generator_id=generated.generator_id,
                          prompts=[p.id for p in plans.prompts], products=products, entries=entries)
 
 

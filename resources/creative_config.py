@@ -15,6 +15,7 @@ from bggen_assets.core.feeds import (
 )
 from bggen_assets.core.geometry import Placement
 from bggen_assets.core.keys import InvalidName, check_name
+from bggen_assets.core.manifests import BUCKETING_MODES
 
 FEED_SUFFIXES = (".csv", ".parquet")
 
@@ -27,6 +28,14 @@ class CreativeConfig(ConfigurableResource):
     prompts_path: str = "bggen_data/sample/prompts.yaml"
     bucket_ratio: float = 1.2
     canvas_pixels: int = 786_432  # 1024 x 768: the largest standard placements upscale at most ~2x
+    # grid: one canvas per grid bucket (the paper); cover: fewer canvases chosen freely, at no worse
+    # a worst-case area ratio than the grid's at bucket_ratio (core/covers.py)
+    bucketing: str = "grid"
+
+    def bucketing_mode(self) -> str:
+        if self.bucketing not in BUCKETING_MODES:
+            raise ConfigError(f"bucketing must be one of {', '.join(BUCKETING_MODES)}, got {self.bucketing!r}")
+        return self.bucketing
 
     def feed_paths(self) -> dict[str, Path]:
         """merchant -> feed file. Files whose stem is not a valid merchant name are an error."""

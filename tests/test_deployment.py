@@ -49,6 +49,7 @@ EFFECTS = {
     "BGGEN_PLACEMENTS": ({"BGGEN_PLACEMENTS": "/p.yaml"}, lambda b, d: b["creative_config"].placements_path == "/p.yaml"),
     "BGGEN_PROMPTS": ({"BGGEN_PROMPTS": "/q.yaml"}, lambda b, d: b["creative_config"].prompts_path == "/q.yaml"),
     "BGGEN_BUCKET_RATIO": ({"BGGEN_BUCKET_RATIO": "1.5"}, lambda b, d: b["creative_config"].bucket_ratio == 1.5),
+    "BGGEN_BUCKETING": ({"BGGEN_BUCKETING": "cover"}, lambda b, d: b["creative_config"].bucketing_mode() == "cover"),
     "BGGEN_CANVAS_PIXELS": ({"BGGEN_CANVAS_PIXELS": "120000"}, lambda b, d: b["creative_config"].canvas_pixels == 120_000),
     "BGGEN_MASKER": ({"BGGEN_MASKER": "yolo"}, lambda b, d: b["masker"].method == "yolo"),
     "BGGEN_YOLO_WEIGHTS": ({"BGGEN_YOLO_WEIGHTS": "/w.pt"}, lambda b, d: b["masker"].yolo_weights == "/w.pt"),
@@ -132,7 +133,8 @@ def test_the_embedded_deployment_initialises_with_no_variable_set(tmp_path):
     assert build_executor({}) is None
 
 
-@pytest.mark.parametrize("name, value", [("BGGEN_STORE", "gcs"), ("BGGEN_MISS_QUEUE", "kafka"), ("BGGEN_EXECUTOR", "k8s")])
+@pytest.mark.parametrize("name, value", [("BGGEN_STORE", "gcs"), ("BGGEN_MISS_QUEUE", "kafka"), ("BGGEN_EXECUTOR", "k8s"),
+                                         ("BGGEN_BUCKETING", "hexagons")])
 def test_an_unknown_backend_is_refused_by_name(name, value, tmp_path):
     build = build_executor if name == "BGGEN_EXECUTOR" else build_resources
     with pytest.raises(ValueError, match=f"{name} must be .*, got '{value}'"):

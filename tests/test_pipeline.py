@@ -212,3 +212,49 @@ def test_concurrent_plans_of_one_partition_never_take_the_same_miss(footwear_run
     assert any(i.source == "miss" and i.bucket_id == usable.bucket_id for i in first.items)
     # a miss the plan cannot use goes back to the queue (the theme may be configured again)
     assert [m.request_key for m in queue.pending()] == [stale_theme.request_key]
+
+
+def test_cover_bucketing_plans_fewer_canvases_and_serves_every_placement_exactly(pipeline_resources):
+    from bggen_assets import steps
+    from bggen_assets.core.compositing import canvas_pyramid, crop_placement
+    from bggen_assets.core.manifests import GenerationManifest
+    from resources.creative_config import CreativeConfig
+
+    cfg = pipeline_resources["creative_config"]
+    cover_cfg = CreativeConfig(**{**cfg.model_dump(), "bucketing": "cover"})
+    res = {**pipeline_resources, "creative_config": cover_cfg}
+    result, _ = run_partition(res, "northwind", "footwear")
+    assert result.success
+    store = res["store"]
+    checks = checks_of(result)
+    assert checks["product_fidelity"].passed and checks["product_fidelity"].metadata["max_abs_diff"].value == 0
+    assert checks["index_complete"].passed
+    plan = read_manifest(store, PlanManifest, "bucket_plans", "northwind", "footwear")
+    assert plan.bucketing == "cover" and plan.bounds is not None
+    assert all(i.bucket_id.startswith("c-") for i in plan.items)
+    catalog = read_manifest(store, CatalogManifest, "catalog", "northwind", "footwear")
+    masks = read_manifest(store, MaskManifest, "product_masks", "northwind", "footwear")
+    grid = steps.plans_step(catalog, masks, cfg, res["miss_queue"], "northwind", "footwear")
+    assert grid.bounds == plan.bounds  # one bar for both: the grid's worst case on the partition
+    assert len(plan.items) < len(grid.items), (len(plan.items), len(grid.items))
+    # replanning is stable: the published canvases are kept
+    doc = serving_index.read_current(store, "northwind", "footwear")
+    assert doc.bucketing == "cover" and doc.bounds == plan.bounds
+    again = steps.plans_step(catalog, masks, cover_cfg, res["miss_queue"], "northwind", "footwear", previous=doc)
+    assert {i.key for i in again.items} == {i.key for i in plan.items}
+    # every configured placement in every theme is a hit, the exact crop of the canvas that serves it
+    service = CreativeService(store, res["miss_queue"], cover_cfg)
+    for pid in sorted(doc.products):
+        _, _, bw, bh = doc.products[pid].bbox
+        for placement in cover_cfg.placements("northwind"):
+            for theme in doc.prompts:
+                served = service.serve("northwind", pid, placement, theme, fmt="png")
+                assert served.hit, (pid, placement, theme)
+            entry = doc.entries[f"{pid}|{served.bucket_id}|{theme}"]
+            canvas = Image.open(io.BytesIO(store.get_bytes(entry.image_key))).convert("RGB")
+            got = np.asarray(Image.open(io.BytesIO(served.body)).convert("RGB"))
+            placed = place_product(bw, bh, placement)
+            assert np.array_equal(got, np.asarray(crop_placement(canvas_pyramid(canvas), entry.layout, placed)))
+    assert res["miss_queue"].pending() == []
+    gen = read_manifest(store, GenerationManifest, "generated_backgrounds", "northwind", "footwear")
+    assert gen.generated == len(plan.items)

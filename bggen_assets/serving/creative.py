@@ -22,7 +22,7 @@ from resources.metadata_db import Miss
 
 from ..core import serving_index
 from ..core.compositing import PYRAMID_LEVELS, CanvasPyramid, canvas_pyramid, crop_placement, fallback_creative
-from ..core.geometry import Placement, bucket_for, place_product
+from ..core.geometry import Placement, place_product
 from ..core.image_io import decode_png
 from ..core.keys import check_name
 from ..core.manifests import IndexDocument
@@ -120,6 +120,7 @@ class CreativeService:
         self.index_ttl_s = index_ttl_s
         self.jpeg_quality = jpeg_quality
         self._indexes: dict[tuple[str, str], _Index] = {}
+        self._lookups: dict[tuple[str, str], serving_index.CanvasLookup] = {}
         self._categories: dict[str, tuple[float, list[str]]] = {}
         self._placements: dict[str, list[Placement]] = {}
         self._lock = threading.Lock()
@@ -157,6 +158,14 @@ class CreativeService:
             threading.Thread(target=self._prefetch, args=(doc,), name=f"prefetch-{merchant}-{category}",
                              daemon=True).start()
         return doc
+
+    def lookup(self, merchant: str, category: str, doc: IndexDocument) -> serving_index.CanvasLookup:
+        """The containment lookup of this index version (its per-product arrays built once)."""
+        found = self._lookups.get((merchant, category))
+        if found is None or found.doc is not doc:
+            found = serving_index.CanvasLookup(doc)
+            self._lookups[(merchant, category)] = found
+        return found
 
     def load_all_indexes(self) -> int:
         """Read every published index now (and, with ``prefetch``, start decoding its canvases)."""
@@ -270,19 +279,20 @@ class CreativeService:
         product = doc.products[product_id]
         _, _, bw, bh = product.bbox
         placed = place_product(bw, bh, placement)
-        bucket = bucket_for(placed, doc.bucket_ratio)
-        entry = doc.entry(product_id, bucket.id, prompt_id)
-        if entry is not None:
+        lookup = self.lookup(merchant, category, doc)
+        found = lookup.find(product_id, prompt_id, placement)  # own canvas, else any that covers it
+        if found is not None:
             try:
-                canvas = self._pyramid(entry.image_key)
+                canvas = self._pyramid(found.entry.image_key)
             except ObjectNotFound:
-                entry = None  # index ahead of the store (should not happen): treat as a miss
-        if entry is not None:
-            img = crop_placement(canvas, entry.layout, placed)
-            return Creative(self.encode(img, fmt), FORMATS[fmt], True, merchant, category, product_id, bucket.id,
-                            prompt_id, width, height, entry.image_key)
+                found = None  # index ahead of the store (should not happen): treat as a miss
+        if found is not None:
+            img = crop_placement(canvas, found.entry.layout, placed)
+            return Creative(self.encode(img, fmt), FORMATS[fmt], True, merchant, category, product_id,
+                            found.canvas_id, prompt_id, width, height, found.entry.image_key)
+        requested = lookup.requested_id(product_id, placement)
         if record_miss:
-            self.miss_queue.record(Miss(merchant, category, product_id, bucket.id, prompt_id))
+            self.miss_queue.record(Miss(merchant, category, product_id, requested, prompt_id))
         img = Image.fromarray(fallback_creative(self._cutout(product.cutout_key), placed))
-        return Creative(self.encode(img, fmt), FORMATS[fmt], False, merchant, category, product_id, bucket.id,
+        return Creative(self.encode(img, fmt), FORMATS[fmt], False, merchant, category, product_id, requested,
                         prompt_id, width, height)
