@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional
@@ -20,6 +21,8 @@ import pandas as pd
 
 from .core import keys, serving_index
 from .core.compositing import cut_back, fidelity_error, make_cutout, place_on_canvas, product_alpha, resample_product
+from .core.diffusion import generation_shape
+from .core.diffusion_config import DiffusionConfig
 from .core.feeds import FEED_COLUMNS, Prompt
 from .core.generation import GenerationJob, derive_seed
 from .core.covers import canvas_points, grid_bounds, plan_cover, plan_product_cover
@@ -339,21 +342,23 @@ def generate_step(plans: PlanManifest, masks: MaskManifest, masker: MaskerResour
             todo.append((item, key))
     log(f"{len(plans.items)} planned canvases: {len(plans.items) - len(todo)} already in the store, {len(todo)} to generate")
     _record_orphans(plans, masks, images, {key for _, key in todo}, generator_id, db, log)
-    todo.sort(key=lambda t: (t[0].product_id, t[0].canvas))
     batch_size = max(1, generator_res.batch_size)
+    batches = shape_batches(todo, getattr(generator, "generation_shape", default_generation_shape), batch_size)
     done, records, started = 0, [], time.perf_counter()
     gated, retried, failed = 0, 0, []
     last_log = started
-    current: Optional[tuple[str, ProductPixels]] = None
-    for start in range(0, len(todo), batch_size):
-        batch = todo[start : start + batch_size]
+    pixels: OrderedDict[str, ProductPixels] = OrderedDict()  # a few products, least recently used out
+    for batch in batches:
         jobs, contexts = [], []
         for item, key in batch:
             pid = item.product_id
-            if current is None or current[0] != pid:
-                current = (pid, load_product_pixels(masks.products[pid], masker, store))
+            if pid not in pixels:
+                pixels[pid] = load_product_pixels(masks.products[pid], masker, store)
+                if len(pixels) > PIXEL_CACHE_PRODUCTS:
+                    pixels.popitem(last=False)
+            pixels.move_to_end(pid)
             lay = item.layout
-            rgb, alpha = current[1].at((lay.product_w, lay.product_h))
+            rgb, alpha = pixels[pid].at((lay.product_w, lay.product_h))
             canvas, canvas_alpha = place_on_canvas(rgb, alpha, lay)
             prompt = plans.prompt(item.prompt_id)
             jobs.append(GenerationJob(canvas, canvas_alpha >= 0.5, prompt.text, prompt.negative, _seed(masks, item),
@@ -379,9 +384,35 @@ def generate_step(plans: PlanManifest, masks: MaskManifest, masker: MaskerResour
             db.record_generated(records)
             records = []
     db.record_generated(records)
+    fill = sum(len(b) for b in batches) / (batch_size * len(batches)) if batches else 0.0
     return GenerationManifest(generator_id=generator_id, images=images, generated=len(todo),
                               reused=len(images) - len(todo),
-                              gates=GateStats(gated=gated, retried=retried, failed=failed))
+                              gates=GateStats(gated=gated, retried=retried, failed=failed),
+                              batches=len(batches), batch_fill=fill)
+
+
+PIXEL_CACHE_PRODUCTS = 16  # products whose decoded pixels generate_step keeps (batches mix products)
+
+
+def default_generation_shape(canvas_w: int, canvas_h: int) -> tuple[int, int]:
+    """For a generator that names no shapes (the template renders any size): the diffusion
+    defaults' shapes, so that batches are grouped the same way."""
+    return generation_shape(canvas_w, canvas_h, DiffusionConfig.pixel_budget, DiffusionConfig.max_aspect,
+                            DiffusionConfig.shape_multiple)
+
+
+def shape_batches(todo: list, shape_of: Callable[[int, int], tuple[int, int]], batch_size: int) -> list[list]:
+    """The partition's (item, key) jobs grouped by generation shape, then cut into batches of
+    batch_size: every batch is full but at most the last one of each shape. Within a shape, by
+    product and canvas (neighbouring jobs share a product's decoded pixels)."""
+    by_shape: dict[tuple[int, int], list] = {}
+    for job in todo:
+        by_shape.setdefault(shape_of(*job[0].canvas), []).append(job)
+    out = []
+    for shape in sorted(by_shape):
+        jobs = sorted(by_shape[shape], key=lambda t: (t[0].product_id, t[0].canvas, t[0].key))
+        out += [jobs[k:k + batch_size] for k in range(0, len(jobs), batch_size)]
+    return out
 
 
 def _record_orphans(plans: PlanManifest, masks: MaskManifest, images: dict[str, str], todo_keys: set[str],

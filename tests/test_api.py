@@ -23,6 +23,7 @@ from bggen_assets.core import serving_index
 from bggen_assets.core.keys import source_key
 
 MERCHANT, CATEGORY = "northwind", "footwear"
+COMPOSITE = "http://cv.iptc.org/newscodes/digitalsourcetype/composite"
 _GOLDEN: dict = {}
 
 
@@ -405,6 +406,12 @@ def test_ab_variants_are_deterministic_with_configured_shares(world):
             seen[f"user-{i}"] = r.headers["x-variant"]
             if r.headers["x-variant"] in ("control", "positioned"):
                 assert r.headers["x-theme"] == "none"
+            # what the creative is, in its XMP: the product photo says nothing; the rest are
+            # composites (the template's backgrounds are not a trained model's)
+            from test_serving import digital_source_type
+
+            expected = None if r.headers["x-variant"] == "control" else COMPOSITE
+            assert digital_source_type(r.content) == expected, r.headers["x-variant"]
         assert set(seen.values()) == {"control", "positioned", "random", "bandit"}
         for uid in list(seen)[:10]:  # sticky
             assert c.get("/creative", params=params(world, user_id=uid)).headers["x-variant"] == seen[uid]

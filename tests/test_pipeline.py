@@ -258,3 +258,52 @@ def test_cover_bucketing_plans_fewer_canvases_and_serves_every_placement_exactly
     assert res["miss_queue"].pending() == []
     gen = read_manifest(store, GenerationManifest, "generated_backgrounds", "northwind", "footwear")
     assert gen.generated == len(plan.items)
+
+
+def test_the_generator_receives_full_batches_except_at_most_one_per_shape(footwear_run):
+    from bggen_assets import steps
+    from bggen_assets.core.diffusion import generation_shape
+    from bggen_assets.core.manifests import GenerationManifest
+    from bggen_assets.core.template_bg import TemplateGenerator
+    from resources.generator import GeneratorResource
+
+    _, _, res = footwear_run
+    store = res["store"]
+    plans = read_manifest(store, PlanManifest, "bucket_plans", "northwind", "footwear")
+    masks = read_manifest(store, MaskManifest, "product_masks", "northwind", "footwear")
+    first = read_manifest(store, GenerationManifest, "generated_backgrounds", "northwind", "footwear")
+    assert first.batches > 0 and 0 < first.batch_fill <= 1
+
+    class RecordingTemplate(TemplateGenerator):  # the real template generator, under its own identity
+        calls: list = []
+
+        def identity(self) -> str:
+            return "template-recording"  # new image keys: every planned canvas is generated again
+
+        def generation_shape(self, w: int, h: int) -> tuple[int, int]:
+            return generation_shape(w, h, 256 * 256, 2.0, 64)
+
+        def generate(self, jobs):
+            self.calls.append([self.generation_shape(j.canvas_rgb.shape[1], j.canvas_rgb.shape[0]) for j in jobs])
+            return super().generate(jobs)
+
+    class RecordingResource(GeneratorResource):
+        def get(self):
+            return generator
+
+    generator = RecordingTemplate()
+    resource = RecordingResource(batch_size=4)
+    manifest = steps.generate_step(plans, masks, res["masker"], resource, store, res["metadata_db"])
+    calls = generator.calls
+    assert sum(map(len, calls)) == manifest.generated == len(plans.items)
+    assert all(len(set(shapes)) == 1 for shapes in calls)  # one shape per call
+    by_shape: dict = {}
+    for shapes in calls:
+        by_shape.setdefault(shapes[0], []).append(len(shapes))
+    assert len(by_shape) > 1
+    for shape, sizes in by_shape.items():
+        assert sum(n < 4 for n in sizes) <= 1, (shape, sizes)
+        assert all(1 <= n <= 4 for n in sizes)
+    assert manifest.batches == len(calls)
+    assert manifest.batch_fill == pytest.approx(manifest.generated / (4 * len(calls)))
+    assert len(calls) <= len(plans.items) // 4 + len(by_shape)

@@ -248,3 +248,42 @@ def test_containment_turns_unplanned_sizes_into_hits(served):
     for pid, p in stream:
         contained.find(pid, "beach-sunset", p)
     assert (time.perf_counter() - t0) / len(stream) < 500e-6
+
+
+# -- served creatives say what they are (IPTC DigitalSourceType in XMP) -------------------------------
+IPTC_EXT = "{http://iptc.org/std/Iptc4xmpExt/2008-02-29/}DigitalSourceType"
+
+
+def digital_source_type(body: bytes):
+    """The IPTC DigitalSourceType in an image's XMP, read back from the bytes; None without XMP."""
+    import xml.etree.ElementTree as ET
+
+    xmp = Image.open(io.BytesIO(body)).info.get("xmp")
+    if not xmp:
+        return None
+    found = [e.text for e in ET.fromstring(xmp).iter(IPTC_EXT)]
+    assert len(found) == 1, xmp
+    return found[0]
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "webp"])
+def test_served_creatives_carry_their_digital_source_type(served, fmt):
+    from bggen_assets.core import serving_index
+
+    service, res = served
+    doc = service.index("northwind", "footwear")
+    pid = sorted(doc.products)[0]
+    placement = res["creative_config"].placements("northwind")[0]
+    hit = service.serve("northwind", pid, placement, "beach-sunset", fmt=fmt)
+    miss = service.serve("northwind", pid, UNPLANNED, "beach-sunset", fmt=fmt, record_miss=False)
+    assert hit.hit and not miss.hit
+    base = "http://cv.iptc.org/newscodes/digitalsourcetype/"
+    assert digital_source_type(hit.body) == base + "composite"  # the template's background
+    assert digital_source_type(miss.body) == base + "composite"  # the product on a plain fallback
+    # the same index, published as a diffusion model's: its canvases are trained algorithmic media
+    serving_index.publish(res["store"], doc.model_copy(update={"generator_id": "diffusion-v1-" + "0" * 32}))
+    generated = service.serve("northwind", pid, placement, "beach-sunset", fmt=fmt)
+    assert generated.hit and digital_source_type(generated.body) == base + "compositeWithTrainedAlgorithmicMedia"
+    assert Image.open(io.BytesIO(generated.body)).format == fmt.upper()
+    png = service.serve("northwind", pid, placement, "beach-sunset", fmt="png")
+    assert "xmp" not in Image.open(io.BytesIO(png.body)).info  # PNG: the issue asks JPEG/WebP only

@@ -23,7 +23,7 @@ from resources.metadata_db import Miss
 from ..core import serving_index
 from ..core.compositing import PYRAMID_LEVELS, CanvasPyramid, canvas_pyramid, crop_placement, fallback_creative
 from ..core.geometry import Placement, place_product
-from ..core.image_io import decode_png
+from ..core.image_io import composite_xmp, decode_png, serving_xmp
 from ..core.keys import check_name
 from ..core.manifests import IndexDocument
 from ..core.store import ObjectNotFound, ObjectStore
@@ -250,12 +250,15 @@ class CreativeService:
             self.cache.put(key, arr, arr.nbytes)
         return arr
 
-    def encode(self, img: Image.Image, fmt: str) -> bytes:
+    def encode(self, img: Image.Image, fmt: str, xmp: Optional[bytes] = None) -> bytes:
+        """``xmp``: a packet to embed in JPEG/WebP (what the image is: core/image_io.serving_xmp);
+        None for none (the control variant's product photo)."""
         buf = io.BytesIO()
+        extra = {"xmp": xmp} if xmp else {}
         if fmt == "jpeg":
-            img.save(buf, "JPEG", quality=self.jpeg_quality)
+            img.save(buf, "JPEG", quality=self.jpeg_quality, **extra)
         elif fmt == "webp":
-            img.save(buf, "WEBP", quality=self.jpeg_quality, method=0)
+            img.save(buf, "WEBP", quality=self.jpeg_quality, method=0, **extra)
         elif fmt == "png":
             img.save(buf, "PNG", compress_level=1)
         else:
@@ -288,11 +291,11 @@ class CreativeService:
                 found = None  # index ahead of the store (should not happen): treat as a miss
         if found is not None:
             img = crop_placement(canvas, found.entry.layout, placed)
-            return Creative(self.encode(img, fmt), FORMATS[fmt], True, merchant, category, product_id,
+            return Creative(self.encode(img, fmt, serving_xmp(doc.generator_id)), FORMATS[fmt], True, merchant, category, product_id,
                             found.canvas_id, prompt_id, width, height, found.entry.image_key)
         requested = lookup.requested_id(product_id, placement)
         if record_miss:
             self.miss_queue.record(Miss(merchant, category, product_id, requested, prompt_id))
         img = Image.fromarray(fallback_creative(self._cutout(product.cutout_key), placed))
-        return Creative(self.encode(img, fmt), FORMATS[fmt], False, merchant, category, product_id, requested,
+        return Creative(self.encode(img, fmt, composite_xmp()), FORMATS[fmt], False, merchant, category, product_id, requested,
                         prompt_id, width, height)
