@@ -49,7 +49,7 @@ from bggen_assets.core.edges import control_edges
 if TYPE_CHECKING:  # pragma: no cover
     from bggen_assets.core.generation import GenerationJob
 
-__all__ = [*diffusion_config.__all__, "DiffusionGenerator", "generation_shape", "generation_shapes",
+__all__ = [*diffusion_config.__all__, "DiffusionGenerator", "config_generation_size", "generation_shape", "generation_shapes",
            "generation_size", "job_control_image", "resize_image", "shape_aspect_tolerance"]
 
 
@@ -122,6 +122,14 @@ def generation_shape(canvas_w: int, canvas_h: int, pixel_budget: int = 512 * 512
         raise ValueError(f"canvas size must be positive, got {canvas_w}x{canvas_h}")
     a = math.log(min(max(canvas_w / canvas_h, 1.0 / max_aspect), max_aspect))
     return min(generation_shapes(pixel_budget, max_aspect, multiple), key=lambda s: abs(math.log(s[0] / s[1]) - a))
+
+
+def config_generation_size(cfg: DiffusionConfig, canvas_w: int, canvas_h: int) -> tuple[int, int]:
+    """The generation size of a canvas under a config: its shape (generation_shape), or with
+    ``shape_multiple`` 8 the free rule (generation_size: every canvas at its own aspect)."""
+    if cfg.shape_multiple <= 8:
+        return generation_size(canvas_w, canvas_h, cfg.pixel_budget, cfg.max_aspect)
+    return generation_shape(canvas_w, canvas_h, cfg.pixel_budget, cfg.max_aspect, cfg.shape_multiple)
 
 
 def shape_aspect_tolerance(pixel_budget: int = 512 * 512, max_aspect: float = 2.0, multiple: int = 64) -> float:
@@ -270,10 +278,7 @@ class DiffusionGenerator:
     def generation_shape(self, canvas_w: int, canvas_h: int) -> tuple[int, int]:
         """The size a canvas is generated at: one of a few shapes (``shape_multiple``), so that
         the pipeline can batch the jobs of a partition by it (steps.generate_step)."""
-        c = self.config
-        if c.shape_multiple <= 8:  # the free rule: every canvas at its own aspect
-            return generation_size(canvas_w, canvas_h, c.pixel_budget, c.max_aspect)
-        return generation_shape(canvas_w, canvas_h, c.pixel_budget, c.max_aspect, c.shape_multiple)
+        return config_generation_size(self.config, canvas_w, canvas_h)
 
     # -- helpers
     def load(self) -> LoadedPipeline:
