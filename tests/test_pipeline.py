@@ -243,7 +243,7 @@ def test_cover_bucketing_plans_fewer_canvases_and_serves_every_placement_exactly
     again = steps.plans_step(catalog, masks, cover_cfg, res["miss_queue"], "northwind", "footwear", previous=doc)
     assert {i.key for i in again.items} == {i.key for i in plan.items}
     # every configured placement in every theme is a hit, the exact crop of the canvas that serves it
-    service = CreativeService(store, res["miss_queue"], cover_cfg)
+    service = CreativeService(store, res["miss_queue"], cover_cfg, index_ttl_s=0.0)
     for pid in sorted(doc.products):
         _, _, bw, bh = doc.products[pid].bbox
         for placement in cover_cfg.placements("northwind"):
@@ -258,6 +258,20 @@ def test_cover_bucketing_plans_fewer_canvases_and_serves_every_placement_exactly
     assert res["miss_queue"].pending() == []
     gen = read_manifest(store, GenerationManifest, "generated_backgrounds", "northwind", "footwear")
     assert gen.generated == len(plan.items)
+    # a miss queues the cover canvas it needs; the miss run plans a canvas for that theme only
+    from bggen_assets.core.geometry import Placement
+
+    pid, unplanned = sorted(doc.products)[0], Placement(333, 222, 0.5, 0.1, 0.9)
+    first = service.serve("northwind", pid, unplanned, "beach-sunset")
+    assert not first.hit and first.bucket_id.startswith("c-")
+    assert [m.bucket_id for m in res["miss_queue"].pending()] == [first.bucket_id]
+    run_partition(res, "northwind", "footwear", selection=["bucket_plans", "generated_backgrounds", "serving_index"])
+    second = service.serve("northwind", pid, unplanned, "beach-sunset")
+    assert second.hit and res["miss_queue"].pending() == []
+    replanned = read_manifest(store, PlanManifest, "bucket_plans", "northwind", "footwear")
+    from_miss = [i for i in replanned.items if i.source == "miss"]
+    assert from_miss and all(i.prompt_id == "beach-sunset" and i.product_id == pid for i in from_miss)
+    assert {i.key for i in plan.items} <= {i.key for i in replanned.items}  # stable: nothing replaced
 
 
 def test_the_generator_receives_full_batches_except_at_most_one_per_shape(footwear_run):
