@@ -48,7 +48,7 @@ import torch  # noqa: E402
 from bggen_assets.core.diffusion import (  # noqa: E402
     DiffusionConfig,
     DiffusionGenerator,
-    generation_size,
+    config_generation_size,
     job_control_image,
     resize_image,
 )
@@ -169,7 +169,7 @@ def run_plain(pipe, jobs, cfg: DiffusionConfig) -> list[np.ndarray]:
     out = []
     for j in jobs:
         h, w = j.canvas_rgb.shape[:2]
-        gw, gh = generation_size(w, h, cfg.pixel_budget, cfg.max_aspect)
+        gw, gh = config_generation_size(cfg, w, h)  # the generator's own rule (shapes)
         edges = Image.fromarray(job_control_image(cfg, j, gw, gh))
         img = pipe(j.prompt, image=edges, negative_prompt=j.negative_prompt or cfg.negative_prompt,
                    height=gh, width=gw, num_inference_steps=cfg.steps,
@@ -282,8 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         compile=False if args.no_compile else None, compile_mode=args.compile_mode,
     )
     jobs = make_jobs(n, scale)
-    sizes = sorted({generation_size(j.canvas_rgb.shape[1], j.canvas_rgb.shape[0], budget, cfg.max_aspect)
-                    for j in jobs})
+    sizes = sorted({config_generation_size(cfg, j.canvas_rgb.shape[1], j.canvas_rgb.shape[0]) for j in jobs})
     dev_name = torch.cuda.get_device_name(0) if on_gpu else f"CPU ({torch.get_num_threads()} threads)"
     print(f"device: {dev_name}; torch {torch.__version__}; model: {model} (built in {t_build:.1f}s)")
     print(f"jobs: {n} ({len(SHAPES)} canvas shapes -> generation sizes {sizes}), {len(PROMPTS)} prompts, "
@@ -299,8 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.few_steps:  # the same loaded (and compiled) pipeline, fewer steps
         fast = DiffusionGenerator(dataclasses.replace(cfg, steps=args.few_steps), loaded=ours.load())
 
-    warm_jobs = [next(j for j in jobs if generation_size(j.canvas_rgb.shape[1], j.canvas_rgb.shape[0],
-                                                          budget, cfg.max_aspect) == s) for s in sizes]
+    warm_jobs = [next(j for j in jobs if config_generation_size(cfg, j.canvas_rgb.shape[1], j.canvas_rgb.shape[0]) == s)
+                 for s in sizes]
     t_warm_a, _ = timed(lambda: run_plain(plain, warm_jobs, cfg), device)
     # warm-up compiles every (batch, size) shape; a second pass settles what compile leaves lazy
     compiled = on_gpu and not args.no_compile

@@ -23,6 +23,8 @@ diffusion on a GPU), chosen backend by backend:
                       BGGEN_FETCH_TOTAL_TIMEOUT_S (60), BGGEN_FETCH_MAX_BYTES (16 MiB),
                       BGGEN_FETCH_MAX_PIXELS (64M), BGGEN_FETCH_RETRIES (3)
   BGGEN_BUCKET_RATIO  r of the bucketing formula (default 1.2)
+  BGGEN_BUCKETING     grid (default: the paper's grid buckets) | cover (fewer canvases, chosen to
+                      cover the placements at no worse a worst-case area ratio than the grid's)
   BGGEN_CANVAS_PIXELS the pixel budget of a generated canvas (default 786432 = 1024x768)
   BGGEN_MASKER        classical | yolo (with BGGEN_YOLO_WEIGHTS)
   BGGEN_EXECUTOR      default (in-process/multiprocess) | celery: steps run on dagster-celery workers,
@@ -30,7 +32,11 @@ diffusion on a GPU), chosen backend by backend:
                       BGGEN_CELERY_BACKEND (default rpc://); see deploy/celery.yaml, docs/production.md
   BGGEN_GENERATOR     template | diffusion (with BGGEN_BASE_MODEL, BGGEN_CONTROLNET_MODEL,
                       BGGEN_LOCAL_FILES_ONLY=1 (unset: hub ids may be downloaded), BGGEN_DEVICE,
-                      BGGEN_PIXEL_BUDGET)
+                      BGGEN_PIXEL_BUDGET; few-step generation: BGGEN_LORA (a file, directory or hub
+                      id, e.g. latent-consistency/lcm-lora-sdv1-5), BGGEN_LORA_WEIGHT_NAME,
+                      BGGEN_LORA_SCALE, with its BGGEN_SCHEDULER (lcm, tcd, ...), BGGEN_STEPS and
+                      BGGEN_GUIDANCE_SCALE; BGGEN_USE_INPAINT=1 with BGGEN_INPAINT_CONTROLNET_MODEL,
+                      e.g. lllyasviel/control_v11p_sd15_inpaint)
 
 URLs and secrets (the DB and Redis URLs, the S3 bucket, endpoint and keys, the Celery broker and
 backend) reach Dagster as `dg.EnvVar`s: Dagster reads them when it initialises a resource for a
@@ -99,6 +105,10 @@ def _int(value: Optional[str]) -> Optional[int]:
     return None if value is None else int(value)
 
 
+def _float(value: Optional[str]) -> Optional[float]:
+    return None if value is None else float(value)
+
+
 def build_store(e: DeploymentEnv) -> ObjectStore:
     if e.choice("BGGEN_STORE", ("local", "s3")) == "local":
         return LocalObjectStore(root=e.setting("BGGEN_STORE_ROOT", str(e.data_dir() / "objects")))
@@ -133,6 +143,14 @@ def build_generator(e: DeploymentEnv) -> GeneratorResource:
         controlnet_model=e.setting("BGGEN_CONTROLNET_MODEL"),
         device=e.setting("BGGEN_DEVICE"),
         pixel_budget=_int(e.setting("BGGEN_PIXEL_BUDGET")),
+        lora=e.setting("BGGEN_LORA"),
+        lora_weight_name=e.setting("BGGEN_LORA_WEIGHT_NAME"),
+        lora_scale=_float(e.setting("BGGEN_LORA_SCALE")),
+        scheduler=e.setting("BGGEN_SCHEDULER"),
+        steps=_int(e.setting("BGGEN_STEPS")),
+        guidance_scale=_float(e.setting("BGGEN_GUIDANCE_SCALE")),
+        use_inpaint=None if e.setting("BGGEN_USE_INPAINT") is None else e.setting("BGGEN_USE_INPAINT") == "1",
+        inpaint_controlnet_model=e.setting("BGGEN_INPAINT_CONTROLNET_MODEL"),
         # the README's contract: without BGGEN_LOCAL_FILES_ONLY=1 a hub id may be downloaded
         local_files_only=e.setting("BGGEN_LOCAL_FILES_ONLY", "0") == "1",
     ))
@@ -164,7 +182,7 @@ def build_resources(env: Optional[Mapping[str, str]] = None, *, read_secrets_now
     sample = data_dir / "sample"
     store = build_store(e)
     db = MetadataDB(url=e.secret("BGGEN_DB_URL", f"sqlite:///{data_dir / 'bggen.db'}"))
-    ratio = e.setting("BGGEN_BUCKET_RATIO")
+    ratio = _float(e.setting("BGGEN_BUCKET_RATIO"))
     return {
         "store": store,
         "metadata_db": db,
@@ -176,7 +194,8 @@ def build_resources(env: Optional[Mapping[str, str]] = None, *, read_secrets_now
             prompts_path=e.setting("BGGEN_PROMPTS", str(sample / "prompts.yaml")),
             split_cache_dir=e.setting("BGGEN_FEED_SPLITS", str(data_dir / "feed_splits")),
             fetch=build_fetch_settings(e),
-            **_given(bucket_ratio=_float(ratio), canvas_pixels=_int(e.setting("BGGEN_CANVAS_PIXELS")),
+            bucketing=e.choice("BGGEN_BUCKETING", ("grid", "cover")),
+            **_given(bucket_ratio=ratio, canvas_pixels=_int(e.setting("BGGEN_CANVAS_PIXELS")),
                      skip_out_of_stock=None if e.setting("BGGEN_SKIP_OUT_OF_STOCK") is None
                      else e.setting("BGGEN_SKIP_OUT_OF_STOCK") == "1",
                      max_rejected_fraction=_float(e.setting("BGGEN_MAX_REJECTED_FRACTION"))),

@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional
@@ -21,12 +22,16 @@ import pandas as pd
 
 from .core import keys, serving_index
 from .core.compositing import cut_back, fidelity_error, make_cutout, place_on_canvas, product_alpha, resample_product
+from .core.diffusion import generation_shape
+from .core.diffusion_config import DiffusionConfig
 from .core.feed_split import is_local_uri
 from .core.feeds import FEED_COLUMNS, FeedRow, Prompt
 from .core.generation import GenerationJob, derive_seed
-from .core.geometry import Bucket, canvas_layout, plan_buckets
+from .core.covers import canvas_points, grid_bounds, plan_cover, plan_product_cover
+from .core.geometry import CanvasSpec, CoverCanvas, GeometryError, canvas_from_id, canvas_layout, plan_buckets
 from .core.image_io import ImageDecodeError, decode_png, encode_png, image_sha256
 from .core.manifests import (
+    CanvasBounds,
     CatalogManifest,
     CatalogProduct,
     FidelityFailure,
@@ -269,42 +274,89 @@ def _compute_mask(digest: str, masker: MaskerResource, masker_id: str, store: Ob
 
 
 # -- plans ---------------------------------------------------------------------------------------
+def previous_canvases(previous: Optional[IndexDocument]) -> dict[str, list[CoverCanvas]]:
+    """product id -> the cover canvases a published index holds for it (in key order): what a
+    cover plan keeps where they still cover, so that replanning a partition is stable."""
+    out: dict[str, list[CoverCanvas]] = {}
+    if previous is None:
+        return out
+    for key in previous.entries:
+        pid, canvas_id, _ = key.split("|")
+        if canvas_id.startswith("c-"):
+            canvas = CoverCanvas.from_id(canvas_id)
+            if canvas not in out.setdefault(pid, []):
+                out[pid].append(canvas)
+    return out
+
+
 def plans_step(catalog: CatalogManifest, masks: MaskManifest, cfg: CreativeConfig, miss_queue: MissQueue,
-               merchant: str, category: str, consumer: str = "plans") -> PlanManifest:
+               merchant: str, category: str, consumer: str = "plans",
+               previous: Optional[IndexDocument] = None) -> PlanManifest:
+    """The canvases of a partition: per product, its placements' grid buckets (`grid`) or a cover
+    of them (`cover`, keeping the canvases of `previous`, the live index, that still cover), in
+    every theme; then the claimed misses, each on its requested canvas (grid) or on a canvas that
+    covers it (cover; none new where a planned one already does)."""
     placements = cfg.placements(merchant)
     prompt_set = cfg.prompt_set(category, merchant)
     prompts = prompt_set.prompts
+    mode = cfg.bucketing_mode()
     r, budget = cfg.bucket_ratio, cfg.canvas_pixels
+    bboxes = {pid: (m.bbox[2], m.bbox[3]) for pid, m in masks.products.items()}
+    # once per partition: the grid's worst case on its products, the bar a cover (and containment
+    # at serving) must not fall below
+    bounds = grid_bounds(list(dict.fromkeys(bboxes.values())), placements, r)
     items: dict[str, PlanItem] = {}
 
-    def add(pid: str, bucket: Bucket, prompt_id: str, source: str) -> None:
-        _, _, bw, bh = masks.products[pid].bbox
-        lay = canvas_layout(bucket, bw, bh, budget)
-        item = PlanItem(product_id=pid, bucket_id=bucket.id, prompt_id=prompt_id, canvas=(lay.width, lay.height),
+    def add(pid: str, canvas: CanvasSpec, prompt_id: str, source: str) -> None:
+        lay = canvas_layout(canvas, *bboxes[pid], budget)
+        item = PlanItem(product_id=pid, bucket_id=canvas.id, prompt_id=prompt_id, canvas=(lay.width, lay.height),
                         product_box=lay.product_box, source=source)
         items.setdefault(item.key, item)
 
-    for pid, m in masks.products.items():
-        _, _, bw, bh = m.bbox
-        for bucket in plan_buckets(bw, bh, placements, r):
+    planned: dict[str, list[CoverCanvas]] = {}
+    kept = previous_canvases(previous) if mode == "cover" else {}
+    for pid, (bw, bh) in bboxes.items():
+        if mode == "cover":
+            canvases, _ = plan_product_cover(bw, bh, placements, r, bounds=bounds, existing=kept.get(pid, ()))
+            planned[pid] = canvases
+        else:
+            canvases = list(plan_buckets(bw, bh, placements, r))
+        for canvas in canvases:
             for prompt in prompts:
-                add(pid, bucket, prompt.id, "placement")
+                add(pid, canvas, prompt.id, "placement")
     prompt_ids = {p.id for p in prompts}
     miss_keys, unusable = [], []
+    queued: dict[tuple[str, str], list[CoverCanvas]] = {}
     # claimed, not just read: two runs of one partition at once never plan the same misses (a
     # claim that index_step does not mark done comes back after the queue's lease)
     for miss in miss_queue.claim(consumer, limit=10_000, merchant=merchant, category=category):
         if miss.product_id in masks.products and miss.prompt_id in prompt_ids:
-            add(miss.product_id, Bucket.from_id(miss.bucket_id), miss.prompt_id, "miss")
+            try:
+                canvas = canvas_from_id(miss.bucket_id)
+            except GeometryError:  # not a canvas id: nothing to plan for it, ever
+                unusable.append(miss.request_key)
+                continue
+            if mode == "cover" and isinstance(canvas, CoverCanvas):
+                queued.setdefault((miss.product_id, miss.prompt_id), []).append(canvas)
+            else:  # a grid bucket (or any canvas in grid mode): generated as requested
+                add(miss.product_id, canvas, miss.prompt_id, "miss")
             miss_keys.append(miss.request_key)
         else:  # a product masking rejected, or a theme no longer configured: may become valid later
             unusable.append(miss.request_key)
+    for (pid, prompt_id), canvases in queued.items():
+        # a miss is one theme's: new canvases only where the product's canvases leave it uncovered
+        have = planned.get(pid, []) + kept.get(pid, [])
+        points = canvas_points(canvases, bboxes[pid][0] / bboxes[pid][1])
+        for canvas in plan_cover(points, bounds, existing=have):
+            add(pid, canvas, prompt_id, "miss")
     miss_queue.release(unusable)
     return PlanManifest(
         merchant=merchant,
         category=category,
         bucket_ratio=r,
         canvas_pixels=budget,
+        bucketing=mode,
+        bounds=CanvasBounds.of(bounds),
         prompts=prompts,
         placements=[p.id for p in placements],
         items=[items[k] for k in sorted(items)],
@@ -375,21 +427,23 @@ def generate_step(plans: PlanManifest, masks: MaskManifest, masker: MaskerResour
             todo.append((item, key))
     log(f"{len(plans.items)} planned canvases: {len(plans.items) - len(todo)} already in the store, {len(todo)} to generate")
     _record_orphans(plans, masks, images, {key for _, key in todo}, generator_id, db, log)
-    todo.sort(key=lambda t: (t[0].product_id, t[0].canvas))
     batch_size = max(1, generator_res.batch_size)
+    batches = shape_batches(todo, getattr(generator, "generation_shape", default_generation_shape), batch_size)
     done, records, started = 0, [], time.perf_counter()
     gated, retried, failed = 0, 0, []
     last_log = started
-    current: Optional[tuple[str, ProductPixels]] = None
-    for start in range(0, len(todo), batch_size):
-        batch = todo[start : start + batch_size]
+    pixels: OrderedDict[str, ProductPixels] = OrderedDict()  # a few products, least recently used out
+    for batch in batches:
         jobs, contexts = [], []
         for item, key in batch:
             pid = item.product_id
-            if current is None or current[0] != pid:
-                current = (pid, load_product_pixels(masks.products[pid], masker, store))
+            if pid not in pixels:
+                pixels[pid] = load_product_pixels(masks.products[pid], masker, store)
+                if len(pixels) > PIXEL_CACHE_PRODUCTS:
+                    pixels.popitem(last=False)
+            pixels.move_to_end(pid)
             lay = item.layout
-            rgb, alpha = current[1].at((lay.product_w, lay.product_h))
+            rgb, alpha = pixels[pid].at((lay.product_w, lay.product_h))
             canvas, canvas_alpha = place_on_canvas(rgb, alpha, lay)
             prompt = plans.prompt(item.prompt_id)
             jobs.append(GenerationJob(canvas, canvas_alpha >= 0.5, prompt.text, prompt.negative, _seed(masks, item),
@@ -415,9 +469,35 @@ def generate_step(plans: PlanManifest, masks: MaskManifest, masker: MaskerResour
             db.record_generated(records)
             records = []
     db.record_generated(records)
+    fill = sum(len(b) for b in batches) / (batch_size * len(batches)) if batches else 0.0
     return GenerationManifest(generator_id=generator_id, images=images, generated=len(todo),
                               reused=len(images) - len(todo),
-                              gates=GateStats(gated=gated, retried=retried, failed=failed))
+                              gates=GateStats(gated=gated, retried=retried, failed=failed),
+                              batches=len(batches), batch_fill=fill)
+
+
+PIXEL_CACHE_PRODUCTS = 16  # products whose decoded pixels generate_step keeps (batches mix products)
+
+
+def default_generation_shape(canvas_w: int, canvas_h: int) -> tuple[int, int]:
+    """For a generator that names no shapes (the template renders any size): the diffusion
+    defaults' shapes, so that batches are grouped the same way."""
+    return generation_shape(canvas_w, canvas_h, DiffusionConfig.pixel_budget, DiffusionConfig.max_aspect,
+                            DiffusionConfig.shape_multiple)
+
+
+def shape_batches(todo: list, shape_of: Callable[[int, int], tuple[int, int]], batch_size: int) -> list[list]:
+    """The partition's (item, key) jobs grouped by generation shape, then cut into batches of
+    batch_size: every batch is full but at most the last one of each shape. Within a shape, by
+    product and canvas (neighbouring jobs share a product's decoded pixels)."""
+    by_shape: dict[tuple[int, int], list] = {}
+    for job in todo:
+        by_shape.setdefault(shape_of(*job[0].canvas), []).append(job)
+    out = []
+    for shape in sorted(by_shape):
+        jobs = sorted(by_shape[shape], key=lambda t: (t[0].product_id, t[0].canvas, t[0].key))
+        out += [jobs[k:k + batch_size] for k in range(0, len(jobs), batch_size)]
+    return out
 
 
 def _record_orphans(plans: PlanManifest, masks: MaskManifest, images: dict[str, str], todo_keys: set[str],
@@ -482,7 +562,7 @@ def index_document(plans: PlanManifest, generated: GenerationManifest, masks: Ma
                                      title=row.title if row else "", subcategory=row.subcategory if row else "",
                                      colour=row.colour if row else "")
     return IndexDocument(merchant=plans.merchant, category=plans.category, bucket_ratio=plans.bucket_ratio,
-                         canvas_pixels=plans.canvas_pixels, generator_id=generated.generator_id,
+                         canvas_pixels=plans.canvas_pixels, bucketing=plans.bucketing, bounds=plans.bounds, generator_id=generated.generator_id,
                          prompts=[p.id for p in plans.prompts], products=products, entries=entries)
 
 

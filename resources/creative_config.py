@@ -21,6 +21,7 @@ from bggen_assets.core.feeds import (
 )
 from bggen_assets.core.geometry import Placement
 from bggen_assets.core.keys import InvalidName, check_name
+from bggen_assets.core.manifests import BUCKETING_MODES
 
 from .image_fetcher import FetchSettings
 
@@ -72,6 +73,14 @@ class CreativeConfig(ConfigurableResource):
     max_rejected_fraction: float = 0.5  # more of a partition's rows rejected: a mass failure (blocking check)
     split_cache_dir: str = ""  # where feed versions are split per category; "" : the system temp dir
     fetch: FetchSettings = Field(default_factory=FetchSettings)
+    # grid: one canvas per grid bucket (the paper); cover: fewer canvases chosen freely, at no worse
+    # a worst-case area ratio than the grid's at bucket_ratio (core/covers.py)
+    bucketing: str = "grid"
+
+    def bucketing_mode(self) -> str:
+        if self.bucketing not in BUCKETING_MODES:
+            raise ConfigError(f"bucketing must be one of {', '.join(BUCKETING_MODES)}, got {self.bucketing!r}")
+        return self.bucketing
 
     def feed_directory(self) -> FeedDirectory:
         """Every usable feed; a file with an unusable name or format is reported and skipped alone."""

@@ -147,11 +147,12 @@ def product_masks(context: AssetExecutionContext, catalog: CatalogManifest, mask
 @asset(partitions_def=merchant_category, group_name=GROUP, io_manager_key="manifest_io_manager",
        description="Per product: the (bucket, prompt) canvases to generate for the merchant's placements, plus pending misses.")
 def bucket_plans(context: AssetExecutionContext, catalog: CatalogManifest, product_masks: MaskManifest,
-                 creative_config: CreativeConfig, miss_queue: MissQueue) -> Output[PlanManifest]:
+                 creative_config: CreativeConfig, miss_queue: MissQueue, store: ObjectStore) -> Output[PlanManifest]:
     merchant, category = _partition(context)
     try:
         plan = steps.plans_step(catalog, product_masks, creative_config, miss_queue, merchant, category,
-                                consumer=f"run:{context.run_id}")
+                                consumer=f"run:{context.run_id}",
+                                previous=index.read_current(store, merchant, category))
     except ConfigError as exc:
         raise Failure(description=str(exc)) from exc
     n = len(plan.items)
@@ -167,6 +168,8 @@ def bucket_plans(context: AssetExecutionContext, catalog: CatalogManifest, produ
             "from_misses": len(plan.miss_keys),
             "bucket_ratio": plan.bucket_ratio,
             "prompt_set": plan.prompt_set,
+            "bucketing": plan.bucketing,
+            "worst_area_ratio": plan.bounds.area if plan.bounds else None,
         },
     )
 
@@ -187,7 +190,8 @@ def generated_backgrounds(context: AssetExecutionContext, bucket_plans: PlanMani
     manifest = steps.generate_step(bucket_plans, product_masks, masker, generator, store, metadata_db, context.log.info, gate)
     yield Output(
         manifest,
-        metadata={"generated": manifest.generated, "reused": manifest.reused, "generator": manifest.generator_id[:200]},
+        metadata={"generated": manifest.generated, "reused": manifest.reused, "generator": manifest.generator_id[:200],
+                  "generate_calls": manifest.batches, "mean_batch_fill": round(manifest.batch_fill, 4)},
     )
     gates = manifest.gates
     yield AssetCheckResult(

@@ -7,8 +7,10 @@ size, *before* the original product is cut back on top.
 
 How a job is generated:
 
-1. the canvas is resized to the model's *generation size* (:func:`generation_size`: the pixel
-   budget, multiples of 8, aspect ratio capped);
+1. the canvas is resized to the model's *generation size*: one of a few shapes
+   (:func:`generation_shape`: the pixel budget, multiples of ``shape_multiple`` = 64, the nearest
+   aspect ratio, capped), so that a partition's jobs batch fully; ``shape_multiple`` 8 is the
+   free rule (:func:`generation_size`: multiples of 8 at the canvas's own aspect);
 2. the control image is the Canny map of the positioned product at that size
    (:func:`bggen_assets.core.edges.control_edges`, contour reinforced from the mask);
 3. the prompt runs with classifier-free guidance against the negative prompt; the initial noise
@@ -41,14 +43,14 @@ import numpy as np
 from bggen_assets.core import diffusion_config
 from bggen_assets.core.diffusion_config import *  # noqa: F401,F403  the settings and errors, re-exported
 from bggen_assets.core.diffusion_config import DiffusionConfig
-from bggen_assets.core.diffusion_models import LoadedPipeline, load_pipeline, resolve_models
+from bggen_assets.core.diffusion_models import LoadedPipeline, load_pipeline, lora_identity, resolve_models
 from bggen_assets.core.edges import control_edges
 
 if TYPE_CHECKING:  # pragma: no cover
     from bggen_assets.core.generation import GenerationJob
 
-__all__ = [*diffusion_config.__all__, "DiffusionGenerator", "generation_size", "job_control_image",
-           "resize_image"]
+__all__ = [*diffusion_config.__all__, "DiffusionGenerator", "config_generation_size", "generation_shape", "generation_shapes",
+           "generation_size", "job_control_image", "resize_image", "shape_aspect_tolerance"]
 
 
 # ------------------------------------------------------------------------------ generation size
@@ -79,6 +81,64 @@ def generation_size(
     return gw_i, gh_i
 
 
+SHAPE_MIN_FILL = 0.75  # a snapped shape keeps at least this much of the pixel budget
+SHAPE_ASPECT_STEP = 1.12  # neighbouring shapes differ in aspect by at least this factor
+
+
+def generation_shapes(pixel_budget: int = 512 * 512, max_aspect: float = 2.0, multiple: int = 64
+                      ) -> tuple[tuple[int, int], ...]:
+    """The small set of shapes canvases are generated at so that batches fill: per height (a
+    multiple of ``multiple``), the widest multiple within the pixel budget and the aspect cap,
+    keeping those with at least SHAPE_MIN_FILL of the budget; sorted by aspect, wide last.
+    (512x512 budget, cap 2, multiple 64: 7 shapes from 320x640 to 640x320.)"""
+    if pixel_budget < multiple * multiple:
+        raise ValueError(f"pixel_budget {pixel_budget} is below one {multiple}x{multiple} tile")
+    wide = set()
+    for gh in range(multiple, int(math.sqrt(pixel_budget * max_aspect)) + multiple, multiple):
+        gw = min(pixel_budget // gh, int(gh * max_aspect + 1e-9)) // multiple * multiple
+        if gw >= gh and gw * gh >= SHAPE_MIN_FILL * pixel_budget:
+            wide.add((gw, gh))
+    if not wide:  # a budget too small for the rule: the one square tile
+        wide.add((multiple, multiple))
+    # a large budget has many: keep one per SHAPE_ASPECT_STEP of aspect (and the most elongated)
+    kept: list[tuple[int, int]] = []
+    for shape in sorted(wide, key=lambda s: (s[0] / s[1], -s[0] * s[1])):
+        if not kept or shape[0] / shape[1] >= SHAPE_ASPECT_STEP * kept[-1][0] / kept[-1][1]:
+            kept.append(shape)
+    last = max(wide, key=lambda s: (s[0] / s[1], s[0] * s[1]))
+    if kept[-1] != last:
+        kept[-1 if len(kept) > 1 else len(kept):] = [last]
+    shapes = set(kept) | {(h, w) for w, h in kept}  # as many tall shapes as wide ones
+    return tuple(sorted(shapes, key=lambda s: s[0] / s[1]))
+
+
+def generation_shape(canvas_w: int, canvas_h: int, pixel_budget: int = 512 * 512, max_aspect: float = 2.0,
+                     multiple: int = 64) -> tuple[int, int]:
+    """The shape of ``generation_shapes`` a canvas is generated at: the one nearest its aspect
+    (capped like generation_size) on a log scale. The output is resized back to the canvas, so the
+    crop geometry stays exact; only the background is stretched, by at most half the aspect step
+    between neighbouring shapes (``shape_aspect_tolerance``)."""
+    if canvas_w <= 0 or canvas_h <= 0:
+        raise ValueError(f"canvas size must be positive, got {canvas_w}x{canvas_h}")
+    a = math.log(min(max(canvas_w / canvas_h, 1.0 / max_aspect), max_aspect))
+    return min(generation_shapes(pixel_budget, max_aspect, multiple), key=lambda s: abs(math.log(s[0] / s[1]) - a))
+
+
+def config_generation_size(cfg: DiffusionConfig, canvas_w: int, canvas_h: int) -> tuple[int, int]:
+    """The generation size of a canvas under a config: its shape (generation_shape), or with
+    ``shape_multiple`` 8 the free rule (generation_size: every canvas at its own aspect)."""
+    if cfg.shape_multiple <= 8:
+        return generation_size(canvas_w, canvas_h, cfg.pixel_budget, cfg.max_aspect)
+    return generation_shape(canvas_w, canvas_h, cfg.pixel_budget, cfg.max_aspect, cfg.shape_multiple)
+
+
+def shape_aspect_tolerance(pixel_budget: int = 512 * 512, max_aspect: float = 2.0, multiple: int = 64) -> float:
+    """The most a canvas's (capped) aspect is stretched by snapping to a shape, as a factor >= 1."""
+    logs = [math.log(w / h) for w, h in generation_shapes(pixel_budget, max_aspect, multiple)]
+    edges = [max(logs[0] - (-math.log(max_aspect)), 0.0), max(math.log(max_aspect) - logs[-1], 0.0)]
+    gaps = [(b - a) / 2 for a, b in zip(logs, logs[1:])]
+    return math.exp(max(edges + gaps))
+
 
 # ------------------------------------------------------------------------------------- generator
 def resize_image(img: np.ndarray, w: int, h: int) -> np.ndarray:
@@ -106,6 +166,19 @@ def job_control_image(cfg: DiffusionConfig, job: Any, gw: int, gh: int) -> np.nd
                          reinforce_contour=cfg.reinforce_contour)
 
 
+def inpaint_condition(jobs: Sequence[Any], gw: int, gh: int):
+    """The control image of an inpainting ControlNet (control_v11p_sd15_inpaint's convention): the
+    canvas in [0, 1] with the region to regenerate (the background) set to -1, (B, 3, gh, gw)."""
+    import torch
+
+    out = []
+    for j in jobs:
+        img = resize_image(np.asarray(j.canvas_rgb), gw, gh).astype(np.float32) / 255.0
+        img[~_resize_mask(np.asarray(j.product_mask), gw, gh)] = -1.0
+        out.append(img.transpose(2, 0, 1))
+    return torch.from_numpy(np.stack(out))
+
+
 class DiffusionGenerator:
     """Stable Diffusion + ControlNet background generator (the ``BackgroundGenerator`` contract).
 
@@ -117,12 +190,12 @@ class DiffusionGenerator:
                  log: Callable[[str], None] | None = None, loaded: LoadedPipeline | None = None) -> None:
         self.config = config or DiffusionConfig()
         c = self.config
-        if loaded is not None and (loaded.base.name, loaded.controlnet.name, loaded.inpaint) != (
-                c.base_model, c.controlnet_model, c.use_inpaint):
+        if loaded is not None and (loaded.base.name, loaded.controlnet.name, loaded.inpaint, loaded.lora) != (
+                c.base_model, c.active_controlnet[1], c.use_inpaint, lora_identity(c)):
             raise ValueError(
                 f"the loaded pipeline ({loaded.base.name!r} + {loaded.controlnet.name!r}, inpaint "
-                f"{loaded.inpaint}) is not the configured one ({c.base_model!r} + "
-                f"{c.controlnet_model!r}, inpaint {c.use_inpaint})")
+                f"{loaded.inpaint}, lora {loaded.lora}) is not the configured one ({c.base_model!r} + "
+                f"{c.active_controlnet[1]!r}, inpaint {c.use_inpaint}, lora {lora_identity(c)})")
         self._log = log or (lambda _m: None)
         self._loaded = loaded
         self._identity: str | None = None
@@ -158,6 +231,9 @@ class DiffusionGenerator:
             "scheduler": c.scheduler,
             "pixel_budget": c.pixel_budget,
             "max_aspect": c.max_aspect,
+            "shape_multiple": c.shape_multiple,
+            "lora": lora_identity(c),
+            "control": "inpaint" if c.inpaint_conditioned else "canny",
             "edges": [c.edge_low, c.edge_high, c.contour_thickness, c.reinforce_contour],
             "default_negative_prompt": c.negative_prompt,
         }
@@ -176,7 +252,7 @@ class DiffusionGenerator:
         groups: dict[tuple[int, int], list[int]] = {}
         for i, job in enumerate(jobs):
             h, w = job.canvas_rgb.shape[:2]
-            groups.setdefault(generation_size(w, h, c.pixel_budget, c.max_aspect), []).append(i)
+            groups.setdefault(self.generation_shape(w, h), []).append(i)
         chunks = [
             (size, idxs[k:k + c.batch_size])
             for size, idxs in groups.items()
@@ -198,6 +274,11 @@ class DiffusionGenerator:
         self._log(f"diffusion: {len(jobs)} image(s) in {len(chunks)} batch(es), "
                   f"{time.perf_counter() - t_all:.2f}s")
         return out  # type: ignore[return-value]
+
+    def generation_shape(self, canvas_w: int, canvas_h: int) -> tuple[int, int]:
+        """The size a canvas is generated at: one of a few shapes (``shape_multiple``), so that
+        the pipeline can batch the jobs of a partition by it (steps.generate_step)."""
+        return config_generation_size(self.config, canvas_w, canvas_h)
 
     # -- helpers
     def load(self) -> LoadedPipeline:
@@ -262,7 +343,10 @@ class DiffusionGenerator:
             generator=[torch.Generator("cpu").manual_seed(int(j.seed) % (1 << 64)) for j in jobs],
             output_type="np",
         )
-        controls = [Image.fromarray(self.control_image(j, gw, gh)) for j in jobs]
+        if c.inpaint_conditioned:  # the inpainting ControlNet sees the canvas, background masked out
+            controls = inpaint_condition(jobs, gw, gh)
+        else:
+            controls = [Image.fromarray(self.control_image(j, gw, gh)) for j in jobs]
         if c.use_inpaint:
             kwargs["image"] = [Image.fromarray(resize_image(np.asarray(j.canvas_rgb), gw, gh)) for j in jobs]
             kwargs["mask_image"] = [

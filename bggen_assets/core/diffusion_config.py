@@ -27,7 +27,8 @@ DEFAULT_NEGATIVE_PROMPT = (
     "deformed, duplicate product, extra objects, people, hands"
 )
 
-SCHEDULERS = ("dpmpp", "unipc", "euler_a", "ddim")
+# lcm: for an LCM-LoRA (4-8 steps, guidance ~1); tcd: for Hyper-SD / TCD LoRAs (1-8 steps)
+SCHEDULERS = ("dpmpp", "unipc", "euler_a", "ddim", "lcm", "tcd")
 
 
 # --------------------------------------------------------------------------------------- errors
@@ -65,6 +66,17 @@ class DiffusionConfig:
     controlnet_model: str = "lllyasviel/sd-controlnet-canny"
     base_revision: str | None = None
     controlnet_revision: str | None = None
+    # with use_inpaint: an inpainting ControlNet (conditioned on the canvas with the background
+    # masked out) instead of controlnet_model; None keeps controlnet_model (canny) there too
+    inpaint_controlnet_model: str | None = None
+    inpaint_controlnet_revision: str | None = None
+    # few-step generation: LoRA weights (a local file or directory, or a hub id) loaded into the
+    # base model and fused, e.g. latent-consistency/lcm-lora-sdv1-5 with scheduler "lcm", steps 4-8,
+    # guidance_scale 1-2; lora_weight_name picks the file where the repository holds several
+    lora: str | None = None
+    lora_weight_name: str | None = None
+    lora_revision: str | None = None
+    lora_scale: float = 1.0
     local_files_only: bool = True
     cache_dir: str | None = None  # Hugging Face cache for hub ids (None: HF_HUB_CACHE / default)
     device: str = "auto"  # "auto" | "cuda" | "cuda:N" | "cpu"
@@ -76,6 +88,7 @@ class DiffusionConfig:
     negative_prompt: str = DEFAULT_NEGATIVE_PROMPT  # used when a job's negative prompt is empty
     pixel_budget: int = 512 * 512
     max_aspect: float = 2.0
+    shape_multiple: int = 64  # generation sizes snap to a few shapes, multiples of this (8: no snapping)
     use_inpaint: bool = False
     inpaint_strength: float = 1.0
     edge_low: int = 100
@@ -113,6 +126,14 @@ class DiffusionConfig:
             raise bad("pixel_budget", "must be at least 64*64")
         if self.max_aspect < 1:
             raise bad("max_aspect", "must be >= 1")
+        if self.shape_multiple < 8 or self.shape_multiple % 8:
+            raise bad("shape_multiple", "must be a multiple of 8 (the latent scale), at least 8")
+        if self.lora is not None and not self.lora:
+            raise bad("lora", "must name LoRA weights (a file, a directory or a hub id), or be None")
+        if self.inpaint_controlnet_model is not None and not self.inpaint_controlnet_model:
+            raise bad("inpaint_controlnet_model", "must name a ControlNetModel directory or hub id, or be None")
+        if not (0 < self.lora_scale <= 4):
+            raise bad("lora_scale", "must be in (0, 4]")
         if self.batch_size < 1:
             raise bad("batch_size", "must be >= 1")
         if not (0 < self.inpaint_strength <= 1):
@@ -121,6 +142,18 @@ class DiffusionConfig:
             raise bad("edge_low", f"need 0 <= edge_low <= edge_high ({self.edge_high})")
         if self.contour_thickness < 0:
             raise bad("contour_thickness", "must be >= 0")
+
+    @property
+    def active_controlnet(self) -> tuple[str, str, str | None]:
+        """(field name, model, revision) of the ControlNet the pipeline loads."""
+        if self.use_inpaint and self.inpaint_controlnet_model:
+            return "inpaint_controlnet_model", self.inpaint_controlnet_model, self.inpaint_controlnet_revision
+        return "controlnet_model", self.controlnet_model, self.controlnet_revision
+
+    @property
+    def inpaint_conditioned(self) -> bool:
+        """The ControlNet is an inpainting one: its control image is the masked canvas, not edges."""
+        return self.use_inpaint and bool(self.inpaint_controlnet_model)
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any]) -> "DiffusionConfig":

@@ -41,6 +41,7 @@ __all__ = [
     "LoadedPipeline",
     "resolve_model",
     "resolve_models",
+    "lora_identity",
     "resolve_device",
     "resolve_dtype",
     "make_scheduler",
@@ -224,13 +225,61 @@ def resolve_model(field_name: str, name: str, revision: str | None, local_files_
 
 
 def resolve_models(cfg: DiffusionConfig) -> tuple[ModelRef, ModelRef]:
-    """The configured base pipeline and ControlNet, located and type-checked."""
+    """The configured base pipeline and the ControlNet it runs with (the inpainting one with
+    use_inpaint, when configured), located and type-checked."""
+    field_name, name, revision = cfg.active_controlnet
     return (
         resolve_model("base_model", cfg.base_model, cfg.base_revision, cfg.local_files_only,
                       "pipeline", cfg.cache_dir),
-        resolve_model("controlnet_model", cfg.controlnet_model, cfg.controlnet_revision,
-                      cfg.local_files_only, "controlnet", cfg.cache_dir),
+        resolve_model(field_name, name, revision, cfg.local_files_only, "controlnet", cfg.cache_dir),
     )
+
+
+def lora_identity(cfg: DiffusionConfig) -> str | None:
+    """What the configured LoRA is, for the generator's identity: a content hash of a local file
+    (or of a directory's weight files), else ``hub_id@revision``; with its weight name and scale.
+    A local path that does not exist is a ModelNotFoundError."""
+    if cfg.lora is None:
+        return None
+    local = Path(os.path.expanduser(cfg.lora))
+    if local.is_file():
+        files = [local]
+    elif local.is_dir():
+        files = sorted(f for f in local.iterdir() if f.suffix in (".safetensors", ".bin")
+                       and (cfg.lora_weight_name is None or f.name == cfg.lora_weight_name))
+        if not files:
+            raise ModelNotFoundError(f"lora={cfg.lora!r}: the directory holds no LoRA weights "
+                                     f"(*.safetensors{', ' + cfg.lora_weight_name if cfg.lora_weight_name else ''})")
+    elif _looks_like_path(cfg.lora):
+        raise ModelNotFoundError(f"lora={cfg.lora!r}: no such file or directory")
+    else:
+        return f"{cfg.lora}@{cfg.lora_revision or 'main'}/{cfg.lora_weight_name or ''}*{cfg.lora_scale:g}"
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode() + b"\0" + hashlib.sha256(f.read_bytes()).hexdigest().encode())
+    return f"local-sha256:{h.hexdigest()[:32]}*{cfg.lora_scale:g}"
+
+
+def _apply_lora(pipe: Any, cfg: DiffusionConfig) -> None:
+    """Load the LoRA into the base model with diffusers' public API and fuse it (no adapter
+    layers stay: a fused LoRA costs nothing per step)."""
+    local = Path(os.path.expanduser(cfg.lora))
+    kw: dict[str, Any] = {}
+    if cfg.lora_weight_name:
+        kw["weight_name"] = cfg.lora_weight_name
+    if local.is_file():
+        where: Any = str(local.parent)
+        kw["weight_name"] = local.name
+    else:
+        where = str(local) if local.is_dir() else cfg.lora
+        if not local.is_dir():
+            kw.update(revision=cfg.lora_revision, local_files_only=cfg.local_files_only, cache_dir=cfg.cache_dir)
+    try:
+        pipe.load_lora_weights(where, adapter_name="fewstep", **kw)
+        pipe.fuse_lora(lora_scale=cfg.lora_scale, adapter_names=["fewstep"])
+        pipe.unload_lora_weights()
+    except Exception as e:
+        raise ModelLoadError(f"lora={cfg.lora!r} failed to load into base_model={cfg.base_model!r}: {e}") from e
 
 
 def _check_controlnet_fits(cfg: DiffusionConfig, base: ModelRef, controlnet: ModelRef) -> None:
@@ -278,6 +327,8 @@ def make_scheduler(name: str, base_config: Any):
         DDIMScheduler,
         DPMSolverMultistepScheduler,
         EulerAncestralDiscreteScheduler,
+        LCMScheduler,
+        TCDScheduler,
         UniPCMultistepScheduler,
     )
 
@@ -286,6 +337,8 @@ def make_scheduler(name: str, base_config: Any):
         "unipc": UniPCMultistepScheduler,
         "euler_a": EulerAncestralDiscreteScheduler,
         "ddim": DDIMScheduler,
+        "lcm": LCMScheduler,
+        "tcd": TCDScheduler,
     }[name]
     return cls.from_config(base_config)
 
@@ -305,6 +358,7 @@ class LoadedPipeline:
     device: str
     dtype: str  # "float16", "float32", ...
     speedups: tuple[str, ...]  # what load_pipeline applied: sdpa, fused-qkv, channels_last, ...
+    lora: str | None = None  # lora_identity of the fused LoRA
 
 
 def load_pipeline(cfg: DiffusionConfig, log: Callable[[str], None] | None = None) -> LoadedPipeline:
@@ -327,6 +381,7 @@ def load_pipeline(cfg: DiffusionConfig, log: Callable[[str], None] | None = None
     dtype = resolve_dtype(cfg.dtype, device)
     base, cn = resolve_models(cfg)
     _check_controlnet_fits(cfg, base, cn)
+    lora_identity(cfg)  # a LoRA path that does not exist fails before any weights load
 
     t0 = time.perf_counter()
     common: dict[str, Any] = {"dtype": dtype, "local_files_only": cfg.local_files_only,
@@ -336,7 +391,7 @@ def load_pipeline(cfg: DiffusionConfig, log: Callable[[str], None] | None = None
     try:
         controlnet = ControlNetModel.from_pretrained(cn.location, revision=cn.revision, **common)
     except Exception as e:
-        raise ModelLoadError(f"controlnet_model={cfg.controlnet_model!r} failed to load: {e}") from e
+        raise ModelLoadError(f"{cn.field}={cn.name!r} failed to load: {e}") from e
     cls = StableDiffusionControlNetInpaintPipeline if cfg.use_inpaint else StableDiffusionControlNetPipeline
     extra: dict[str, Any] = {}
     if not cfg.safety_checker:
@@ -349,8 +404,12 @@ def load_pipeline(cfg: DiffusionConfig, log: Callable[[str], None] | None = None
     pipe.scheduler = make_scheduler(cfg.scheduler, pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     pipe = pipe.to(device)
+    if cfg.lora is not None:  # before the speed-ups: fusing changes the weights they compile
+        _apply_lora(pipe, cfg)
 
     speedups = ["sdpa"]  # diffusers' default attention processor on torch 2 (AttnProcessor2_0)
+    if cfg.lora is not None:
+        speedups.append(f"lora-fused*{cfg.lora_scale:g}")
     if _auto(cfg.fuse_qkv, device):
         pipe.fuse_qkv_projections(unet=True, vae=True)
         speedups.append("fused-qkv")
@@ -376,4 +435,4 @@ def load_pipeline(cfg: DiffusionConfig, log: Callable[[str], None] | None = None
         f"{device}/{dtype_name} scheduler={cfg.scheduler} "
         f"[{', '.join(speedups)}] in {time.perf_counter() - t0:.1f}s"
     )
-    return LoadedPipeline(pipe, base, cn, cfg.use_inpaint, device, dtype_name, tuple(speedups))
+    return LoadedPipeline(pipe, base, cn, cfg.use_inpaint, device, dtype_name, tuple(speedups), lora_identity(cfg))

@@ -233,3 +233,37 @@ def decode_png(data: bytes, flags: int = cv2.IMREAD_UNCHANGED) -> np.ndarray:
     if img.ndim == 3:
         return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
     return img
+
+
+# -- what a served image is (IPTC digital source type, in XMP) ------------------------------------
+IPTC_SOURCE_TYPES = "http://cv.iptc.org/newscodes/digitalsourcetype/"
+#: a product photo on a background a trained model generated (Google Merchant Center asks that
+#: AI-generated images keep this), and a photo composited with other non-generated imagery
+TRAINED_COMPOSITE = IPTC_SOURCE_TYPES + "compositeWithTrainedAlgorithmicMedia"
+COMPOSITE = IPTC_SOURCE_TYPES + "composite"
+
+
+def digital_source_xmp(source_type: str) -> bytes:
+    """An XMP packet naming the image's IPTC ``Iptc4xmpExt:DigitalSourceType`` (a few hundred
+    bytes; build it once per source type: serving_xmp)."""
+    return (
+        '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>'
+        '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+        '<rdf:Description rdf:about="" xmlns:Iptc4xmpExt="http://iptc.org/std/Iptc4xmpExt/2008-02-29/">'
+        f'<Iptc4xmpExt:DigitalSourceType>{source_type}</Iptc4xmpExt:DigitalSourceType>'
+        '</rdf:Description></rdf:RDF></x:xmpmeta><?xpacket end="r"?>'
+    ).encode()
+
+
+_PACKETS = {kind: digital_source_xmp(kind) for kind in (TRAINED_COMPOSITE, COMPOSITE)}
+
+
+def serving_xmp(generator_id: str) -> bytes:
+    """The XMP of a creative whose background came from this generator (an index's generator_id):
+    a diffusion model's is trained algorithmic media, the template's (and a plain fallback) a composite."""
+    return _PACKETS[TRAINED_COMPOSITE if generator_id.startswith("diffusion") else COMPOSITE]
+
+
+def composite_xmp() -> bytes:
+    """The XMP of a creative with no generated background (the positioned product, the fallback)."""
+    return _PACKETS[COMPOSITE]

@@ -14,6 +14,7 @@ from typing import Any, Callable, ClassVar, Literal, Mapping, Optional, Self
 
 from pydantic import BaseModel, ConfigDict, computed_field
 
+from .covers import CoverBounds
 from .feeds import Prompt
 from .geometry import CanvasLayout
 
@@ -159,6 +160,33 @@ class MaskManifest(Document):
 
 
 # -- plan ----------------------------------------------------------------------------------------
+Bucketing = Literal["grid", "cover"]  # the paper's log grid, or canvases chosen freely (core/covers.py)
+BUCKETING_MODES: tuple[str, ...] = ("grid", "cover")
+
+
+class CanvasBounds(Value):
+    """What serving a placement from a bigger canvas may cost it (covers.CoverBounds): the area
+    ratio, the stretch beyond the model's aspect cap, and that cap. Measured on the partition's
+    products and placements as the grid's own worst case (covers.grid_bounds), in either mode."""
+
+    area: float
+    stretch: float
+    max_aspect: float
+
+    @classmethod
+    def of(cls, bounds: CoverBounds) -> "CanvasBounds":
+        return cls(area=bounds.area, stretch=bounds.stretch, max_aspect=bounds.max_aspect)
+
+    def cover_bounds(self) -> CoverBounds:
+        return CoverBounds(self.area, self.stretch, self.max_aspect).check()
+
+
+def _add_grid_bucketing(data: dict) -> dict:
+    # Documents written before covers existed were all planned on the grid, with no bounds (so
+    # serving looks their canvases up by the request's own grid bucket only).
+    return {**data, "bucketing": "grid", "bounds": None}
+
+
 class PlanItem(Value):
     """One canvas to generate: a product on a bucket's canvas, in one theme."""
 
@@ -179,10 +207,15 @@ class PlanItem(Value):
 
 
 class PlanManifest(Document):
+    SCHEMA_VERSION: ClassVar[int] = 2
+    UPGRADES: ClassVar[Mapping[int, Callable[[dict], dict]]] = {1: _add_grid_bucketing}
+
     merchant: str
     category: str
     bucket_ratio: float
     canvas_pixels: int
+    bucketing: Bucketing = "grid"
+    bounds: Optional[CanvasBounds] = None  # plans_step always measures them; None in plans of version 1
     prompts: tuple[Prompt, ...]
     placements: tuple[str, ...]  # placement ids
     items: tuple[PlanItem, ...]  # sorted by key, one per key
@@ -216,6 +249,8 @@ class GenerationManifest(Document):
     generated: int
     reused: int
     gates: GateStats
+    batches: int = 0  # generate() calls
+    batch_fill: float = 0.0  # mean of (jobs in a call / batch size) over the calls; 0 when none ran
 
 
 class FidelityFailure(Value):
@@ -260,16 +295,22 @@ def _index_v1_to_v2(data: dict) -> dict:
 
 
 class IndexDocument(Document):
-    """One partition's published index: (product, bucket, prompt) -> canvas, plus the products."""
+    """One partition's published index: (product, bucket, prompt) -> canvas, plus the products.
 
-    SCHEMA_VERSION: ClassVar[int] = 2
-    UPGRADES: ClassVar[Mapping[int, Callable[[dict], dict]]] = {1: _index_v1_to_v2}
+    Version 3 names its bucketing and the bounds within which any canvas of a product may serve a
+    request (containment, core/covers.py); an older index has no bounds and serves a request only
+    from its own grid bucket."""
+
+    SCHEMA_VERSION: ClassVar[int] = 3
+    UPGRADES: ClassVar[Mapping[int, Callable[[dict], dict]]] = {1: _index_v1_to_v2, 2: _add_grid_bucketing}
     UNVERSIONED: ClassVar[Optional[int]] = None  # every index document ever written names its version
 
     merchant: str
     category: str
     bucket_ratio: float
     canvas_pixels: int
+    bucketing: Bucketing = "grid"
+    bounds: Optional[CanvasBounds] = None  # None: serve a request from its own grid bucket only
     generator_id: str
     prompts: tuple[str, ...]  # theme ids, the default first
     products: dict[str, IndexProduct]

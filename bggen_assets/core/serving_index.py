@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import time
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 from . import keys
-from .manifests import IndexDocument, IndexPointer, PlanManifest, Value
+from .covers import CanvasIndex, canvas_index, find_covering_placement, request_canvas
+from .geometry import Bucket, CoverCanvas, Placement, bucket_for, canvas_from_id, place_product
+from .manifests import IndexDocument, IndexEntry, IndexPointer, PlanManifest, Value, item_key
 from .store import ObjectNotFound, ObjectStore
 
 ROOT = "index"
@@ -104,3 +106,82 @@ def completeness(plan: PlanManifest, pointer: IndexPointer, store: ObjectStore) 
     absent = [e.image_key for e in doc.entries.values() if not store.exists(e.image_key)]
     return IndexCompleteness(planned=len(plan.items), indexed=len(doc.entries), missing=missing[:20],
                              missing_count=len(missing), absent_images=absent[:20], absent_count=len(absent))
+
+
+# -- lookups: which canvas serves a request ----------------------------------------------------------
+class Found(NamedTuple):
+    """The canvas that serves a request: its id (a grid bucket or cover canvas id) and entry."""
+
+    canvas_id: str
+    entry: IndexEntry
+
+
+class _ProductCanvases(NamedTuple):
+    index: CanvasIndex
+    found: tuple[Found, ...]  # in index.canvases order
+
+
+def _as_cover(canvas_id: str) -> CoverCanvas:
+    canvas = canvas_from_id(canvas_id)
+    # a grid bucket canvas covers whatever the largest cover canvas inside it dominates
+    return CoverCanvas.inside_bucket(canvas) if isinstance(canvas, Bucket) else canvas
+
+
+class CanvasLookup:
+    """Which generated canvas of an index serves a request (product, theme, placement).
+
+    First the request's own canvas (its grid bucket, or in a cover index the smallest cover canvas
+    it fits), a dict lookup; else, when the index names its bounds, **containment**: any canvas of
+    the product and theme that covers the request within them, the sharpest one (covers.
+    find_covering_placement over a small per-product array, built on first use and kept with this
+    lookup, so once per index version). An index without bounds (version 2 and older) answers
+    from the own bucket only."""
+
+    def __init__(self, doc: IndexDocument):
+        self.doc = doc
+        self.bounds = doc.bounds.cover_bounds() if doc.bounds is not None else None
+        self._grouped: Optional[dict[tuple[str, str], list[tuple[str, IndexEntry]]]] = None
+        self._products: dict[tuple[str, str], _ProductCanvases] = {}
+
+    def requested_id(self, product_id: str, placement: Placement) -> str:
+        """The id of the canvas this request asks for: what a miss queues."""
+        _, _, bw, bh = self.doc.products[product_id].bbox
+        if self.doc.bucketing == "cover":
+            return request_canvas(bw, bh, placement).id
+        return bucket_for(place_product(bw, bh, placement), self.doc.bucket_ratio).id
+
+    def find(self, product_id: str, prompt_id: str, placement: Placement) -> Optional[Found]:
+        own = self.requested_id(product_id, placement)
+        entry = self.doc.entries.get(item_key(product_id, own, prompt_id))
+        if entry is not None:
+            return Found(own, entry)
+        if self.bounds is None:
+            return None
+        canvases = self._canvases(product_id, prompt_id)
+        if canvases is None:
+            return None
+        _, _, bw, bh = self.doc.products[product_id].bbox
+        k = find_covering_placement(canvases.index, bw, bh, placement, self.bounds)
+        return canvases.found[k] if k >= 0 else None
+
+    def _canvases(self, product_id: str, prompt_id: str) -> Optional[_ProductCanvases]:
+        key = (product_id, prompt_id)
+        built = self._products.get(key)
+        if built is None:
+            if self._grouped is None:
+                grouped: dict[tuple[str, str], list[tuple[str, IndexEntry]]] = {}
+                for k, entry in self.doc.entries.items():
+                    pid, canvas_id, prompt = k.split("|")
+                    grouped.setdefault((pid, prompt), []).append((canvas_id, entry))
+                self._grouped = grouped
+            rows = self._grouped.get(key)
+            if not rows or product_id not in self.doc.products:
+                return None
+            by_canvas: dict[CoverCanvas, Found] = {}
+            for canvas_id, entry in rows:
+                by_canvas.setdefault(_as_cover(canvas_id), Found(canvas_id, entry))
+            _, _, bw, bh = self.doc.products[product_id].bbox
+            index = canvas_index(list(by_canvas), bw / bh)
+            built = _ProductCanvases(index, tuple(by_canvas[c] for c in index.canvases))
+            self._products[key] = built
+        return built

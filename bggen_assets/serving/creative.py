@@ -22,8 +22,8 @@ from resources.metadata_db import Miss
 
 from ..core import serving_index
 from ..core.compositing import PYRAMID_LEVELS, CanvasPyramid, canvas_pyramid, crop_placement, fallback_creative
-from ..core.geometry import Placement, bucket_for, place_product
-from ..core.image_io import decode_png
+from ..core.geometry import Placement, place_product
+from ..core.image_io import composite_xmp, decode_png, serving_xmp
 from ..core.keys import check_name
 from ..core.manifests import IndexDocument
 from ..core.store import ObjectNotFound, ObjectStore
@@ -120,6 +120,7 @@ class CreativeService:
         self.index_ttl_s = index_ttl_s
         self.jpeg_quality = jpeg_quality
         self._indexes: dict[tuple[str, str], _Index] = {}
+        self._lookups: dict[tuple[str, str], serving_index.CanvasLookup] = {}
         self._categories: dict[str, tuple[float, list[str]]] = {}
         self._placements: dict[str, list[Placement]] = {}
         self._lock = threading.Lock()
@@ -157,6 +158,14 @@ class CreativeService:
             threading.Thread(target=self._prefetch, args=(doc,), name=f"prefetch-{merchant}-{category}",
                              daemon=True).start()
         return doc
+
+    def lookup(self, merchant: str, category: str, doc: IndexDocument) -> serving_index.CanvasLookup:
+        """The containment lookup of this index version (its per-product arrays built once)."""
+        found = self._lookups.get((merchant, category))
+        if found is None or found.doc is not doc:
+            found = serving_index.CanvasLookup(doc)
+            self._lookups[(merchant, category)] = found
+        return found
 
     def load_all_indexes(self) -> int:
         """Read every published index now (and, with ``prefetch``, start decoding its canvases)."""
@@ -241,12 +250,15 @@ class CreativeService:
             self.cache.put(key, arr, arr.nbytes)
         return arr
 
-    def encode(self, img: Image.Image, fmt: str) -> bytes:
+    def encode(self, img: Image.Image, fmt: str, xmp: Optional[bytes] = None) -> bytes:
+        """``xmp``: a packet to embed in JPEG/WebP (what the image is: core/image_io.serving_xmp);
+        None for none (the control variant's product photo)."""
         buf = io.BytesIO()
+        extra = {"xmp": xmp} if xmp else {}
         if fmt == "jpeg":
-            img.save(buf, "JPEG", quality=self.jpeg_quality)
+            img.save(buf, "JPEG", quality=self.jpeg_quality, **extra)
         elif fmt == "webp":
-            img.save(buf, "WEBP", quality=self.jpeg_quality, method=0)
+            img.save(buf, "WEBP", quality=self.jpeg_quality, method=0, **extra)
         elif fmt == "png":
             img.save(buf, "PNG", compress_level=1)
         else:
@@ -270,19 +282,20 @@ class CreativeService:
         product = doc.products[product_id]
         _, _, bw, bh = product.bbox
         placed = place_product(bw, bh, placement)
-        bucket = bucket_for(placed, doc.bucket_ratio)
-        entry = doc.entry(product_id, bucket.id, prompt_id)
-        if entry is not None:
+        lookup = self.lookup(merchant, category, doc)
+        found = lookup.find(product_id, prompt_id, placement)  # own canvas, else any that covers it
+        if found is not None:
             try:
-                canvas = self._pyramid(entry.image_key)
+                canvas = self._pyramid(found.entry.image_key)
             except ObjectNotFound:
-                entry = None  # index ahead of the store (should not happen): treat as a miss
-        if entry is not None:
-            img = crop_placement(canvas, entry.layout, placed)
-            return Creative(self.encode(img, fmt), FORMATS[fmt], True, merchant, category, product_id, bucket.id,
-                            prompt_id, width, height, entry.image_key)
+                found = None  # index ahead of the store (should not happen): treat as a miss
+        if found is not None:
+            img = crop_placement(canvas, found.entry.layout, placed)
+            return Creative(self.encode(img, fmt, serving_xmp(doc.generator_id)), FORMATS[fmt], True, merchant, category, product_id,
+                            found.canvas_id, prompt_id, width, height, found.entry.image_key)
+        requested = lookup.requested_id(product_id, placement)
         if record_miss:
-            self.miss_queue.record(Miss(merchant, category, product_id, bucket.id, prompt_id))
+            self.miss_queue.record(Miss(merchant, category, product_id, requested, prompt_id))
         img = Image.fromarray(fallback_creative(self._cutout(product.cutout_key), placed))
-        return Creative(self.encode(img, fmt), FORMATS[fmt], False, merchant, category, product_id, bucket.id,
+        return Creative(self.encode(img, fmt, composite_xmp()), FORMATS[fmt], False, merchant, category, product_id, requested,
                         prompt_id, width, height)

@@ -16,10 +16,12 @@ This module renders; the endpoints are in :mod:`.routers.preview`.
 from __future__ import annotations
 
 import html
+from typing import Optional
 from urllib.parse import urlencode
 
-from ..core.geometry import Placement, bucket_for, place_product
+from ..core.geometry import Placement
 from ..core.manifests import IndexDocument
+from ..core.serving_index import CanvasLookup
 
 #: when a merchant has no configured placements
 STANDARD_PLACEMENTS = [(300, 250), (728, 90), (160, 600), (320, 50), (970, 250), (1080, 1080), (1200, 628), (1080, 1920)]
@@ -76,11 +78,13 @@ def preview_placements(creative_config, merchant: str) -> list[Placement]:
     return [Placement(w, h) for w, h in STANDARD_PLACEMENTS]
 
 
-def cell_status(doc: IndexDocument, product_id: str, placement: Placement, theme: str) -> tuple[bool, str]:
-    """(hit, bucket id) for one cell, from the index alone."""
-    _, _, bw, bh = doc.products[product_id].bbox
-    bucket = bucket_for(place_product(bw, bh, placement), doc.bucket_ratio)
-    return doc.has_entry(product_id, bucket.id, theme), bucket.id
+def cell_status(doc: IndexDocument, product_id: str, placement: Placement, theme: str,
+                lookup: Optional[CanvasLookup] = None) -> tuple[bool, str]:
+    """(hit, canvas id) for one cell, from the index alone, as serving decides it (containment):
+    the id of the canvas that serves it, or of the one a miss asks for."""
+    lookup = lookup or CanvasLookup(doc)
+    found = lookup.find(product_id, theme, placement)
+    return (True, found.canvas_id) if found is not None else (False, lookup.requested_id(product_id, placement))
 
 
 def render_preview(merchant: str, category: str, product_id: str, doc: IndexDocument,
@@ -88,6 +92,7 @@ def render_preview(merchant: str, category: str, product_id: str, doc: IndexDocu
     """The page's HTML, and the counts of hit and miss cells."""
     info = doc.products[product_id]
     themes = list(doc.prompts)
+    lookup = CanvasLookup(doc)
     e = html.escape
     hits = misses = 0
     rows = []
@@ -100,7 +105,7 @@ def render_preview(merchant: str, category: str, product_id: str, doc: IndexDocu
                  f'<img class="creative" width="{tw}" height="{th}" alt="positioned product, {p.width}x{p.height}" '
                  f'src="/preview/image?{e(urlencode(base_q))}"></td>']
         for t in themes:
-            hit, bucket_id = cell_status(doc, product_id, p, t)
+            hit, bucket_id = cell_status(doc, product_id, p, t, lookup)
             hits += hit
             misses += not hit
             kind = "hit" if hit else "miss"

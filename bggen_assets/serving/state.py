@@ -18,7 +18,8 @@ from PIL import Image
 from resources.metadata_db import Miss
 
 from ..core.compositing import fallback_creative
-from ..core.geometry import Placement, bucket_for, place_product
+from ..core.geometry import Placement, place_product
+from ..core.image_io import composite_xmp
 from ..core.keys import source_key
 from ..core.manifests import IndexDocument
 from .creative import CreativeService, LRUBytes
@@ -179,12 +180,12 @@ class ServingState:
                     log.warning("flush of %s failed: %s", name, exc)
 
     # -- rendering -------------------------------------------------------------------------------
-    def _encode_cached(self, key: Optional[tuple], render, fmt: str) -> bytes:
+    def _encode_cached(self, key: Optional[tuple], render, fmt: str, xmp: Optional[bytes] = None) -> bytes:
         if self.responses is not None and key is not None:
             body = self.responses.get(key)
             if body is not None:
                 return body
-        body = self.service.encode(render(), fmt)
+        body = self.service.encode(render(), fmt, xmp)
         if self.responses is not None and key is not None:
             self.responses.put(key, body, len(body))
         return body
@@ -198,11 +199,12 @@ class ServingState:
         product = doc.products[product_id]
         _, _, bw, bh = product.bbox
         placed = place_product(bw, bh, placement)
-        bucket = bucket_for(placed, doc.bucket_ratio)
+        requested = self.service.lookup(doc.merchant, doc.category, doc).requested_id(product_id, placement)
         body = self._encode_cached(
             ("positioned", product.cutout_key, placement, fmt),
-            lambda: Image.fromarray(fallback_creative(self.service._cutout(product.cutout_key), placed)), fmt)
-        return body, bucket.id
+            lambda: Image.fromarray(fallback_creative(self.service._cutout(product.cutout_key), placed)), fmt,
+            composite_xmp())
+        return body, requested
 
 
 def serving_state(request: Request) -> ServingState:

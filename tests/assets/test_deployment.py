@@ -49,6 +49,7 @@ EFFECTS = {
     "BGGEN_PLACEMENTS": ({"BGGEN_PLACEMENTS": "/p.yaml"}, lambda b, d: b["creative_config"].placements_path == "/p.yaml"),
     "BGGEN_PROMPTS": ({"BGGEN_PROMPTS": "/q.yaml"}, lambda b, d: b["creative_config"].prompts_path == "/q.yaml"),
     "BGGEN_BUCKET_RATIO": ({"BGGEN_BUCKET_RATIO": "1.5"}, lambda b, d: b["creative_config"].bucket_ratio == 1.5),
+    "BGGEN_BUCKETING": ({"BGGEN_BUCKETING": "cover"}, lambda b, d: b["creative_config"].bucketing_mode() == "cover"),
     "BGGEN_CANVAS_PIXELS": ({"BGGEN_CANVAS_PIXELS": "120000"}, lambda b, d: b["creative_config"].canvas_pixels == 120_000),
     "BGGEN_SKIP_OUT_OF_STOCK": ({"BGGEN_SKIP_OUT_OF_STOCK": "0"}, lambda b, d: b["creative_config"].skip_out_of_stock is False),
     "BGGEN_MAX_REJECTED_FRACTION": ({"BGGEN_MAX_REJECTED_FRACTION": "0.2"},
@@ -73,6 +74,17 @@ EFFECTS = {
                                lambda b, d: b["generator"].diffusion.controlnet_model == "/cn"),
     "BGGEN_LOCAL_FILES_ONLY": ({"BGGEN_LOCAL_FILES_ONLY": "1"}, lambda b, d: b["generator"].diffusion.local_files_only),
     "BGGEN_PIXEL_BUDGET": ({"BGGEN_PIXEL_BUDGET": "65536"}, lambda b, d: b["generator"].diffusion.pixel_budget == 65536),
+    "BGGEN_LORA": ({"BGGEN_LORA": "/loras/lcm.safetensors"},
+                   lambda b, d: b["generator"].diffusion_config().lora == "/loras/lcm.safetensors"),
+    "BGGEN_LORA_WEIGHT_NAME": ({"BGGEN_LORA_WEIGHT_NAME": "Hyper-SD15-8steps-lora.safetensors"},
+                               lambda b, d: b["generator"].diffusion.lora_weight_name == "Hyper-SD15-8steps-lora.safetensors"),
+    "BGGEN_LORA_SCALE": ({"BGGEN_LORA_SCALE": "0.125"}, lambda b, d: b["generator"].diffusion.lora_scale == 0.125),
+    "BGGEN_SCHEDULER": ({"BGGEN_SCHEDULER": "lcm"}, lambda b, d: b["generator"].diffusion_config().scheduler == "lcm"),
+    "BGGEN_STEPS": ({"BGGEN_STEPS": "4"}, lambda b, d: b["generator"].diffusion.steps == 4),
+    "BGGEN_GUIDANCE_SCALE": ({"BGGEN_GUIDANCE_SCALE": "1.5"}, lambda b, d: b["generator"].diffusion.guidance_scale == 1.5),
+    "BGGEN_USE_INPAINT": ({"BGGEN_USE_INPAINT": "1"}, lambda b, d: b["generator"].diffusion_config().use_inpaint),
+    "BGGEN_INPAINT_CONTROLNET_MODEL": ({"BGGEN_INPAINT_CONTROLNET_MODEL": "/cn-inpaint"},
+                                       lambda b, d: b["generator"].diffusion.inpaint_controlnet_model == "/cn-inpaint"),
     "BGGEN_DEVICE": ({"BGGEN_DEVICE": "cuda:1"}, lambda b, d: b["generator"].diffusion_config().device == "cuda:1"),
     "BGGEN_EXECUTOR": ({"BGGEN_EXECUTOR": "celery"}, lambda b, d: b["executor"] is not None
                        and b["executor"]["broker"] == "amqp://guest:guest@127.0.0.1:5672//"),
@@ -147,7 +159,8 @@ def test_the_embedded_deployment_initialises_with_no_variable_set(tmp_path):
     assert build_executor({}) is None
 
 
-@pytest.mark.parametrize("name, value", [("BGGEN_STORE", "gcs"), ("BGGEN_MISS_QUEUE", "kafka"), ("BGGEN_EXECUTOR", "k8s")])
+@pytest.mark.parametrize("name, value", [("BGGEN_STORE", "gcs"), ("BGGEN_MISS_QUEUE", "kafka"), ("BGGEN_EXECUTOR", "k8s"),
+                                         ("BGGEN_BUCKETING", "hexagons")])
 def test_an_unknown_backend_is_refused_by_name(name, value, tmp_path):
     build = build_executor if name == "BGGEN_EXECUTOR" else build_resources
     with pytest.raises(ValueError, match=f"{name} must be .*, got '{value}'"):

@@ -235,3 +235,112 @@ def test_concurrent_plans_of_one_partition_never_take_the_same_miss(footwear_run
     assert any(i.source == "miss" and i.bucket_id == usable.bucket_id for i in first.items)
     # a miss the plan cannot use goes back to the queue (the theme may be configured again)
     assert [m.request_key for m in queue.pending()] == [stale_theme.request_key]
+
+
+def test_cover_bucketing_plans_fewer_canvases_and_serves_every_placement_exactly(pipeline_resources):
+    from bggen_assets import steps
+    from bggen_assets.core.compositing import canvas_pyramid, crop_placement
+    from bggen_assets.core.manifests import GenerationManifest
+    from resources.creative_config import CreativeConfig
+
+    cfg = pipeline_resources["creative_config"]
+    cover_cfg = CreativeConfig(**{**cfg.model_dump(), "bucketing": "cover"})
+    res = {**pipeline_resources, "creative_config": cover_cfg}
+    result, _ = run_partition(res, "northwind", "footwear")
+    assert result.success
+    store = res["store"]
+    checks = checks_of(result)
+    assert checks["product_fidelity"].passed and checks["product_fidelity"].metadata["max_abs_diff"].value == 0
+    assert checks["index_complete"].passed
+    plan = read_manifest(store, PlanManifest, "bucket_plans", "northwind", "footwear")
+    assert plan.bucketing == "cover" and plan.bounds is not None
+    assert all(i.bucket_id.startswith("c-") for i in plan.items)
+    catalog = read_manifest(store, CatalogManifest, "catalog", "northwind", "footwear")
+    masks = read_manifest(store, MaskManifest, "product_masks", "northwind", "footwear")
+    grid = steps.plans_step(catalog, masks, cfg, res["miss_queue"], "northwind", "footwear")
+    assert grid.bounds == plan.bounds  # one bar for both: the grid's worst case on the partition
+    assert len(plan.items) < len(grid.items), (len(plan.items), len(grid.items))
+    # replanning is stable: the published canvases are kept
+    doc = serving_index.read_current(store, "northwind", "footwear")
+    assert doc.bucketing == "cover" and doc.bounds == plan.bounds
+    again = steps.plans_step(catalog, masks, cover_cfg, res["miss_queue"], "northwind", "footwear", previous=doc)
+    assert {i.key for i in again.items} == {i.key for i in plan.items}
+    # every configured placement in every theme is a hit, the exact crop of the canvas that serves it
+    service = CreativeService(store, res["miss_queue"], cover_cfg, index_ttl_s=0.0)
+    for pid in sorted(doc.products):
+        _, _, bw, bh = doc.products[pid].bbox
+        for placement in cover_cfg.placements("northwind"):
+            for theme in doc.prompts:
+                served = service.serve("northwind", pid, placement, theme, fmt="png")
+                assert served.hit, (pid, placement, theme)
+            entry = doc.entries[f"{pid}|{served.bucket_id}|{theme}"]
+            canvas = Image.open(io.BytesIO(store.get_bytes(entry.image_key))).convert("RGB")
+            got = np.asarray(Image.open(io.BytesIO(served.body)).convert("RGB"))
+            placed = place_product(bw, bh, placement)
+            assert np.array_equal(got, np.asarray(crop_placement(canvas_pyramid(canvas), entry.layout, placed)))
+    assert res["miss_queue"].pending() == []
+    gen = read_manifest(store, GenerationManifest, "generated_backgrounds", "northwind", "footwear")
+    assert gen.generated == len(plan.items)
+    # a miss queues the cover canvas it needs; the miss run plans a canvas for that theme only
+    from bggen_assets.core.geometry import Placement
+
+    pid, unplanned = sorted(doc.products)[0], Placement(333, 222, 0.5, 0.1, 0.9)
+    first = service.serve("northwind", pid, unplanned, "beach-sunset")
+    assert not first.hit and first.bucket_id.startswith("c-")
+    assert [m.bucket_id for m in res["miss_queue"].pending()] == [first.bucket_id]
+    run_partition(res, "northwind", "footwear", selection=["bucket_plans", "generated_backgrounds", "serving_index"])
+    second = service.serve("northwind", pid, unplanned, "beach-sunset")
+    assert second.hit and res["miss_queue"].pending() == []
+    replanned = read_manifest(store, PlanManifest, "bucket_plans", "northwind", "footwear")
+    from_miss = [i for i in replanned.items if i.source == "miss"]
+    assert from_miss and all(i.prompt_id == "beach-sunset" and i.product_id == pid for i in from_miss)
+    assert {i.key for i in plan.items} <= {i.key for i in replanned.items}  # stable: nothing replaced
+
+
+def test_the_generator_receives_full_batches_except_at_most_one_per_shape(footwear_run):
+    from bggen_assets import steps
+    from bggen_assets.core.diffusion import generation_shape
+    from bggen_assets.core.manifests import GenerationManifest
+    from bggen_assets.core.template_bg import TemplateGenerator
+    from resources.generator import GeneratorResource
+
+    _, _, res = footwear_run
+    store = res["store"]
+    plans = read_manifest(store, PlanManifest, "bucket_plans", "northwind", "footwear")
+    masks = read_manifest(store, MaskManifest, "product_masks", "northwind", "footwear")
+    first = read_manifest(store, GenerationManifest, "generated_backgrounds", "northwind", "footwear")
+    assert first.batches > 0 and 0 < first.batch_fill <= 1
+
+    class RecordingTemplate(TemplateGenerator):  # the real template generator, under its own identity
+        calls: list = []
+
+        def identity(self) -> str:
+            return "template-recording"  # new image keys: every planned canvas is generated again
+
+        def generation_shape(self, w: int, h: int) -> tuple[int, int]:
+            return generation_shape(w, h, 256 * 256, 2.0, 64)
+
+        def generate(self, jobs):
+            self.calls.append([self.generation_shape(j.canvas_rgb.shape[1], j.canvas_rgb.shape[0]) for j in jobs])
+            return super().generate(jobs)
+
+    class RecordingResource(GeneratorResource):
+        def get(self):
+            return generator
+
+    generator = RecordingTemplate()
+    resource = RecordingResource(batch_size=4)
+    manifest = steps.generate_step(plans, masks, res["masker"], resource, store, res["metadata_db"])
+    calls = generator.calls
+    assert sum(map(len, calls)) == manifest.generated == len(plans.items)
+    assert all(len(set(shapes)) == 1 for shapes in calls)  # one shape per call
+    by_shape: dict = {}
+    for shapes in calls:
+        by_shape.setdefault(shapes[0], []).append(len(shapes))
+    assert len(by_shape) > 1
+    for shape, sizes in by_shape.items():
+        assert sum(n < 4 for n in sizes) <= 1, (shape, sizes)
+        assert all(1 <= n <= 4 for n in sizes)
+    assert manifest.batches == len(calls)
+    assert manifest.batch_fill == pytest.approx(manifest.generated / (4 * len(calls)))
+    assert len(calls) <= len(plans.items) // 4 + len(by_shape)

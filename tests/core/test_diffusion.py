@@ -18,7 +18,10 @@ from bggen_assets.core.diffusion import (
     DiffusionGenerator,
     ModelNotFoundError,
     WrongModelTypeError,
+    generation_shape,
+    generation_shapes,
     generation_size,
+    shape_aspect_tolerance,
 )
 from bggen_assets.core.diffusion_models import load_pipeline
 from bggen_assets.core.generation import GenerationJob
@@ -138,6 +141,69 @@ def test_inpaint_mode_runs_and_is_deterministic(tiny):
     assert g.identity() != DiffusionGenerator(_cfg(tiny)).identity()
 
 
+def build_tiny_lora(tiny, out_dir, seed=0):
+    """A LoRA for the tiny pipeline's UNet, made here with peft and saved the way diffusers saves
+    LoRAs (pytorch_lora_weights.safetensors): random, non-zero up-projections, so it changes images."""
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel.from_pretrained(tiny["base_model"] / "unet", local_files_only=True)
+    unet.add_adapter(LoraConfig(r=2, lora_alpha=2, init_lora_weights="gaussian",
+                                target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+    with torch.no_grad():
+        for name, p in unet.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.5)
+    state = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    StableDiffusionPipeline.save_lora_weights(out_dir, unet_lora_layers=state, safe_serialization=True)
+    return out_dir / "pytorch_lora_weights.safetensors"
+
+
+def test_a_few_step_lora_is_loaded_fused_and_named(tiny, tmp_path):
+    lora = build_tiny_lora(tiny, tmp_path / "lora")
+    plain_cfg = _cfg(tiny, scheduler="lcm", steps=4, guidance_scale=1.0)
+    fewstep = DiffusionGenerator(_cfg(tiny, scheduler="lcm", steps=4, guidance_scale=1.0, lora=str(lora)))
+    plain = DiffusionGenerator(plain_cfg)
+    jobs = [job(seed=5), job(96, 64, seed=6, prompt="forest")]
+    a, again = fewstep.generate(jobs), [fewstep.generate([j])[0] for j in jobs]
+    assert all(maxdiff(x, y) <= 1 for x, y in zip(a, again))  # deterministic, batch-independent
+    assert all(maxdiff(x, y) > 10 for x, y in zip(a, plain.generate(jobs)))  # the LoRA changes images
+    loaded = fewstep.load()
+    assert type(loaded.pipeline.scheduler).__name__ == "LCMScheduler"
+    assert loaded.lora and any(s.startswith("lora-fused") for s in loaded.speedups)
+    assert not getattr(loaded.pipeline.unet, "peft_config", None)  # fused, no adapter layers left
+    assert not any("lora" in n for n, _ in loaded.pipeline.unet.named_parameters())
+    # the LoRA (its content), its scale and the directory form are all the generator's identity
+    assert fewstep.identity() != plain.identity()
+    assert fewstep.identity() != DiffusionGenerator(_cfg(tiny, scheduler="lcm", steps=4, guidance_scale=1.0,
+                                                         lora=str(lora), lora_scale=0.5)).identity()
+    by_dir = DiffusionGenerator(_cfg(tiny, scheduler="lcm", steps=4, guidance_scale=1.0, lora=str(lora.parent)))
+    assert maxdiff(by_dir.generate(jobs[:1])[0], a[0]) <= 1
+    other = build_tiny_lora(tiny, tmp_path / "other", seed=1)
+    assert DiffusionGenerator(_cfg(tiny, scheduler="lcm", steps=4, guidance_scale=1.0,
+                                   lora=str(other))).identity() != fewstep.identity()
+    with pytest.raises(ModelNotFoundError, match="lora='/no/such/lora.safetensors'"):
+        DiffusionGenerator(_cfg(tiny, lora="/no/such/lora.safetensors")).load()
+
+
+def test_inpaint_mode_runs_with_an_inpainting_controlnet(tiny):
+    # the tiny ControlNet stands in for control_v11p_sd15_inpaint: same architecture, other input
+    cfg = _cfg(tiny, use_inpaint=True, inpaint_controlnet_model=str(tiny["controlnet_model"]), batch_size=2)
+    g = DiffusionGenerator(cfg)
+    jobs = [job(seed=3), job(96, 64, seed=4, prompt="forest")]
+    a = g.generate(jobs)
+    assert all(maxdiff(x, y) <= 1 for x, y in zip(a, [g.generate([j])[0] for j in jobs]))
+    assert g.load().controlnet.field == "inpaint_controlnet_model"
+    canny_inpaint = DiffusionGenerator(_cfg(tiny, use_inpaint=True, batch_size=2))
+    assert g.identity() != canny_inpaint.identity()
+    assert max(maxdiff(x, y) for x, y in zip(a, canny_inpaint.generate(jobs))) > 0  # another control image
+    with pytest.raises(ModelNotFoundError, match="inpaint_controlnet_model='/no/such/cn'"):
+        DiffusionGenerator(_cfg(tiny, use_inpaint=True, inpaint_controlnet_model="/no/such/cn")).load()
+
+
 def test_identity_names_models_and_output_settings(tiny, tmp_path):
     ident = DiffusionGenerator(_cfg(tiny)).identity()
     assert ident.startswith("diffusion-v1-")
@@ -177,6 +243,34 @@ def test_generation_size_rule():
         assert generation_size(w, h, 512 * 512, 2.0) == ((720, 360) if w > h else (360, 720))
     assert generation_size(512, 512) == (512, 512)
     assert generation_size(728, 90, max_aspect=3.0)[0] / generation_size(728, 90, max_aspect=3.0)[1] > 2.5
+
+
+def test_generation_shapes_are_few_multiples_of_64_within_the_budget():
+    for budget, cap in ((512 * 512, 2.0), (786_432, 2.0), (1024 * 1024, 3.0)):
+        shapes = generation_shapes(budget, cap, 64)
+        assert 3 <= len(shapes) <= 16, shapes
+        assert len(set(shapes)) == len(shapes) and {(h, w) for w, h in shapes} == set(shapes)  # tall = wide
+        for w, h in shapes:
+            assert w % 64 == 0 and h % 64 == 0
+            assert 0.75 * budget <= w * h <= budget and max(w / h, h / w) <= cap + 1e-9
+        tolerance = shape_aspect_tolerance(budget, cap, 64)
+        assert 1.0 < tolerance <= 1.15
+        for w, h in [(512, 512), (1200, 628), (300, 250), (728, 90), (90, 728), (970, 250), (160, 600), (1, 1)]:
+            gw, gh = generation_shape(w, h, budget, cap, 64)
+            assert (gw, gh) in shapes
+            a = min(max(w / h, 1 / cap), cap)  # the capped aspect, stretched by at most the tolerance
+            assert max(gw / gh / a, a / (gw / gh)) <= tolerance + 1e-9, (w, h, gw, gh)
+    assert generation_shapes(512 * 512, 2.0, 64) == ((320, 640), (384, 640), (448, 576), (512, 512), (576, 448),
+                                                      (640, 384), (640, 320))
+
+
+def test_the_generator_groups_by_shape_and_names_its_shape_rule(tiny):
+    snapped, free = _cfg(tiny, pixel_budget=128 * 128), _cfg(tiny, pixel_budget=128 * 128, shape_multiple=8)
+    assert DiffusionGenerator(snapped).generation_shape(300, 250) == generation_shape(300, 250, 128 * 128, 2.0, 64)
+    assert DiffusionGenerator(free).generation_shape(300, 250) == generation_size(300, 250, 128 * 128, 2.0)
+    assert DiffusionGenerator(snapped).identity() != DiffusionGenerator(free).identity()
+    with pytest.raises(DiffusionConfigError, match="shape_multiple"):
+        DiffusionConfig(shape_multiple=60)
 
 
 def test_missing_model_dir_is_named(tiny, tmp_path):

@@ -8,7 +8,9 @@ from pydantic import ValidationError
 from bggen_assets.core import serving_index
 from bggen_assets.core.feeds import Prompt
 from bggen_assets.core.geometry import CanvasLayout
+from bggen_assets.core.covers import CoverBounds
 from bggen_assets.core.manifests import (
+    CanvasBounds,
     CatalogManifest,
     CatalogProduct,
     FidelityFailure,
@@ -32,6 +34,8 @@ from bggen_assets.core.manifests import (
 from bggen_assets.core.store import ObjectNotFound, ObjectStore
 
 BUCKET = "r1.2-t1-r7-b1-l7"
+COVER_CANVAS = "c-t125-r3400-b125-l3400"
+BOUNDS = CanvasBounds(area=1.7658, stretch=1.21, max_aspect=2.0)
 
 
 def catalog() -> CatalogManifest:
@@ -63,9 +67,16 @@ def plan() -> PlanManifest:
         requests=2, miss_keys=["k1"], planned_at=1700000000.5)
 
 
+def cover_plan() -> PlanManifest:
+    cover_item = PlanItem(product_id="NO-1", bucket_id=COVER_CANVAS, prompt_id="beach-sunset", canvas=(600, 200),
+                          product_box=(260, 10, 80, 180), source="placement")
+    return plan().model_copy(update={"bucketing": "cover", "bounds": BOUNDS, "items": (*plan().items, cover_item)})
+
+
 def generation() -> GenerationManifest:
     key = item_key("NO-1", BUCKET, "beach-sunset")
     return GenerationManifest(generator_id="template-v3", images={key: "canvases/ab/abc.png"}, generated=1, reused=0,
+
                               gates=GateStats(gated=1, retried=1,
                                               failed=[GateFailure(item=key, reasons=["object expansion 0.2"])]))
 
@@ -81,7 +92,8 @@ def index_document() -> IndexDocument:
         version=3, published_at=1700000001.0)
 
 
-DOCUMENTS = [catalog(), masks(), plan(), generation(), index_document(),
+DOCUMENTS = [catalog(), masks(), plan(), cover_plan(), generation(),
+             generation().model_copy(update={"batches": 3, "batch_fill": 0.75}), index_document(),
              IndexPointer(version=3, key="index/northwind/footwear/v000003-abc.json", entries=1),
              IndexPublication(version=3, key="index/northwind/footwear/v000003-abc.json", entries=1, misses_served=2)]
 
@@ -144,28 +156,67 @@ def test_an_index_document_of_format_1_is_read_and_upgraded():
     assert doc == index_document()
     assert doc.entry("NO-1", BUCKET, "beach-sunset").canvas == (512, 256)
     written = json.loads(doc.to_json())
-    assert written["schema_version"] == IndexDocument.SCHEMA_VERSION == 2 and "format" not in written
+    assert written["schema_version"] == IndexDocument.SCHEMA_VERSION == 3 and "format" not in written
+    assert doc.bucketing == "grid" and doc.bounds is None  # the grid, looked up by its own bucket only
 
 
-@pytest.mark.parametrize("version", [3, 99, 0, "2"])
+def cover_index() -> IndexDocument:
+    entry = IndexEntry(image_key="canvases/cd/cde.png", canvas=(600, 200), product_box=(260, 10, 80, 180))
+    doc = index_document()
+    return doc.model_copy(update={"bucketing": "cover", "bounds": BOUNDS,
+                                  "entries": {**doc.entries, item_key("NO-1", COVER_CANVAS, "beach-sunset"): entry}})
+
+
+def test_an_index_document_of_version_2_is_read_as_a_grid_index_without_bounds():
+    v2 = {**index_document().to_dict(), "schema_version": 2}
+    del v2["bucketing"], v2["bounds"]
+    doc = IndexDocument.from_json(json.dumps(v2))
+    assert doc == index_document() and doc.bucketing == "grid" and doc.bounds is None
+    assert json.loads(doc.to_json())["schema_version"] == 3
+
+
+def test_a_version_3_index_carries_its_bucketing_and_bounds():
+    doc = cover_index()
+    raw = json.loads(doc.to_json())
+    assert raw["bucketing"] == "cover" and raw["bounds"] == {"area": 1.7658, "stretch": 1.21, "max_aspect": 2.0}
+    back = IndexDocument.from_json(doc.to_json())
+    assert back.bounds.cover_bounds() == CoverBounds(1.7658, 1.21, 2.0)
+    with pytest.raises(ValidationError, match="bucketing"):
+        IndexDocument.from_dict({**raw, "bucketing": "hexagons"})
+
+
+def test_a_plan_of_version_1_is_read_as_a_grid_plan():
+    v1 = {**cover_plan().to_dict(), "schema_version": 1}
+    del v1["bucketing"], v1["bounds"]
+    back = PlanManifest.from_dict(v1)
+    assert back.bucketing == "grid" and back.bounds is None and back.items == cover_plan().items
+    assert PlanManifest.from_json(cover_plan().to_json()).bounds == BOUNDS
+
+
+def test_bounds_below_one_are_refused_when_used():
+    with pytest.raises(ValueError, match="cover bounds must all be >= 1"):
+        CanvasBounds(area=0.9, stretch=1.0, max_aspect=2.0).cover_bounds()
+
+
+@pytest.mark.parametrize("version", [4, 99, 0, "2"])
 def test_an_index_document_of_an_unknown_version_is_refused_naming_the_versions(version):
     raw = {**index_document().to_dict(), "schema_version": version}
     with pytest.raises(UnsupportedSchemaVersion) as err:
         IndexDocument.from_json(json.dumps(raw))
-    assert str(err.value) == f"IndexDocument of schema version {version!r}: this code reads versions 1..2"
+    assert str(err.value) == f"IndexDocument of schema version {version!r}: this code reads versions 1..3"
 
 
 def test_an_index_document_naming_no_version_is_refused():
     raw = {k: v for k, v in FORMAT_1_INDEX.items() if k != "format"}
-    with pytest.raises(UnsupportedSchemaVersion, match="names no schema_version; this code reads versions 1..2"):
+    with pytest.raises(UnsupportedSchemaVersion, match="names no schema_version; this code reads versions 1..3"):
         IndexDocument.from_dict(raw)
-    with pytest.raises(UnsupportedSchemaVersion, match="schema version 7: this code reads versions 1..2"):
+    with pytest.raises(UnsupportedSchemaVersion, match="schema version 7: this code reads versions 1..3"):
         IndexDocument.from_dict({**raw, "format": 7})
 
 
 def test_a_newer_manifest_is_refused():
-    with pytest.raises(UnsupportedSchemaVersion, match=r"^PlanManifest of schema version 2: this code reads versions 1..1$"):
-        PlanManifest.from_dict({**plan().to_dict(), "schema_version": 2})
+    with pytest.raises(UnsupportedSchemaVersion, match=r"^PlanManifest of schema version 3: this code reads versions 1..2$"):
+        PlanManifest.from_dict({**plan().to_dict(), "schema_version": 3})
 
 
 def test_not_json_or_not_an_object_is_a_clear_error():

@@ -23,6 +23,7 @@ from bggen_assets.core import serving_index
 from bggen_assets.core.keys import source_key
 
 MERCHANT, CATEGORY = "northwind", "footwear"
+COMPOSITE = "http://cv.iptc.org/newscodes/digitalsourcetype/composite"
 _GOLDEN: dict = {}
 
 
@@ -226,6 +227,25 @@ def test_hit_serves_the_bucket_crop_with_headers(live, world):
     assert live.client.get("/creative", params=params(world), headers={"Accept": "image/*"}).headers["content-type"] == "image/jpeg"
 
 
+def test_a_request_covered_by_a_neighbour_canvas_is_a_hit_in_the_api(live, world):
+    from bggen_assets.core.serving_index import CanvasLookup
+    from test_serving import neighbour_covered
+
+    doc, pid = world["doc"], product(world)
+    placement = neighbour_covered(doc, pid, doc.prompts)  # its own grid bucket was not generated
+    q = params(world, width=placement.width, height=placement.height, fill=f"{placement.fill:g}", user_id="carol")
+    r = live.client.get("/creative", params=q)
+    assert r.status_code == 200, r.text
+    assert r.headers["x-cache"] == "hit"
+    found = CanvasLookup(doc).find(pid, r.headers["x-theme"], placement)
+    assert r.headers["x-bucket"] == found.canvas_id
+    assert Image.open(io.BytesIO(r.content)).size == (placement.width, placement.height)
+    live.state.flush()
+    from resources.miss_queue import DbMissQueue
+
+    assert DbMissQueue(metadata_db=world["metadata_db"]).pending() == []
+
+
 def test_miss_answers_fallback_at_once_and_queues_once(live, world):
     pid = product(world)
     w, h = find_miss_size(world["doc"], pid)
@@ -386,6 +406,12 @@ def test_ab_variants_are_deterministic_with_configured_shares(world):
             seen[f"user-{i}"] = r.headers["x-variant"]
             if r.headers["x-variant"] in ("control", "positioned"):
                 assert r.headers["x-theme"] == "none"
+            # what the creative is, in its XMP: the product photo says nothing; the rest are
+            # composites (the template's backgrounds are not a trained model's)
+            from test_serving import digital_source_type
+
+            expected = None if r.headers["x-variant"] == "control" else COMPOSITE
+            assert digital_source_type(r.content) == expected, r.headers["x-variant"]
         assert set(seen.values()) == {"control", "positioned", "random", "bandit"}
         for uid in list(seen)[:10]:  # sticky
             assert c.get("/creative", params=params(world, user_id=uid)).headers["x-variant"] == seen[uid]
