@@ -14,6 +14,10 @@ Tables (defined on ``resources.metadata_db.metadata``, so ``create_all`` makes t
 * ``impressions``: one row per served creative (variant, theme, policy, bucket, hit, placement,
   hashed user id, context features as JSON); written in batches.
 * ``clicks``: one row per clicked impression (the first click counts; repeats are ignored).
+
+Events posted by an ad server (``POST /events``) or imported (the ``ad_events`` asset) go through
+:meth:`BanditStore.insert_new_impressions` / :meth:`BanditStore.record_click`: both report which
+rows were new, so a batch sent twice teaches the bandit once.
 """
 
 
@@ -71,6 +75,10 @@ impressions = sa.Table(
     sa.Column("height", sa.Integer, nullable=False),
     sa.Column("user_hash", sa.String(16), nullable=False, default=""),
     sa.Column("context", sa.Text, nullable=False, default="{}"),
+    # migration 0004: the logging policy's probability of this theme (NULL: unknown), and where
+    # the row came from: served (this API) | posted (POST /events) | imported (ad_events asset)
+    sa.Column("propensity", sa.Double, nullable=True),
+    sa.Column("source", sa.String(16), nullable=False, default="served", server_default="served"),
     sa.Index("ix_impressions_merchant_variant", "merchant", "variant"),
 )
 
@@ -199,6 +207,54 @@ class BanditStore(ConfigurableResource):
             return
         with self.engine.begin() as conn:
             conn.execute(impressions.insert(), rows)
+
+    def insert_new_impressions(self, rows: list[dict]) -> list[bool]:
+        """Insert each row unless its ``impression_id`` is stored; per row, True if it was new
+        (one transaction; a replica inserting the same id concurrently is ignored, not duplicated)."""
+        if not rows:
+            return []
+        out = []
+        with self.engine.begin() as conn:
+            name = conn.dialect.name
+            ids = [r["impression_id"] for r in rows]
+            have = set()
+            for i in range(0, len(ids), 500):
+                have |= set(conn.execute(sa.select(impressions.c.impression_id)
+                                         .where(impressions.c.impression_id.in_(ids[i:i + 500]))).scalars())
+            for row in rows:
+                if row["impression_id"] in have:
+                    out.append(False)
+                    continue
+                if name == "sqlite":
+                    stmt = sqlite.insert(impressions).values(**row).on_conflict_do_nothing()
+                else:
+                    stmt = mysql.insert(impressions).values(**row).prefix_with("IGNORE")
+                new = conn.execute(stmt, execution_options={"preserve_rowcount": True}).rowcount == 1
+                have.add(row["impression_id"])
+                out.append(new)
+        return out
+
+    def get_impressions(self, impression_ids: list[str]) -> dict[str, dict]:
+        """The stored impressions of these ids (those not stored are left out)."""
+        out: dict[str, dict] = {}
+        with self.engine.connect() as conn:
+            for i in range(0, len(impression_ids), 500):
+                q = sa.select(impressions).where(impressions.c.impression_id.in_(impression_ids[i:i + 500]))
+                out.update({r.impression_id: dict(r._mapping) for r in conn.execute(q)})
+        return out
+
+    def logged_impressions(self, since: Optional[float] = None, until: Optional[float] = None) -> list[dict]:
+        """Themed hits with their click flag, for off-policy evaluation and rebuilding state."""
+        i = impressions.c
+        q = (sa.select(impressions, clicks.c.impression_id.isnot(None).label("clicked"))
+             .select_from(impressions.outerjoin(clicks, clicks.c.impression_id == i.impression_id))
+             .order_by(i.ts, i.impression_id))
+        if since is not None:
+            q = q.where(i.ts >= since)
+        if until is not None:
+            q = q.where(i.ts < until)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(q)]
 
     def get_impression(self, impression_id: str) -> Optional[dict]:
         with self.engine.connect() as conn:

@@ -203,6 +203,7 @@ class MetadataDB(ConfigurableResource):
     retry_seconds: float = 60.0  # how long transient errors (restart, failover, deadlock) are retried
     claim_lease_s: float = 900.0  # a claimed miss not marked done within this returns to the queue
     connect_timeout: int = 10
+    sqlite_busy_timeout_s: float = 30.0  # how long a SQLite write waits for another writer's lock
 
     _engine = PrivateAttr(default=None)
 
@@ -214,7 +215,7 @@ class MetadataDB(ConfigurableResource):
             if url.get_backend_name() == "sqlite":
                 if url.database and url.database != ":memory:":
                     Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-                kwargs["connect_args"] = {"timeout": 30}
+                kwargs["connect_args"] = {"timeout": self.sqlite_busy_timeout_s}
             else:
                 # LIFO: the warm connection is reused and idle extras age out; pre-ping replaces
                 # connections the server dropped (restart, wait_timeout) before they are handed out

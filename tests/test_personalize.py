@@ -283,8 +283,9 @@ def test_linucb_regret_below_random_and_ucb1():
     assert lin < 0.35 * rnd and lin < 0.35 * ucb  # benchmarks/bandit.py prints 0.225 and 0.225
 
 
-def test_choose_follows_the_variant_and_the_policy():
-    cfg = ServingConfig(alpha=0.0, seed=0)  # alpha 0: the bandit shows its best estimate
+@pytest.mark.parametrize("epsilon", [0.0, 0.1])
+def test_choose_follows_the_variant_and_the_policy(epsilon):
+    cfg = ServingConfig(alpha=0.0, seed=0, epsilon=epsilon)  # alpha 0: the bandit shows its best estimate
     p = Personalizer(cfg, None)
     for variant in ("control", "positioned"):
         assert p.choose(variant, M, C, ARMS, PRODUCTS, {}) == Choice(variant, None, "none")
@@ -294,6 +295,7 @@ def test_choose_follows_the_variant_and_the_policy():
     counts = {a: sum(c.theme == a for c in picks) for a in ARMS}
     sd = (n * (1 / 3) * (2 / 3)) ** 0.5
     assert all(abs(k - n / 3) < 5 * sd for k in counts.values()), counts
+    assert {c.propensity for c in picks} == {1 / 3}
     # teach the bandit that beach-sunset gets clicked on mobile, urban-concrete on desktop
     for device, theme in (("mobile", "beach-sunset"), ("desktop", "urban-concrete")):
         f = build_features(device=device, width=300, height=250)
@@ -307,8 +309,16 @@ def test_choose_follows_the_variant_and_the_policy():
                                    features=f, arms=ARMS, products=PRODUCTS)
     for device, theme in (("mobile", "beach-sunset"), ("desktop", "urban-concrete")):
         f = build_features(device=device, width=300, height=250)
-        got = {p.choose("bandit", M, C, ARMS, PRODUCTS, f).theme for _ in range(200)}
-        assert got == {theme}, (device, got)
+        picks = [p.choose("bandit", M, C, ARMS, PRODUCTS, f) for _ in range(2000)]
+        best = 1 - epsilon + epsilon / 3
+        if epsilon == 0:
+            assert {c.theme for c in picks} == {theme}, device
+        else:  # ε-mixing: every theme shown, the best one (1 - ε + ε/K) of the time
+            share = sum(c.theme == theme for c in picks) / len(picks)
+            assert abs(share - best) < 5 * (best * (1 - best) / len(picks)) ** 0.5, (device, share)
+            assert {c.theme for c in picks} == set(ARMS)
+        # the logged propensity is the probability of the theme shown
+        assert all(c.propensity == pytest.approx(best if c.theme == theme else epsilon / 3) for c in picks)
 
 
 def test_variants_constant():

@@ -78,7 +78,7 @@ def create_app(store, miss_queue, bandit_store=None, creative_config=None, servi
         finally:
             if flusher:
                 flusher.stop()
-            state.flush()
+            state.close()
 
     app = FastAPI(title="bggen serving API", version="1.0",
                   description="Ad creatives with generated backgrounds; LinUCB theme personalisation; A/B logging.",

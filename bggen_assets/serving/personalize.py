@@ -28,6 +28,8 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
+from ..core.events import DEFAULT_ATTRIBUTION_WINDOW_S
+from ..core.exploration import check_epsilon, policy_probabilities, sample_arm
 from ..core.bandit import (
     ASPECT_CLASSES,
     DEFAULT_COLOURS,
@@ -81,6 +83,16 @@ class ServingConfig:
     learn_from_random: bool = True
     flush_interval_s: float = 1.0
     seed: Optional[int] = None
+    #: ε-mixing of the bandit variant's policy: with probability ε a uniformly random theme, so
+    #: every theme keeps a propensity >= ε/K and the logs support off-policy evaluation
+    #: (docs/bandit.md); 0 is the greedy policy
+    epsilon: float = 0.05
+    #: a click counts for its impression only within this many seconds of it
+    attribution_window_s: float = DEFAULT_ATTRIBUTION_WINDOW_S
+    #: where buffered clicks are spilled when the buffer is full or the process stops while the
+    #: DB is unreachable (JSON lines; read back at start); None: kept in memory only
+    click_journal: Optional[str] = None
+    max_buffered_clicks: int = 100_000
 
     def __post_init__(self) -> None:
         unknown = set(self.variant_shares) - set(VARIANTS)
@@ -100,6 +112,12 @@ class ServingConfig:
             raise ServingConfigError(f"alpha must be finite and >= 0, got {self.alpha!r}")
         if not (math.isfinite(float(self.ridge)) and self.ridge > 0):
             raise ServingConfigError(f"ridge must be finite and > 0, got {self.ridge!r}")
+        try:
+            self.epsilon = check_epsilon(self.epsilon)
+        except ValueError as exc:
+            raise ServingConfigError(str(exc)) from None
+        if not (isinstance(self.attribution_window_s, (int, float)) and self.attribution_window_s > 0):
+            raise ServingConfigError(f"attribution_window_s must be > 0, got {self.attribution_window_s!r}")
         if not self.flush_interval_s > 0:
             raise ServingConfigError(f"flush_interval_s must be > 0, got {self.flush_interval_s!r}")
         cum, acc = [], 0.0
@@ -235,6 +253,8 @@ class Choice:
     theme: Optional[str]          # None for control / positioned
     policy: str                   # linucb | ucb1 | random | none
     x: Optional[np.ndarray] = None
+    #: the probability with which ``theme`` was chosen (None for control / positioned)
+    propensity: Optional[float] = None
 
 
 class Personalizer:
@@ -306,9 +326,11 @@ class Personalizer:
         kind = "random" if variant == "random" else self.config.policy_for(merchant)
         slot = self.slot(merchant, category, kind, arms, products)
         x = slot.schema.encode(features)
+        eps = 1.0 if kind == "random" else self.config.epsilon
         with slot.lock:
-            theme = slot.policy.select(x, self._rng)
-        return Choice(variant, theme, kind, x)
+            probs = policy_probabilities(slot.policy, x, eps)
+            k = sample_arm(probs, self._rng)
+        return Choice(variant, slot.arms[k], kind, x, float(probs[k]))
 
     def _learning_slots(self, variant: str, merchant: str, category: str, kind: str, arms, products) -> list[_Slot]:
         slots = [self.slot(merchant, category, kind, arms, products)]

@@ -6,10 +6,13 @@ batches by :class:`Flusher`, which also publishes the bandit deltas and loads th
 """
 from __future__ import annotations
 
+import json
 import logging
+import os
 import threading
 import time
 from collections import OrderedDict
+from pathlib import Path
 from typing import Optional
 
 from fastapi import Request
@@ -22,6 +25,7 @@ from ..core.geometry import Placement, bucket_for, place_product
 from ..core.keys import source_key
 from ..core.manifests import IndexDocument
 from .creative import CreativeService, LRUBytes
+from .ingest import EventIngest
 from .personalize import Personalizer
 
 log = logging.getLogger("bggen.serving")
@@ -136,6 +140,107 @@ class ImpressionLog:
         return len(self._pending)
 
 
+class ClickLog:
+    """Clicks the DB could not take yet: bounded in memory, applied on the next flush, spilled to
+    a local journal (JSON lines) when the buffer is full or the process stops, read back at start.
+
+    A click is ``{"impression_id", "ts"}``. A flush takes the journal by renaming it to
+    ``<journal>.inflight`` (new spills start a fresh journal meanwhile) and deletes that file only
+    once every click in it was applied; what failed is spilled again. Applying a click twice is
+    harmless (only an impression's first click counts), so a crash mid-flush loses nothing and
+    counts nothing twice."""
+
+    def __init__(self, journal_path: Optional[str] = None, max_pending: int = 100_000):
+        self.journal_path = Path(journal_path) if journal_path else None
+        self.max_pending = max_pending
+        self._pending: list[dict] = []
+        self._lock = threading.Lock()
+        self.applied = 0
+        self.rejected = 0
+        self.spilled = 0
+        self.errors = 0
+        inflight = self._inflight()
+        if inflight is not None and inflight.exists():  # the last process stopped mid-flush
+            self._spill(self._read(inflight))
+            inflight.unlink()
+
+    def _inflight(self) -> Optional[Path]:
+        return None if self.journal_path is None else self.journal_path.with_name(self.journal_path.name + ".inflight")
+
+    @staticmethod
+    def _read(path: Path) -> list[dict]:
+        out = []
+        for line in path.read_text().splitlines():
+            try:
+                c = json.loads(line)
+                out.append({"impression_id": str(c["impression_id"]), "ts": float(c["ts"])})
+            except (ValueError, KeyError, TypeError):
+                log.warning("unreadable line in click journal %s: %r", path, line[:200])
+        return out
+
+    def _spill(self, clicks: list[dict]) -> None:
+        if not clicks:
+            return
+        if self.journal_path is None:
+            raise RuntimeError("click buffer full and no click_journal configured")
+        self.journal_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.journal_path, "a") as f:
+            for c in clicks:
+                f.write(json.dumps(c, separators=(",", ":")) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.spilled += len(clicks)
+
+    def add(self, impression_id: str, ts: float) -> None:
+        with self._lock:
+            self._pending.append({"impression_id": impression_id, "ts": ts})
+            if len(self._pending) > self.max_pending:  # keep the newest in memory, the rest on disk
+                n = len(self._pending) - self.max_pending // 2
+                self._spill(self._pending[:n])
+                del self._pending[:n]
+
+    def take_all(self) -> list[dict]:
+        """Every click waiting, the journal's first; call :meth:`done` or :meth:`failed` after."""
+        with self._lock:
+            batch, self._pending = self._pending, []
+            if self.journal_path is not None and self.journal_path.exists():
+                inflight = self._inflight()
+                self.journal_path.rename(inflight)
+                batch = self._read(inflight) + batch
+        return batch
+
+    def done(self) -> None:
+        inflight = self._inflight()
+        with self._lock:
+            if inflight is not None and inflight.exists():
+                inflight.unlink()
+
+    def failed(self, rest: list[dict]) -> None:
+        """Clicks of a flush that could not be applied: back to the journal (or memory without one)."""
+        with self._lock:
+            if self.journal_path is None:
+                self._pending[:0] = rest
+                return
+            self._spill(rest)
+            inflight = self._inflight()
+            if inflight.exists():
+                inflight.unlink()
+
+    def spill_all(self) -> int:
+        """At shutdown: whatever is still in memory goes to the journal."""
+        with self._lock:
+            batch, self._pending = self._pending, []
+            self._spill(batch)
+        return len(batch)
+
+    def __len__(self) -> int:
+        n = len(self._pending)
+        if self.journal_path is not None and self.journal_path.exists():
+            with open(self.journal_path) as f:
+                n += sum(1 for _ in f)
+        return n
+
+
 class Flusher(threading.Thread):
     """Every `interval_s`: impressions, misses, bandit deltas to the DB (each failure isolated)."""
 
@@ -158,11 +263,15 @@ class ServingState:
     """Everything a request needs; shared by the routers of one app (``app.state.serving``)."""
 
     def __init__(self, service: CreativeService, personalizer: Personalizer, misses: BufferedMissQueue,
-                 impressions: ImpressionLog, creative_config=None, response_cache_bytes: int = 0):
+                 impressions: ImpressionLog, creative_config=None, response_cache_bytes: int = 0,
+                 clicks: Optional[ClickLog] = None):
         self.service = service
         self.personalizer = personalizer
         self.misses = misses
         self.impressions = impressions
+        cfg = personalizer.config
+        self.clicks = clicks if clicks is not None else ClickLog(cfg.click_journal, cfg.max_buffered_clicks)
+        self.ingest = EventIngest(service, personalizer, impressions.bandit_store, impressions)
         self.creative_config = creative_config
         self.responses = LRUBytes(response_cache_bytes) if response_cache_bytes else None
         self.started = time.time()
@@ -171,12 +280,38 @@ class ServingState:
 
     def flush(self) -> None:
         with self._flush_lock:
-            for name, fn in (("impressions", self.impressions.flush), ("misses", self.misses.flush),
-                             ("bandit", self.personalizer.flush)):
+            for name, fn in (("impressions", self.impressions.flush), ("clicks", self.flush_clicks),
+                             ("misses", self.misses.flush), ("bandit", self.personalizer.flush)):
                 try:
                     fn()
                 except Exception as exc:  # logged; the data stays buffered for the next round
                     log.warning("flush of %s failed: %s", name, exc)
+
+    def flush_clicks(self) -> int:
+        """Apply the buffered clicks (in order); on a DB error the rest go back to the buffer."""
+        if self.impressions.bandit_store is None or not len(self.clicks):
+            return 0
+        batch = self.clicks.take_all()
+        for n, c in enumerate(batch):
+            try:
+                out = self.ingest.apply_click(c["impression_id"], c["ts"])
+            except Exception:
+                self.clicks.errors += 1
+                self.clicks.failed(batch[n:])
+                raise
+            if out.status == "rejected":
+                self.clicks.rejected += 1
+                log.warning("buffered click on %s dropped: %s", c["impression_id"], out.reason)
+            else:
+                self.clicks.applied += 1
+        self.clicks.done()
+        return len(batch)
+
+    def close(self) -> None:
+        """At shutdown: a last flush; clicks the DB still cannot take go to the journal."""
+        self.flush()
+        if self.clicks.journal_path is not None:
+            self.clicks.spill_all()
 
     # -- rendering -------------------------------------------------------------------------------
     def _encode_cached(self, key: Optional[tuple], render, fmt: str) -> bytes:

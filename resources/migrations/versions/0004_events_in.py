@@ -1,0 +1,32 @@
+"""impressions.propensity and impressions.source: events from an ad server, off-policy evaluation
+
+Revision ID: 0004
+Revises: 0003
+
+``propensity``: the probability with which the logging policy chose the impression's theme (NULL
+for rows logged before 0004 and for untracked variants). ``source``: ``served`` (this API),
+``posted`` (POST /events) or ``imported`` (the ad_events asset). Mirrors resources/bandit_store.py.
+"""
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0004"
+down_revision = "0003"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    bind = op.get_bind()
+    cols = {c["name"] for c in sa.inspect(bind).get_columns("impressions")}
+    with op.batch_alter_table("impressions") as batch:
+        if "propensity" not in cols:
+            batch.add_column(sa.Column("propensity", sa.Double, nullable=True))
+        if "source" not in cols:
+            batch.add_column(sa.Column("source", sa.String(16), nullable=False, server_default="served"))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("impressions") as batch:
+        batch.drop_column("source")
+        batch.drop_column("propensity")
