@@ -150,6 +150,13 @@ class BanditStore(ConfigurableResource):
                 row = conn.execute(sa.select(bandit_schemas.c.schema_json).where(key)).first()
         return json.loads(row[0])
 
+    def load_schema(self, merchant: str, category: str) -> Optional[dict]:
+        """The stored context schema of (merchant, category), None before its first impression."""
+        key = (bandit_schemas.c.merchant == merchant) & (bandit_schemas.c.category == category)
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(bandit_schemas.c.schema_json).where(key)).first()
+        return None if row is None else json.loads(row[0])
+
     # -- state -----------------------------------------------------------------------------------
     def add_deltas(self, merchant: str, category: str, policy: str, deltas: Mapping[str, tuple]) -> None:
         """Add a replica's deltas ``{arm: components}`` to the stored sums, exactly once."""

@@ -29,6 +29,7 @@ from .exploration import policy_probabilities
 
 __all__ = ["OPEError", "LoggedData", "Estimate", "ips", "snips", "doubly_robust", "fit_reward_model",
            "bootstrap_interval", "estimate_all", "replay_probabilities", "feature_columns", "logged_from_rows",
+           "Candidate", "default_candidates", "evaluate_candidates",
            "ESTIMATORS"]
 
 
@@ -205,3 +206,50 @@ def logged_from_rows(rows: Sequence[Mapping], schema: ContextSchema, arms: Seque
     return LoggedData(x, np.array([idx[r["theme"]] for r in keep], dtype=int),
                       np.array([1.0 if r.get("clicked") else 0.0 for r in keep]),
                       np.array([float(r["propensity"]) for r in keep]), tuple(arms))
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A policy to evaluate: a factory of a fresh instance and the features it sees."""
+
+    name: str
+    make: Callable[[int], object]  # dim -> policy
+    features: tuple[str, ...] | None = None  # None: every feature of the schema
+
+
+def default_candidates(arms: Sequence[str], schema: ContextSchema) -> list[Candidate]:
+    """Random, context-free UCB1, LinUCB with a smaller and a larger alpha, and LinUCB on the
+    user's features only (country, region, gender, device): the questions a team asks of its log."""
+    from .bandit import LinUCB, RandomPolicy, UCB1
+
+    arms = tuple(arms)
+    user = tuple(f for f in ("country", "region", "gender", "device") if f in schema.features)
+    return [
+        Candidate("random", lambda d: RandomPolicy(arms, seed=0)),
+        Candidate("ucb1", lambda d: UCB1(arms, c=0.2, seed=0)),
+        Candidate("linucb alpha=0.1", lambda d: LinUCB(arms, d, alpha=0.1, seed=0)),
+        Candidate("linucb alpha=2", lambda d: LinUCB(arms, d, alpha=2.0, seed=0)),
+        Candidate("linucb user features", lambda d: LinUCB(arms, d, alpha=1.0, seed=0), user),
+    ]
+
+
+def evaluate_candidates(data: LoggedData, schema: ContextSchema, candidates: Sequence[Candidate],
+                        epsilon: float = 0.05, n_boot: int = 200, seed: int = 0) -> list[dict]:
+    """One row per (candidate, estimator): ``{policy, estimator, value, lo, hi, n, logged_ctr}``;
+    the logging policy's observed CTR comes first (``policy='logged'``, its interval a bootstrap
+    of the mean). Each candidate is replayed over the log (:func:`replay_probabilities`)."""
+    q = fit_reward_model(data)
+    rng = np.random.default_rng(seed)
+    boots = [data.rewards[rng.integers(data.n, size=data.n)].mean() for _ in range(n_boot)]
+    lo, hi = np.quantile(boots, [0.025, 0.975])
+    logged = float(data.rewards.mean())
+    rows = [{"policy": "logged", "estimator": "observed", "value": logged, "lo": float(lo), "hi": float(hi),
+             "n": data.n, "logged_ctr": logged}]
+    for c in candidates:
+        cols = None if c.features is None else feature_columns(schema, c.features)
+        dim = schema.dim if cols is None else len(cols)
+        pi = replay_probabilities(c.make(dim), data, epsilon, columns=cols)
+        for name, est in estimate_all(data, pi, q, n_boot=n_boot, seed=seed).items():
+            rows.append({"policy": c.name, "estimator": name, "value": est.value, "lo": est.lo, "hi": est.hi,
+                         "n": data.n, "logged_ctr": logged})
+    return rows
