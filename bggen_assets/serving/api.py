@@ -61,7 +61,12 @@ def create_app(store, miss_queue, bandit_store=None, creative_config=None, servi
     keep_pillow_blocks()
     service = service or CreativeService(store, miss_queue, creative_config, cache_bytes=cache_bytes,
                                          index_ttl_s=index_ttl_s, jpeg_quality=jpeg_quality, prefetch=prefetch)
-    misses = BufferedMissQueue(miss_queue)
+    def declared(merchant: str):
+        if creative_config is None:
+            return ()
+        return [(p.width, p.height) for p in creative_config.placements(merchant)]
+
+    misses = BufferedMissQueue(miss_queue, policy=serving_config.miss_policy(), declared=declared)
     service.miss_queue = misses  # the service records misses through the buffer: never blocks
     state = ServingState(service, Personalizer(serving_config, bandit_store), misses, ImpressionLog(bandit_store),
                          creative_config, response_cache_bytes)

@@ -256,8 +256,11 @@ class CreativeService:
     # -- serving ---------------------------------------------------------------------------------
     def serve(self, merchant: str, product_id: str, width: int, height: int, prompt_id: Optional[str] = None,
               fill: Optional[float] = None, anchor: Optional[tuple[float, float]] = None, fmt: str = "jpeg",
-              record_miss: bool = True) -> Creative:
-        """``record_miss=False`` answers a miss with the fallback without queueing it (previews)."""
+              record_miss: bool = True, user: str = "") -> Creative:
+        """``record_miss=False`` answers a miss with the fallback without queueing it (previews).
+
+        A miss queues the bucket for every theme of the category (the bandit will try them all);
+        through the API's buffer (``record_request``) only if the miss policy admits it."""
         if fmt not in FORMATS:
             raise ValueError(f"unsupported format {fmt!r}; use one of {', '.join(FORMATS)}")
         category, doc = self.find_product(merchant, product_id)
@@ -283,7 +286,12 @@ class CreativeService:
             return Creative(self.encode(img, fmt), FORMATS[fmt], True, merchant, category, product_id, bucket.id,
                             prompt_id, width, height, entry.image_key)
         if record_miss:
-            self.miss_queue.record(Miss(merchant, category, product_id, bucket.id, prompt_id))
+            themed = [Miss(merchant, category, product_id, bucket.id, p) for p in doc.prompts]
+            if hasattr(self.miss_queue, "record_request"):
+                self.miss_queue.record_request(themed, width, height, user)
+            else:
+                for miss in themed:
+                    self.miss_queue.record(miss)
         img = Image.fromarray(fallback_creative(self._cutout(product.cutout_key), placed))
         return Creative(self.encode(img, fmt), FORMATS[fmt], False, merchant, category, product_id, bucket.id,
                         prompt_id, width, height)

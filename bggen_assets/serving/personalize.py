@@ -29,6 +29,7 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 
 from ..core.events import DEFAULT_ATTRIBUTION_WINDOW_S
+from ..core.miss_policy import MissPolicy
 from ..core.exploration import check_epsilon, policy_probabilities, sample_arm
 from ..core.bandit import (
     ASPECT_CLASSES,
@@ -93,6 +94,17 @@ class ServingConfig:
     #: DB is unreachable (JSON lines; read back at start); None: kept in memory only
     click_journal: Optional[str] = None
     max_buffered_clicks: int = 100_000
+    #: which misses earn a generation job (bggen_assets/core/miss_policy.py): a size seen this
+    #: many times (or declared in the merchant's placements), at most this many waiting misses per
+    #: merchant, at most miss_product_rate new buckets per product per miss_product_period_s
+    miss_min_requests: int = 3
+    miss_merchant_cap: int = 2000
+    miss_product_rate: int = 20
+    miss_product_period_s: float = 3600.0
+
+    def miss_policy(self) -> MissPolicy:
+        return MissPolicy(self.miss_min_requests, self.miss_merchant_cap, self.miss_product_rate,
+                          self.miss_product_period_s)
 
     def __post_init__(self) -> None:
         unknown = set(self.variant_shares) - set(VARIANTS)
@@ -118,6 +130,10 @@ class ServingConfig:
             raise ServingConfigError(str(exc)) from None
         if not (isinstance(self.attribution_window_s, (int, float)) and self.attribution_window_s > 0):
             raise ServingConfigError(f"attribution_window_s must be > 0, got {self.attribution_window_s!r}")
+        try:
+            self.miss_policy()
+        except ValueError as exc:
+            raise ServingConfigError(str(exc)) from None
         if not self.flush_interval_s > 0:
             raise ServingConfigError(f"flush_interval_s must be > 0, got {self.flush_interval_s!r}")
         cum, acc = [], 0.0

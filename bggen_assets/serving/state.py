@@ -18,12 +18,15 @@ from typing import Optional
 from fastapi import Request
 from PIL import Image
 
+from dataclasses import replace
+
 from resources.metadata_db import Miss
 
 from ..core.compositing import fallback_creative
 from ..core.geometry import Placement, bucket_for, place_product
 from ..core.keys import source_key
 from ..core.manifests import IndexDocument
+from ..core.miss_policy import QUEUED, MissGate, MissPolicy
 from .creative import CreativeService, LRUBytes
 from .ingest import EventIngest
 from .personalize import Personalizer
@@ -41,39 +44,110 @@ def fit_photo(img: Image.Image, width: int, height: int, background=(255, 255, 2
 
 
 class BufferedMissQueue:
-    """Misses recorded without waiting: deduplicated in memory, written by the flusher thread."""
+    """Misses recorded without waiting: gated (:class:`~bggen_assets.core.miss_policy.MissGate`:
+    size threshold, product rate limit), counted in memory (requests, distinct users), written by
+    the flusher thread under the per-merchant cap."""
 
-    def __init__(self, miss_queue, max_pending: int = 100_000):
+    def __init__(self, miss_queue, max_pending: int = 100_000, policy: Optional[MissPolicy] = None,
+                 declared=lambda merchant: ()):
         self.miss_queue = miss_queue
         self.max_pending = max_pending
-        self._pending: dict[str, tuple[Miss, float]] = {}
+        self.gate = MissGate(policy or MissPolicy(), declared)
+        # request key -> [miss, last request time, requests, users not yet written]
+        self._pending: dict[str, list] = {}
+        self._users: OrderedDict[str, set] = OrderedDict()  # users already counted per key (bounded)
         self._lock = threading.Lock()
         self.dropped = 0
         self.errors = 0
 
-    def record(self, miss: Miss, now: Optional[float] = None) -> None:
+    def record(self, miss: Miss, now: Optional[float] = None, user: str = "") -> None:
+        """One themed miss that passed the gate (or bypasses it: the caller decided)."""
         now = time.time() if now is None else now
         with self._lock:
-            if len(self._pending) >= self.max_pending and miss.request_key not in self._pending:
+            self._add(miss, now, user)
+
+    def _add(self, miss: Miss, now: float, user: str) -> None:
+        key = miss.request_key
+        cur = self._pending.get(key)
+        if cur is None:
+            if len(self._pending) >= self.max_pending:
                 self.dropped += 1  # the DB is far behind: shed load rather than grow without bound
                 return
-            self._pending[miss.request_key] = (miss, now)
+            cur = self._pending[key] = [miss, now, 0, set()]
+        cur[1] = now
+        cur[2] += 1
+        if user:
+            seen = self._users.get(key)
+            if seen is None or user not in seen:
+                cur[3].add(user)
+
+    def record_request(self, misses: list[Miss], width: int, height: int, user: str = "",
+                       now: Optional[float] = None) -> str:
+        """One request that missed: every theme's miss of its bucket, if the gate admits it.
+        Returns the gate's decision (``queued``, ``below_threshold``, ``rate_limited``)."""
+        if not misses:
+            return "queued"
+        now = time.time() if now is None else now
+        m = misses[0]
+        with self._lock:
+            decision = self.gate.admit(m.merchant, m.product_id, m.bucket_id, width, height, now)
+            if decision == QUEUED:
+                for miss in misses:
+                    self._add(miss, now, user)
+        return decision
+
+    def _waiting(self, merchant: str) -> set[str]:
+        return {m.request_key for m in self.miss_queue.pending(limit=self.gate.policy.merchant_cap, merchant=merchant)}
 
     def flush(self) -> int:
         with self._lock:
             batch, self._pending = self._pending, {}
-        failed = {}
-        for key, (miss, now) in batch.items():
+        by_merchant: dict[str, list[tuple[str, list]]] = {}
+        for key, item in batch.items():
+            by_merchant.setdefault(item[0].merchant, []).append((key, item))
+        failed, written = {}, 0
+        for merchant, items in by_merchant.items():
             try:
-                self.miss_queue.record(miss, now)
-            except Exception:  # keep it for the next round
-                failed[key] = (miss, now)
+                waiting = self._waiting(merchant)
+            except Exception:
+                failed.update(items)
+                continue
+            new = [(k, it) for k, it in items if k not in waiting]
+            with self._lock:
+                allowed = self.gate.cap_allows(len(waiting), len(new))
+            held = {k for k, _ in new[allowed:]}
+            for key, (miss, now, count, users) in items:
+                if key in held:
+                    continue
+                try:
+                    self.miss_queue.record(replace(miss, request_count=count, distinct_users=len(users)), now)
+                    written += 1
+                except Exception:  # keep it for the next round
+                    failed[key] = [miss, now, count, users]
+                    continue
+                if users:
+                    with self._lock:
+                        seen = self._users.setdefault(key, set())
+                        self._users.move_to_end(key)
+                        if len(seen) < 10_000:
+                            seen |= users
+                        if len(self._users) > self.max_pending:
+                            self._users.popitem(last=False)
         if failed:
             self.errors += 1
             with self._lock:
                 for k, v in failed.items():
-                    self._pending.setdefault(k, v)
-        return len(batch) - len(failed)
+                    cur = self._pending.get(k)
+                    if cur is None:
+                        self._pending[k] = v
+                    else:  # requests arrived meanwhile: add the unwritten ones
+                        cur[2] += v[2]
+                        cur[3] |= v[3]
+        return written
+
+    def stats(self) -> dict:
+        return {"pending": len(self._pending), "queued_requests": self.gate.queued, "held": dict(self.gate.held),
+                "dropped": self.dropped, "errors": self.errors}
 
     def __len__(self) -> int:
         return len(self._pending)

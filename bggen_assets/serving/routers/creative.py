@@ -71,7 +71,8 @@ def creative(
         hit, theme = True, "none"
     else:
         c = service.serve(merchant, product, width, height, prompt_id=choice.theme,
-                          fill=placement.fill, anchor=(placement.anchor_x, placement.anchor_y), fmt=fmt)
+                          fill=placement.fill, anchor=(placement.anchor_x, placement.anchor_y), fmt=fmt,
+                          user=user_hash(user_id))
         body, hit, bucket_id, theme = c.body, c.hit, c.bucket_id, c.prompt_id
         state.personalizer.record_impression(choice, merchant, category, arms, doc.products, hit)
     state.served["hit" if hit else "miss"] += 1

@@ -1,11 +1,13 @@
-"""impressions.propensity and impressions.source: events from an ad server, off-policy evaluation
+"""impressions.propensity and impressions.source (events from an ad server, off-policy evaluation);
+misses.distinct_users
 
 Revision ID: 0004
 Revises: 0003
 
 ``propensity``: the probability with which the logging policy chose the impression's theme (NULL
 for rows logged before 0004 and for untracked variants). ``source``: ``served`` (this API),
-``posted`` (POST /events) or ``imported`` (the ad_events asset). Mirrors resources/bandit_store.py.
+``posted`` (POST /events) or ``imported`` (the ad_events asset). ``misses.distinct_users``: the users behind a miss's
+requests (counted per serving replica). Mirrors resources/bandit_store.py and metadata_db.py.
 """
 import sqlalchemy as sa
 from alembic import op
@@ -25,8 +27,15 @@ def upgrade() -> None:
         if "source" not in cols:
             batch.add_column(sa.Column("source", sa.String(16), nullable=False, server_default="served"))
 
+    mcols = {c["name"] for c in sa.inspect(bind).get_columns("misses")}
+    if "distinct_users" not in mcols:
+        with op.batch_alter_table("misses") as batch:
+            batch.add_column(sa.Column("distinct_users", sa.Integer, nullable=False, server_default="0"))
+
 
 def downgrade() -> None:
+    with op.batch_alter_table("misses") as batch:
+        batch.drop_column("distinct_users")
     with op.batch_alter_table("impressions") as batch:
         batch.drop_column("source")
         batch.drop_column("propensity")
