@@ -14,6 +14,7 @@ from sensors.catalog import daily_catalog_refresh, new_product_sensor
 from sensors.misses import bucket_miss_sensor
 
 from .assets.ab_report import ab_report
+from .assets.ad_events import ad_events
 from .assets.ope_report import ope_report
 from .assets.pipeline import pipeline_assets
 from .deployment import build_executor, build_resources
@@ -22,7 +23,7 @@ from .jobs import pipeline_job
 
 def build_definitions(env: Optional[Mapping[str, str]] = None) -> Definitions:
     return Definitions(
-        assets=[*pipeline_assets, ab_report, ope_report],
+        assets=[*pipeline_assets, ab_report, ope_report, ad_events],
         jobs=[pipeline_job],
         sensors=[new_product_sensor, bucket_miss_sensor],
         schedules=[daily_catalog_refresh],

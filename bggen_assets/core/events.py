@@ -23,7 +23,8 @@ from datetime import datetime, timezone
 from typing import Any, Iterator, Mapping, Optional, Sequence, Union
 
 __all__ = ["EventError", "ImpressionEvent", "ClickEvent", "Event", "parse_event", "split_body",
-           "impression_key", "attribution_problem", "CONTEXT_FIELDS", "DEFAULT_ATTRIBUTION_WINDOW_S"]
+           "impression_key", "attribution_problem", "flat_record", "CONTEXT_FIELDS",
+           "DEFAULT_ATTRIBUTION_WINDOW_S"]
 
 DEFAULT_ATTRIBUTION_WINDOW_S = 24 * 3600.0
 #: a click may be stamped this much before its impression (clocks of two machines) and still count
@@ -210,3 +211,49 @@ def attribution_problem(click_ts: float, impression_ts: float, window_s: float) 
     if dt < -CLOCK_SKEW_S:
         return f"click {-dt:.0f} s before its impression"
     return None
+
+
+_INT_FIELDS = ("width", "height")
+_FLOAT_FIELDS = ("propensity",)
+
+
+def _blank(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v)) or (isinstance(v, str) and not v.strip())
+
+
+def flat_record(rec: Mapping[str, Any]) -> dict:
+    """A row of a table (CSV, Parquet) as a raw event: blank cells dropped, ``context_<f>`` or
+    ``context.<f>`` columns gathered into ``context``, numbers given as text (CSV) or numpy
+    scalars (Parquet) turned into Python numbers where the event has numbers. Values that do not
+    convert are left as they are, for :func:`parse_event` to reject with its reason."""
+    out: dict[str, Any] = {}
+    ctx: dict[str, Any] = {}
+    for k, v in rec.items():
+        if _blank(v):
+            continue
+        if hasattr(v, "item") and not isinstance(v, (str, bytes)):
+            v = v.item()  # numpy scalar -> Python
+        k = str(k)
+        if k.startswith(("context_", "context.")):
+            ctx[k[8:]] = v
+            continue
+        if k == "context" and isinstance(v, str):
+            try:
+                v = json.loads(v)
+            except json.JSONDecodeError:
+                pass
+        if isinstance(v, str):
+            s = v.strip()
+            try:
+                if k in _INT_FIELDS and re.fullmatch(r"[+-]?\d+", s):
+                    v = int(s)
+                elif k in _FLOAT_FIELDS or (k == "ts" and re.fullmatch(r"[+-]?\d+(\.\d*)?([eE][+-]?\d+)?", s)):
+                    v = float(s)
+            except ValueError:
+                pass
+        elif k in _INT_FIELDS and isinstance(v, float) and v.is_integer():
+            v = int(v)  # a Parquet column with blanks is float
+        out[k] = v
+    if ctx:
+        out["context"] = {**(out.get("context") or {}), **ctx} if isinstance(out.get("context", {}), Mapping) else ctx
+    return out
