@@ -287,6 +287,21 @@ class BanditStore(ConfigurableResource):
             # mysql-connector reports -1 unless asked to keep the row count (SQLAlchemy 2.x)
             return conn.execute(stmt, execution_options={"preserve_rowcount": True}).rowcount == 1
 
+    def variant_counts_by_placement(self, since: Optional[float] = None, until: Optional[float] = None) -> list[dict]:
+        """Impressions and clicks per (merchant, category, width, height, variant): the breakdowns
+        of the A/B report."""
+        i = impressions.c
+        cols = (i.merchant, i.category, i.width, i.height, i.variant)
+        q = (sa.select(*cols, sa.func.count().label("impressions"), sa.func.count(clicks.c.impression_id).label("clicks"))
+             .select_from(impressions.outerjoin(clicks, clicks.c.impression_id == i.impression_id))
+             .group_by(*cols).order_by(*cols))
+        if since is not None:
+            q = q.where(i.ts >= since)
+        if until is not None:
+            q = q.where(i.ts < until)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(q)]
+
     def variant_counts(self, merchant: Optional[str] = None, since: Optional[float] = None) -> list[dict]:
         """Impressions and clicks per (merchant, variant): the A/B report's input."""
         i = impressions.c

@@ -161,4 +161,4 @@ def test_ope_report_asset_end_to_end(store, metadata_db):
     assert logged.value == pytest.approx(data.rewards.mean()) and logged.n == data.n
     assert set(table.estimator) == {"observed", "ips", "snips", "dr"}
     assert ((table.lo <= table.value + 1e-12) & (table.value <= table.hi + 1e-12)).all()
-    pd.testing.assert_frame_equal(pd.DataFrame(_json.loads(store.get_bytes("reports/ope/latest.json"))), table)
+    pd.testing.assert_frame_equal(pd.DataFrame(_json.loads(store.get_bytes("reports/ope/latest.json"))["rows"]), table)

@@ -8,7 +8,6 @@ maths is in :mod:`bggen_assets.core.ope`; this asset selects the data and writes
 (Parquet and JSON under ``reports/ope/``) and its Markdown.
 """
 
-import io
 import json
 import time
 from typing import Optional
@@ -20,6 +19,7 @@ from resources.object_store import ObjectStore
 
 from ..core.bandit import ContextSchema
 from ..core.ope import default_candidates, evaluate_candidates, logged_from_rows
+from .ab_report import write_tables
 
 #: a (merchant, category) with fewer logged impressions than this is listed, not estimated
 MIN_IMPRESSIONS = 200
@@ -63,21 +63,6 @@ def markdown(rows: list[dict]) -> str:
         out.append(f"| {r['merchant']} | {r['category']} | {r['policy']} | {r['estimator']} | {r['value'] * 100:.2f}% "
                    f"| [{r['lo'] * 100:.2f}%, {r['hi'] * 100:.2f}%] | {r['n']} |")
     return "\n".join(out)
-
-
-def write_tables(store, rows: list[dict], prefix: str) -> dict[str, str]:
-    """``rows`` as ``<prefix>/latest.parquet`` and ``<prefix>/latest.json`` (and a dated copy)."""
-    import pandas as pd
-
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    buf = io.BytesIO()
-    pd.DataFrame(rows).to_parquet(buf, index=False)
-    body = json.dumps(rows, separators=(",", ":")).encode()
-    keys = {"parquet": f"{prefix}/latest.parquet", "json": f"{prefix}/latest.json"}
-    store.put_bytes(f"{prefix}/{prefix.rsplit('/', 1)[-1]}-{stamp}.parquet", buf.getvalue())
-    store.put_bytes(keys["parquet"], buf.getvalue())
-    store.put_bytes(keys["json"], body, "application/json")
-    return keys
 
 
 @asset(group_name="reports",
