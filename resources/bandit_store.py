@@ -31,6 +31,8 @@ from dagster import ConfigurableResource, ResourceDependency
 from pydantic import PrivateAttr
 from sqlalchemy.dialects import mysql, sqlite
 
+from bggen_assets.core.bandit import ContextSchema, coordinate_map, embed_components, extend_schema
+
 from .metadata_db import MetadataDB, metadata
 
 _BLOB = sa.LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
@@ -135,20 +137,48 @@ class BanditStore(ConfigurableResource):
 
     # -- schemas ---------------------------------------------------------------------------------
     def ensure_schema(self, merchant: str, category: str, schema: Mapping) -> dict:
-        """Store ``schema`` for (merchant, category) unless one is there; return the stored one."""
+        """The stored schema of (merchant, category), made from ``schema`` if there is none, and
+        extended with the features and values of ``schema`` it lacks (a new country, device,
+        subcategory): the stored LinUCB sums are then re-laid onto the extended encoding in the
+        same transaction (:func:`~bggen_assets.core.bandit.embed_components`), so the state grows
+        with the features instead of being fixed at first write. Concurrent extensions retry."""
         key = (bandit_schemas.c.merchant == merchant) & (bandit_schemas.c.category == category)
-        with self.engine.begin() as conn:
-            row = conn.execute(sa.select(bandit_schemas.c.schema_json).where(key)).first()
-            if row is None:
-                try:
-                    with conn.begin_nested():
-                        conn.execute(bandit_schemas.insert().values(
-                            merchant=merchant, category=category,
-                            schema_json=json.dumps(dict(schema)), created_at=time.time()))
-                except sa.exc.IntegrityError:
-                    pass  # another replica won: read theirs below
+        for attempt in range(self.max_retries):
+            with self.engine.begin() as conn:
                 row = conn.execute(sa.select(bandit_schemas.c.schema_json).where(key)).first()
-        return json.loads(row[0])
+                if row is None:
+                    try:
+                        with conn.begin_nested():
+                            conn.execute(bandit_schemas.insert().values(
+                                merchant=merchant, category=category,
+                                schema_json=json.dumps(dict(schema)), created_at=time.time()))
+                        return json.loads(json.dumps(dict(schema)))
+                    except sa.exc.IntegrityError:
+                        continue  # another replica won: extend theirs
+                stored = ContextSchema(json.loads(row[0]))
+                grown = extend_schema(stored, schema)
+                if grown is stored:
+                    return json.loads(row[0])
+                done = conn.execute(bandit_schemas.update().where(key & (bandit_schemas.c.schema_json == row[0]))
+                                    .values(schema_json=json.dumps(grown.to_dict())),
+                                    execution_options={"preserve_rowcount": True})
+                if done.rowcount != 1:
+                    continue  # extended meanwhile by another replica: start over from theirs
+                self._embed_rows(conn, merchant, category, coordinate_map(stored, grown), grown.dim)
+                return grown.to_dict()
+            time.sleep(0.005 * (attempt + 1))
+        raise RuntimeError(f"bandit_schemas {merchant}/{category}: gave up after {self.max_retries} concurrent extensions")
+
+    def _embed_rows(self, conn, merchant: str, category: str, mapping, dim: int) -> None:
+        c = bandit_state.c
+        where = (c.merchant == merchant) & (c.category == category) & (c.policy == "linucb")
+        q = sa.select(c.policy, c.arm, c.shapes, c.data, c.version).where(where)
+        if conn.dialect.name != "sqlite":
+            q = q.with_for_update()
+        for r in conn.execute(q).all():
+            shapes, data = encode_components(embed_components(decode_components(r.shapes, r.data), mapping, dim))
+            conn.execute(bandit_state.update().where(where & (c.arm == r.arm)).values(
+                shapes=shapes, data=data, version=r.version + 1, updated_at=time.time()))
 
     def load_schema(self, merchant: str, category: str) -> Optional[dict]:
         """The stored context schema of (merchant, category), None before its first impression."""

@@ -39,6 +39,9 @@ from ..core.bandit import (
     ContextSchema,
     Policy,
     aspect_class,
+    coordinate_map,
+    embed_components,
+    extend_schema,
     make_policy,
     merge_states,
     size_class,
@@ -283,28 +286,57 @@ class Personalizer:
         self.config = config or ServingConfig()
         self.bandit_store = bandit_store
         self._slots: dict[tuple[str, str, str], _Slot] = {}
-        self._schemas: dict[tuple[str, str], ContextSchema] = {}
-        self._lock = threading.Lock()
+        self._schemas: dict[tuple[str, str], tuple[ContextSchema, Any]] = {}  # schema, products it saw
+        self._lock = threading.RLock()  # slot() may flush a slot, which may migrate every slot
         self._rng = np.random.default_rng(self.config.seed)
         self.flush_errors = 0
 
     # -- slots -----------------------------------------------------------------------------------
     def schema(self, merchant: str, category: str, products: Mapping[str, Mapping]) -> ContextSchema:
+        """The (merchant, category)'s context schema, extended (in the store too) when the
+        products bring feature values it lacks (a new subcategory or colour)."""
         key = (merchant, category)
-        s = self._schemas.get(key)
-        if s is None:
-            wanted = schema_for(products)
+        cached = self._schemas.get(key)
+        if cached is not None and cached[1] is products:
+            return cached[0]
+        wanted = schema_for(products)
+        s = cached[0] if cached is not None else None
+        if s is None or extend_schema(s, wanted) is not s:
             if self.bandit_store is not None:
-                wanted = self.bandit_store.ensure_schema(merchant, category, wanted)
-            s = ContextSchema(wanted)
-            self._schemas[key] = s
+                s = ContextSchema(self.bandit_store.ensure_schema(merchant, category, wanted))
+            else:
+                s = ContextSchema(wanted) if s is None else extend_schema(s, wanted)
+        self._schemas[key] = (s, products)
         return s
+
+    def _migrate(self, merchant: str, category: str, new: ContextSchema) -> None:
+        """Every policy of (merchant, category) onto an extended schema: unpublished deltas are
+        re-laid onto the new encoding, the policy rebuilt at the new dimension and loaded from the
+        store (whose sums the extension re-laid already)."""
+        for slot in [s for s in self._slots.values() if (s.merchant, s.category) == (merchant, category)]:
+            if slot.schema == new:
+                continue
+            mapping = coordinate_map(slot.schema, new)
+            with slot.lock:
+                deltas = slot.policy.take_deltas()
+                if deltas:
+                    slot.unflushed.append(deltas)
+                slot.unflushed = [{a: embed_components(c, mapping, new.dim) for a, c in d.items()}
+                                  for d in slot.unflushed]
+                slot.policy = make_serving_policy(slot.kind, slot.arms, new.dim, self.config)
+                slot.schema = new
+            self._load(slot)
 
     def slot(self, merchant: str, category: str, kind: str, arms: Sequence[str],
              products: Mapping[str, Mapping]) -> _Slot:
         key = (merchant, category, kind)
         slot = self._slots.get(key)
         if slot is not None and slot.arms == tuple(arms):
+            if self._schemas[(merchant, category)][1] is not products:  # a new index version
+                schema = self.schema(merchant, category, products)
+                if schema != slot.schema:
+                    with self._lock:
+                        self._migrate(merchant, category, schema)
             return slot
         with self._lock:
             slot = self._slots.get(key)
@@ -363,6 +395,8 @@ class Personalizer:
             return
         for slot in self._learning_slots(choice.variant, merchant, category, choice.policy, arms, products):
             with slot.lock:  # one schema per (merchant, category): choice.x fits every slot
+                if len(choice.x) != slot.schema.dim:
+                    continue  # chosen just before the schema grew: encoded for the old layout
                 if choice.theme in slot.arms:
                     slot.policy.update(choice.theme, choice.x, 0.0)
                     slot.events += 1
@@ -382,6 +416,13 @@ class Personalizer:
 
     # -- sync ------------------------------------------------------------------------------------
     def _flush_slot(self, slot: _Slot) -> None:
+        if self.bandit_store is not None:  # another replica may have extended the schema
+            stored = self.bandit_store.load_schema(slot.merchant, slot.category)
+            if stored is not None and ContextSchema(stored) != slot.schema:
+                new = ContextSchema(stored)
+                with self._lock:
+                    self._schemas[(slot.merchant, slot.category)] = (new, None)
+                    self._migrate(slot.merchant, slot.category, new)
         with slot.lock:
             deltas = slot.policy.take_deltas()
         if deltas:
