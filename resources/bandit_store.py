@@ -246,29 +246,34 @@ class BanditStore(ConfigurableResource):
             conn.execute(impressions.insert(), rows)
 
     def insert_new_impressions(self, rows: list[dict]) -> list[bool]:
-        """Insert each row unless its ``impression_id`` is stored; per row, True if it was new
-        (one transaction; a replica inserting the same id concurrently is ignored, not duplicated)."""
+        """Insert each row unless its ``impression_id`` is stored; per row, True if it was new.
+
+        One transaction that first takes the write lock (SQLite: a no-op write; MySQL: ``SELECT
+        ... FOR UPDATE``, whose next-key locks also hold back inserts of the absent ids), so the
+        ids found absent are still absent when the batch is inserted in one statement: exact
+        under concurrent replicas, and a batch sent twice is new once."""
         if not rows:
             return []
-        out = []
+        ids = [r["impression_id"] for r in rows]
         with self.engine.begin() as conn:
-            name = conn.dialect.name
-            ids = [r["impression_id"] for r in rows]
+            sqlite_db = conn.dialect.name == "sqlite"
+            if sqlite_db:
+                conn.execute(impressions.update().where(sa.false()).values(ts=impressions.c.ts))
             have = set()
             for i in range(0, len(ids), 500):
-                have |= set(conn.execute(sa.select(impressions.c.impression_id)
-                                         .where(impressions.c.impression_id.in_(ids[i:i + 500]))).scalars())
+                q = sa.select(impressions.c.impression_id).where(impressions.c.impression_id.in_(ids[i:i + 500]))
+                if not sqlite_db:
+                    q = q.with_for_update()
+                have |= set(conn.execute(q).scalars())
+            out, new_rows = [], []
             for row in rows:
-                if row["impression_id"] in have:
-                    out.append(False)
-                    continue
-                if name == "sqlite":
-                    stmt = sqlite.insert(impressions).values(**row).on_conflict_do_nothing()
-                else:
-                    stmt = mysql.insert(impressions).values(**row).prefix_with("IGNORE")
-                new = conn.execute(stmt, execution_options={"preserve_rowcount": True}).rowcount == 1
+                new = row["impression_id"] not in have
                 have.add(row["impression_id"])
                 out.append(new)
+                if new:
+                    new_rows.append(row)
+            for i in range(0, len(new_rows), 2000):
+                conn.execute(impressions.insert(), new_rows[i:i + 2000])
         return out
 
     def get_impressions(self, impression_ids: list[str]) -> dict[str, dict]:
