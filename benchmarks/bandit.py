@@ -275,42 +275,54 @@ def _plot(res, n, seeds, out):
 
 
 def bench_ope(quick):
-    from bggen_assets.core.ope import estimate_all, fit_reward_model, replay_probabilities
     from bggen_assets.core.bandit_simulation import log_traffic
+    from bggen_assets.core.ope import estimate_all, fit_reward_model, replay_probabilities
 
     n, eps = (10_000, 0.1) if quick else (50_000, 0.1)
+    seeds = (0, 1) if quick else (0, 1, 2, 3, 4)
     schema = default_schema()
     model = ClickModel.synthetic(schema, ARMS, seed=0)
     t0 = time.perf_counter()
-    data, C = log_traffic(LinUCB(ARMS, schema.dim, alpha=0.3, seed=0), n, eps, seed=0, model=model)
-    q = fit_reward_model(data)
-    print(f"\n## Off-policy evaluation: {n:,} impressions logged by LinUCB (alpha=0.3) with epsilon={eps}, "
-          f"realistic click model; logged CTR {data.rewards.mean() * 100:.3f}%")
-    print("true = the candidate's mean true CTR on the logged users; err = estimate - true; "
-          "in CI = the 95% bootstrap interval (200 resamples) covers the true value")
-    print("| candidate | true CTR | IPS [95% CI] | err | SNIPS err | DR [95% CI] | DR err | DR in CI |")
-    print("|---|---:|---|---:|---:|---|---:|:---:|")
-    best = np.zeros_like(C)
-    best[np.arange(n), C.argmax(axis=1)] = 1.0
-    fixed = np.zeros_like(C)
-    fixed[:, int(C.mean(axis=0).argmax())] = 1.0
-    cands = {"oracle (known best)": best, "best fixed theme": fixed,
-             "random": replay_probabilities(RandomPolicy(ARMS), data),
-             "ucb1 c=0.2": replay_probabilities(UCB1(ARMS, c=0.2), data, 0.05),
-             "linucb alpha=0.1": replay_probabilities(LinUCB(ARMS, schema.dim, alpha=0.1, seed=1), data, 0.05),
-             "linucb alpha=2": replay_probabilities(LinUCB(ARMS, schema.dim, alpha=2.0, seed=1), data, 0.05)}
-    covered = 0
-    for name, pi in cands.items():
-        true = float((pi * C).sum(axis=1).mean())
-        e = estimate_all(data, pi, q, n_boot=200, seed=0)
-        ips, sn, dr = e["ips"], e["snips"], e["dr"]
-        inside = dr.lo <= true <= dr.hi
-        covered += inside
-        print(f"| {name} | {true * 100:.3f}% | {ips.value * 100:.3f}% [{ips.lo * 100:.3f}, {ips.hi * 100:.3f}] | "
-              f"{(ips.value - true) * 100:+.3f} | {(sn.value - true) * 100:+.3f} | {dr.value * 100:.3f}% "
-              f"[{dr.lo * 100:.3f}, {dr.hi * 100:.3f}] | {(dr.value - true) * 100:+.3f} | {'yes' if inside else 'no'} |")
-    print(f"DR interval covers the true CTR for {covered}/{len(cands)} candidates "
-          f"({time.perf_counter() - t0:.1f} s); errors in CTR percentage points")
+    res: dict[str, list] = {}
+    for seed in seeds:
+        data, C = log_traffic(LinUCB(ARMS, schema.dim, alpha=0.3, seed=seed), n, eps, seed=seed, model=model)
+        q = fit_reward_model(data)
+        best = np.zeros_like(C)
+        best[np.arange(n), C.argmax(axis=1)] = 1.0
+        fixed = np.zeros_like(C)
+        fixed[:, int(C.mean(axis=0).argmax())] = 1.0
+        cands = {"oracle (known best)": best, "best fixed theme": fixed,
+                 "random": replay_probabilities(RandomPolicy(ARMS), data),
+                 "ucb1 c=0.2": replay_probabilities(UCB1(ARMS, c=0.2), data, 0.05),
+                 "linucb alpha=0.1": replay_probabilities(LinUCB(ARMS, schema.dim, alpha=0.1, seed=1), data, 0.05),
+                 "linucb alpha=2": replay_probabilities(LinUCB(ARMS, schema.dim, alpha=2.0, seed=1), data, 0.05)}
+        for name, pi in cands.items():
+            true = float((pi * C).sum(axis=1).mean())
+            e = estimate_all(data, pi, q, n_boot=200, seed=seed)
+            res.setdefault(name, []).append((true, e, float(data.rewards.mean())))
+    print(f"\n## Off-policy evaluation: logs of LinUCB (alpha=0.3) with epsilon={eps}, {n:,} impressions per seed, "
+          f"seeds {list(seeds)}, realistic click model")
+    print("true = the candidate's mean true CTR on the logged users; err = estimate - true (CTR percentage "
+          "points, mean over seeds, and mean |err|); covered = seeds whose 95% bootstrap interval "
+          "(200 resamples) contains the true CTR")
+    print("| candidate | true CTR | IPS err (mean abs) | SNIPS err (mean abs) | DR err (mean abs) | DR interval width "
+          "| IPS covered | DR covered |")
+    print("|---|---:|---:|---:|---:|---:|:---:|:---:|")
+    cov_all = tot = 0
+    for name, rows in res.items():
+        def err(k):
+            es = [(e[k].value - t) * 100 for t, e, _ in rows]
+            return f"{np.mean(es):+.3f} ({np.mean(np.abs(es)):.3f})"
+
+        cov = {k: sum(e[k].lo <= t <= e[k].hi for t, e, _ in rows) for k in ("ips", "dr")}
+        cov_all += cov["dr"]
+        tot += len(rows)
+        width = np.mean([(e["dr"].hi - e["dr"].lo) * 100 for _, e, _ in rows])
+        print(f"| {name} | {np.mean([t for t, _, _ in rows]) * 100:.3f}% | {err('ips')} | {err('snips')} | {err('dr')} "
+              f"| {width:.3f} | {cov['ips']}/{len(rows)} | {cov['dr']}/{len(rows)} |")
+    logged = np.mean([lc for rows in res.values() for _, _, lc in rows[:1]]) * 100
+    print(f"DR's 95% interval covers the true CTR in {cov_all}/{tot} (candidate, seed) pairs; observed CTR of the "
+          f"logging policy (seed {seeds[0]}): {logged:.3f}%; {time.perf_counter() - t0:.0f} s")
 
 
 def _event_batches(doc, n_batches, size, seed=0):
