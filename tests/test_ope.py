@@ -40,6 +40,21 @@ def test_mixed_probabilities_keep_every_arm_positive_and_sum_to_one():
     assert np.allclose(draws, p, atol=0.015)
 
 
+@pytest.mark.parametrize("scores,eps", [([0.1, 0.5, 0.5, -2.0], 0.2), ([1.0, 0.0, 0.0], 0.0), ([0.0, 0.0], 1.0),
+                                        ([np.inf, 1.0, np.inf, 2.0, 0.0], 0.05)])
+def test_the_serving_draw_follows_the_mixed_distribution(scores, eps):
+    """draw_mixed (the hot path: one uniform, plain floats) draws from mixed_probabilities and
+    returns the drawn arm's probability under it."""
+    from bggen_assets.core.exploration import draw_mixed
+
+    p = mixed_probabilities(np.array(scores), eps)
+    us = (np.arange(40000) + 0.5) / 40000  # a uniform grid: the frequencies are exact up to 1/40000
+    got = [draw_mixed(scores, eps, u) for u in us]
+    freq = np.bincount([k for k, _ in got], minlength=len(scores)) / len(us)
+    assert np.allclose(freq, p, atol=1e-4)
+    assert all(prob == pytest.approx(p[k]) for k, prob in got)
+
+
 def test_logged_propensities_are_the_sampling_probabilities():
     _, _, data, _ = _logged(n=2000, epsilon=0.2)
     assert (data.propensities >= 0.2 / 4 - 1e-12).all() and (data.propensities <= 0.8 + 0.05 + 1e-12).all()

@@ -75,7 +75,8 @@ def test_variant_assignment_is_deterministic_and_follows_shares():
 @pytest.mark.parametrize("bad", [
     {"variant_shares": {"treatment": 1}}, {"variant_shares": {"control": -1}}, {"variant_shares": {"control": 0}},
     {"default_policy": "thompson"}, {"policies": {"acme": "greedy"}}, {"alpha": -1}, {"ridge": 0},
-    {"flush_interval_s": 0},
+    {"flush_interval_s": 0}, {"epsilon": -0.1}, {"epsilon": 1.5}, {"epsilon": "some"},
+    {"attribution_window_s": 0}, {"miss_min_requests": 0}, {"miss_merchant_cap": 0}, {"miss_product_period_s": 0},
 ])
 def test_bad_serving_config_is_a_clear_error(bad):
     with pytest.raises(ServingConfigError):

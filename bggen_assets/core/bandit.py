@@ -464,7 +464,8 @@ class LinUCB:
     # -- policy interface
     def scores(self, x: np.ndarray) -> np.ndarray:
         """``theta_a . x + alpha * sqrt(x . A_a^-1 . x)`` per arm, in :attr:`arms` order."""
-        x = self._check_x(x)
+        if x.__class__ is not np.ndarray or x.shape != self._shape or x.dtype != np.float64:
+            x = self._check_x(x)
         y = (self._M2 @ x).reshape(len(self.arms), self.dim + 1)
         return y[:, -1] + self.alpha * np.sqrt(y[:, :-1] @ x)
 

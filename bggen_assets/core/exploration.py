@@ -20,7 +20,7 @@ import numpy as np
 from .bandit import BanditError
 
 __all__ = ["ExplorationError", "check_epsilon", "greedy_probabilities", "mixed_probabilities",
-           "policy_probabilities", "sample_arm"]
+           "policy_probabilities", "sample_arm", "draw_mixed"]
 
 
 class ExplorationError(BanditError):
@@ -74,3 +74,20 @@ def sample_arm(probs: np.ndarray, rng: np.random.Generator) -> int:
     if not (np.isfinite(p).all() and (p >= 0).all() and math.isclose(p.sum(), 1.0, rel_tol=1e-9)):
         raise ExplorationError(f"not a probability vector: {p.tolist()}")
     return int(rng.choice(p.size, p=p))
+
+
+def draw_mixed(scores: list[float], epsilon: float, u: float) -> tuple[int, float]:
+    """One draw from :func:`mixed_probabilities` with one uniform ``u`` in [0, 1), and the drawn
+    arm's probability: the serving hot path (plain floats, no arrays). With probability ε a
+    uniform arm, else one of the best arms (ties uniform); ``ε`` must be in [0, 1]."""
+    k = len(scores)
+    m = max(scores)
+    if m != m:
+        raise ExplorationError(f"scores contain NaN: {scores}")
+    ties = [i for i, v in enumerate(scores) if v == m]
+    if u < epsilon:
+        i = min(int(u / epsilon * k), k - 1)
+    else:
+        i = ties[min(int((u - epsilon) / (1.0 - epsilon) * len(ties)), len(ties) - 1)]
+    p = epsilon / k + ((1.0 - epsilon) / len(ties) if i in ties else 0.0)
+    return i, p

@@ -3,7 +3,9 @@
     GET  /creative   merchant, product, width, height [, fill, anchor] [, country, region, gender,
                      device, user_id] -> image bytes (JPEG or WebP by Accept); headers
                      X-Impression-Id, X-Variant, X-Theme, X-Policy, X-Bucket, X-Cache (hit|miss)
-    POST /events     {"impression_id": ..., "event": "click"} -> records the click (first one counts)
+    POST /events     {"impression_id": ..., "event": "click"} -> records the click (first one counts);
+                     or a batch of impressions and clicks (JSON array / JSON lines) from an ad server
+    GET  /reports/ab the A/B report's numbers (windows, merchant / category / placement breakdowns)
     GET  /health     status, cache and queue figures
     GET  /preview    HTML grid of a product's creatives: placements x themes, hits shown, misses marked
     GET  /preview/image   one preview cell (no impression, no miss recorded)
@@ -108,6 +110,9 @@ def app_from_env(config_path: Optional[str] = None, env: Optional[dict] = None, 
     res = build_resources(env, read_secrets_now=True)
     cfg_path = config_path or (os.environ if env is None else env).get("BGGEN_SERVING_CONFIG")
     config = ServingConfig.from_file(cfg_path) if cfg_path else ServingConfig()
+    if config.click_journal is None:  # a deployed API never keeps unapplied clicks in memory only
+        config.click_journal = (os.environ if env is None else env).get(
+            "BGGEN_CLICK_JOURNAL", "bggen_data/serving/clicks.journal")
     bandit_store = res.get("bandit_store") or BanditStore(metadata_db=res["metadata_db"])
     return create_app(res["store"], res["miss_queue"], bandit_store,
                       res["creative_config"], config, **kwargs)

@@ -30,7 +30,7 @@ import numpy as np
 
 from ..core.events import DEFAULT_ATTRIBUTION_WINDOW_S
 from ..core.miss_policy import MissPolicy
-from ..core.exploration import check_epsilon, policy_probabilities, sample_arm
+from ..core.exploration import check_epsilon, draw_mixed
 from ..core.bandit import (
     ASPECT_CLASSES,
     DEFAULT_COLOURS,
@@ -375,10 +375,11 @@ class Personalizer:
         slot = self.slot(merchant, category, kind, arms, products)
         x = slot.schema.encode(features)
         eps = 1.0 if kind == "random" else self.config.epsilon
+        u = self._rng.random()
         with slot.lock:
-            probs = policy_probabilities(slot.policy, x, eps)
-            k = sample_arm(probs, self._rng)
-        return Choice(variant, slot.arms[k], kind, x, float(probs[k]))
+            scores = [0.0] * len(slot.arms) if eps == 1.0 else slot.policy.scores(x).tolist()
+        k, p = draw_mixed(scores, eps, u)  # = a draw from policy_probabilities(policy, x, eps)
+        return Choice(variant, slot.arms[k], kind, x, p)
 
     def _learning_slots(self, variant: str, merchant: str, category: str, kind: str, arms, products) -> list[_Slot]:
         slots = [self.slot(merchant, category, kind, arms, products)]
