@@ -11,6 +11,13 @@
    one; the oracle's gain; LinUCB's regret for several alpha.
 3. The unit tests' setting (fast click model, 3,000 impressions, seeds 0-3): LinUCB's regret as
    a ratio of random's and UCB1's, per seed.
+4. Off-policy evaluation in simulation: ε-greedy LinUCB logs on the realistic click model; for
+   each candidate (the oracle, the best fixed theme, random, UCB1, LinUCB with other alphas) IPS,
+   SNIPS and DR with 95% bootstrap intervals beside its true CTR on the logged users, the error,
+   and whether the interval covers it.
+5. Events in: impressions and clicks per second through ``POST /events`` (batches of 1,000, over
+   HTTP to uvicorn, SQLite) and through the ``ad_events`` import (JSON lines and Parquet files in
+   the object store), on the world of benchmarks/serving.py (built once under --data).
 """
 import os
 
@@ -267,10 +274,169 @@ def _plot(res, n, seeds, out):
     print(f"\nplot: {out}")
 
 
+def bench_ope(quick):
+    from bggen_assets.core.bandit_simulation import log_traffic
+    from bggen_assets.core.ope import estimate_all, fit_reward_model, replay_probabilities
+
+    n, eps = (10_000, 0.1) if quick else (50_000, 0.1)
+    seeds = (0, 1) if quick else (0, 1, 2, 3, 4)
+    schema = default_schema()
+    model = ClickModel.synthetic(schema, ARMS, seed=0)
+    t0 = time.perf_counter()
+    res: dict[str, list] = {}
+    for seed in seeds:
+        data, C = log_traffic(LinUCB(ARMS, schema.dim, alpha=0.3, seed=seed), n, eps, seed=seed, model=model)
+        q = fit_reward_model(data)
+        best = np.zeros_like(C)
+        best[np.arange(n), C.argmax(axis=1)] = 1.0
+        fixed = np.zeros_like(C)
+        fixed[:, int(C.mean(axis=0).argmax())] = 1.0
+        cands = {"oracle (known best)": best, "best fixed theme": fixed,
+                 "random": replay_probabilities(RandomPolicy(ARMS), data),
+                 "ucb1 c=0.2": replay_probabilities(UCB1(ARMS, c=0.2), data, 0.05),
+                 "linucb alpha=0.1": replay_probabilities(LinUCB(ARMS, schema.dim, alpha=0.1, seed=1), data, 0.05),
+                 "linucb alpha=2": replay_probabilities(LinUCB(ARMS, schema.dim, alpha=2.0, seed=1), data, 0.05)}
+        for name, pi in cands.items():
+            true = float((pi * C).sum(axis=1).mean())
+            e = estimate_all(data, pi, q, n_boot=200, seed=seed)
+            res.setdefault(name, []).append((true, e, float(data.rewards.mean())))
+    print(f"\n## Off-policy evaluation: logs of LinUCB (alpha=0.3) with epsilon={eps}, {n:,} impressions per seed, "
+          f"seeds {list(seeds)}, realistic click model")
+    print("true = the candidate's mean true CTR on the logged users; err = estimate - true (CTR percentage "
+          "points, mean over seeds, and mean |err|); covered = seeds whose 95% bootstrap interval "
+          "(200 resamples) contains the true CTR")
+    print("| candidate | true CTR | IPS err (mean abs) | SNIPS err (mean abs) | DR err (mean abs) | DR interval width "
+          "| IPS covered | DR covered |")
+    print("|---|---:|---:|---:|---:|---:|:---:|:---:|")
+    cov_all = tot = 0
+    for name, rows in res.items():
+        def err(k):
+            es = [(e[k].value - t) * 100 for t, e, _ in rows]
+            return f"{np.mean(es):+.3f} ({np.mean(np.abs(es)):.3f})"
+
+        cov = {k: sum(e[k].lo <= t <= e[k].hi for t, e, _ in rows) for k in ("ips", "dr")}
+        cov_all += cov["dr"]
+        tot += len(rows)
+        width = np.mean([(e["dr"].hi - e["dr"].lo) * 100 for _, e, _ in rows])
+        print(f"| {name} | {np.mean([t for t, _, _ in rows]) * 100:.3f}% | {err('ips')} | {err('snips')} | {err('dr')} "
+              f"| {width:.3f} | {cov['ips']}/{len(rows)} | {cov['dr']}/{len(rows)} |")
+    logged = np.mean([lc for rows in res.values() for _, _, lc in rows[:1]]) * 100
+    print(f"DR's 95% interval covers the true CTR in {cov_all}/{tot} (candidate, seed) pairs; observed CTR of the "
+          f"logging policy (seed {seeds[0]}): {logged:.3f}%; {time.perf_counter() - t0:.0f} s")
+
+
+def _event_batches(doc, n_batches, size, seed=0):
+    rng = np.random.default_rng(seed)
+    products = sorted(doc.products)
+    now = time.time() - 3600
+    batches, k = [], 0
+    for _ in range(n_batches):
+        batch = []
+        while len(batch) < size:
+            eid = f"bench-{seed}-{k}"
+            k += 1
+            batch.append({"type": "impression", "id": eid, "ts": now, "merchant": "northwind",
+                          "product": products[k % len(products)], "width": 300, "height": 250, "variant": "bandit",
+                          "theme": doc.prompts[int(rng.integers(len(doc.prompts)))], "propensity": 0.5,
+                          "context": {"country": ["us", "de", "gb"][k % 3], "device": ["mobile", "desktop"][k % 2]}})
+            if rng.random() < 0.03 and len(batch) < size:
+                batch.append({"type": "click", "id": f"c-{eid}", "impression_id": eid, "ts": now + 5})
+        batches.append(batch)
+    return batches
+
+
+def bench_ingest(quick, data_dir):
+    import json
+    import socket
+    import tempfile
+    import threading
+
+    import httpx
+    import uvicorn
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from serving import build_world, resources  # benchmarks/serving.py: the same world
+
+    from bggen_assets.assets.ad_events import import_day
+    from bggen_assets.core import serving_index
+    from bggen_assets.serving.api import create_app
+    from bggen_assets.serving.personalize import ServingConfig
+    from resources.bandit_store import BanditStore
+    from resources.metadata_db import MetadataDB
+    from resources.miss_queue import DbMissQueue
+
+    build_world(data_dir)
+    store, _, _, cc = resources(data_dir)
+    doc = serving_index.read_document(store, serving_index.read_pointer(store, "northwind", "footwear"))
+    n_batches = 5 if quick else 20
+    tmp = Path(tempfile.mkdtemp(prefix="bggen-ingest-"))
+    db = MetadataDB(url=f"sqlite:///{tmp / 'events.db'}")
+    bs = BanditStore(metadata_db=db)
+    app = create_app(store, DbMissQueue(metadata_db=db), bs, cc, ServingConfig(variant_shares={"bandit": 1.0}))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    th = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    th.start()
+    while not server.started:
+        time.sleep(0.01)
+    batches = _event_batches(doc, n_batches, 1000)
+    bodies = [json.dumps(b).encode() for b in batches]
+    with httpx.Client(base_url=f"http://127.0.0.1:{sock.getsockname()[1]}", timeout=120) as client:
+        client.post("/events", content=json.dumps(_event_batches(doc, 1, 1000, seed=9)[0]).encode())  # warm-up
+        t0 = time.perf_counter()
+        for body in bodies:
+            r = client.post("/events", content=body, headers={"content-type": "application/json"})
+            assert r.status_code == 200, r.text
+        dt = time.perf_counter() - t0
+        dup0 = time.perf_counter()
+        r = client.post("/events", content=bodies[0])
+        dup_dt = time.perf_counter() - dup0
+        assert r.json()["duplicates"] == 1000, r.json()
+    server.should_exit = True
+    th.join(timeout=20)
+    n_events = sum(len(b) for b in batches)
+    print(f"\n## Events in (SQLite, one uvicorn worker, world of benchmarks/serving.py)")
+    print("| path | events | seconds | events/s |")
+    print("|---|---:|---:|---:|")
+    print(f"| POST /events, {n_batches} batches of 1,000 (new) | {n_events:,} | {dt:.2f} | {n_events / dt:,.0f} |")
+    print(f"| POST /events, a batch of 1,000 sent again (duplicates) | 1,000 | {dup_dt:.2f} | {1000 / dup_dt:,.0f} |")
+    # the import asset's body on files in the object store: half JSON lines, half Parquet
+    import io
+
+    import pandas as pd
+
+    day = time.strftime("%Y-%m-%d", time.gmtime())
+    db2 = MetadataDB(url=f"sqlite:///{tmp / 'import.db'}")
+    files = _event_batches(doc, n_batches, 1000, seed=1)
+    for i, b in enumerate(files):
+        if i % 2:
+            flat = [{**{k: v for k, v in e.items() if k != "context"},
+                     **{f"context_{k}": v for k, v in e.get("context", {}).items()}} for e in b]
+            buf = io.BytesIO()
+            pd.DataFrame(flat).to_parquet(buf, index=False)
+            store.put_bytes(f"events/incoming/{day}/bench-{i:03d}.parquet", buf.getvalue())
+        else:
+            store.put_bytes(f"events/incoming/{day}/bench-{i:03d}.jsonl", "\n".join(json.dumps(e) for e in b).encode())
+    t0 = time.perf_counter()
+    out = import_day(store, BanditStore(metadata_db=db2), day)
+    dt = time.perf_counter() - t0
+    for key in list(store.list_keys(f"events/incoming/{day}/")):
+        store.delete(key)
+    t = out["totals"]
+    assert t["rejected"] == 0, out["rejected_sample"]
+    print(f"| ad_events import, {n_batches} files (JSONL + Parquet) | {t['received']:,} | {dt:.2f} | "
+          f"{t['received'] / dt:,.0f} |")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="short run")
     ap.add_argument("--out", type=Path, default=Path("bggen_data/bench/bandit.png"), help="plot PNG path")
+    ap.add_argument("--data", type=Path, default=Path("bggen_data/bench/serving"),
+                    help="the world of benchmarks/serving.py (built there if missing) for the events-in rows")
+    ap.add_argument("--only", choices=["throughput", "simulation", "unit", "ope", "ingest"], action="append",
+                    help="run only these sections (repeatable)")
     args = ap.parse_args(argv)
     cpu = None
     if hasattr(os, "sched_setaffinity"):
@@ -278,9 +444,19 @@ def main(argv=None):
         os.sched_setaffinity(0, {cpu})
     print(f"# bandit benchmark  python {platform.python_version()}, numpy {np.__version__}, "
           f"pinned to cpu {cpu}, BLAS threads 1, {'quick' if args.quick else 'full'} run")
-    bench_throughput(args.quick)
-    bench_simulation(args.quick, args.out)
-    bench_unit_test_setting()
+    only = set(args.only or ["throughput", "simulation", "unit", "ope", "ingest"])
+    if "throughput" in only:
+        bench_throughput(args.quick)
+    if "simulation" in only:
+        bench_simulation(args.quick, args.out)
+    if "unit" in only:
+        bench_unit_test_setting()
+    if "ope" in only:
+        bench_ope(args.quick)
+    if "ingest" in only:
+        if hasattr(os, "sched_setaffinity"):  # the server thread and the client share the process
+            os.sched_setaffinity(0, set(range(os.cpu_count())))
+        bench_ingest(args.quick, args.data)
     return 0
 
 

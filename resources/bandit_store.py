@@ -14,6 +14,10 @@ Tables (defined on ``resources.metadata_db.metadata``, so ``create_all`` makes t
 * ``impressions``: one row per served creative (variant, theme, policy, bucket, hit, placement,
   hashed user id, context features as JSON); written in batches.
 * ``clicks``: one row per clicked impression (the first click counts; repeats are ignored).
+
+Events posted by an ad server (``POST /events``) or imported (the ``ad_events`` asset) go through
+:meth:`BanditStore.insert_new_impressions` / :meth:`BanditStore.record_click`: both report which
+rows were new, so a batch sent twice teaches the bandit once.
 """
 
 
@@ -26,6 +30,8 @@ import sqlalchemy as sa
 from dagster import ConfigurableResource, ResourceDependency
 from pydantic import PrivateAttr
 from sqlalchemy.dialects import mysql, sqlite
+
+from bggen_assets.core.bandit import ContextSchema, coordinate_map, embed_components, extend_schema
 
 from .metadata_db import MetadataDB, metadata
 
@@ -71,6 +77,10 @@ impressions = sa.Table(
     sa.Column("height", sa.Integer, nullable=False),
     sa.Column("user_hash", sa.String(16), nullable=False, default=""),
     sa.Column("context", sa.Text, nullable=False, default="{}"),
+    # migration 0005: the logging policy's probability of this theme (NULL: unknown), and where
+    # the row came from: served (this API) | posted (POST /events) | imported (ad_events asset)
+    sa.Column("propensity", sa.Double, nullable=True),
+    sa.Column("source", sa.String(16), nullable=False, default="served", server_default="served"),
     sa.Index("ix_impressions_merchant_variant", "merchant", "variant"),
 )
 
@@ -127,20 +137,55 @@ class BanditStore(ConfigurableResource):
 
     # -- schemas ---------------------------------------------------------------------------------
     def ensure_schema(self, merchant: str, category: str, schema: Mapping) -> dict:
-        """Store ``schema`` for (merchant, category) unless one is there; return the stored one."""
+        """The stored schema of (merchant, category), made from ``schema`` if there is none, and
+        extended with the features and values of ``schema`` it lacks (a new country, device,
+        subcategory): the stored LinUCB sums are then re-laid onto the extended encoding in the
+        same transaction (:func:`~bggen_assets.core.bandit.embed_components`), so the state grows
+        with the features instead of being fixed at first write. Concurrent extensions retry."""
         key = (bandit_schemas.c.merchant == merchant) & (bandit_schemas.c.category == category)
-        with self.engine.begin() as conn:
-            row = conn.execute(sa.select(bandit_schemas.c.schema_json).where(key)).first()
-            if row is None:
-                try:
-                    with conn.begin_nested():
-                        conn.execute(bandit_schemas.insert().values(
-                            merchant=merchant, category=category,
-                            schema_json=json.dumps(dict(schema)), created_at=time.time()))
-                except sa.exc.IntegrityError:
-                    pass  # another replica won: read theirs below
+        for attempt in range(self.max_retries):
+            with self.engine.begin() as conn:
                 row = conn.execute(sa.select(bandit_schemas.c.schema_json).where(key)).first()
-        return json.loads(row[0])
+                if row is None:
+                    try:
+                        with conn.begin_nested():
+                            conn.execute(bandit_schemas.insert().values(
+                                merchant=merchant, category=category,
+                                schema_json=json.dumps(dict(schema)), created_at=time.time()))
+                        return json.loads(json.dumps(dict(schema)))
+                    except sa.exc.IntegrityError:
+                        continue  # another replica won: extend theirs
+                stored = ContextSchema(json.loads(row[0]))
+                grown = extend_schema(stored, schema)
+                if grown is stored:
+                    return json.loads(row[0])
+                done = conn.execute(bandit_schemas.update().where(key & (bandit_schemas.c.schema_json == row[0]))
+                                    .values(schema_json=json.dumps(grown.to_dict())),
+                                    execution_options={"preserve_rowcount": True})
+                if done.rowcount != 1:
+                    continue  # extended meanwhile by another replica: start over from theirs
+                self._embed_rows(conn, merchant, category, coordinate_map(stored, grown), grown.dim)
+                return grown.to_dict()
+            time.sleep(0.005 * (attempt + 1))
+        raise RuntimeError(f"bandit_schemas {merchant}/{category}: gave up after {self.max_retries} concurrent extensions")
+
+    def _embed_rows(self, conn, merchant: str, category: str, mapping, dim: int) -> None:
+        c = bandit_state.c
+        where = (c.merchant == merchant) & (c.category == category) & (c.policy == "linucb")
+        q = sa.select(c.policy, c.arm, c.shapes, c.data, c.version).where(where)
+        if conn.dialect.name != "sqlite":
+            q = q.with_for_update()
+        for r in conn.execute(q).all():
+            shapes, data = encode_components(embed_components(decode_components(r.shapes, r.data), mapping, dim))
+            conn.execute(bandit_state.update().where(where & (c.arm == r.arm)).values(
+                shapes=shapes, data=data, version=r.version + 1, updated_at=time.time()))
+
+    def load_schema(self, merchant: str, category: str) -> Optional[dict]:
+        """The stored context schema of (merchant, category), None before its first impression."""
+        key = (bandit_schemas.c.merchant == merchant) & (bandit_schemas.c.category == category)
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(bandit_schemas.c.schema_json).where(key)).first()
+        return None if row is None else json.loads(row[0])
 
     # -- state -----------------------------------------------------------------------------------
     def add_deltas(self, merchant: str, category: str, policy: str, deltas: Mapping[str, tuple]) -> None:
@@ -200,6 +245,59 @@ class BanditStore(ConfigurableResource):
         with self.engine.begin() as conn:
             conn.execute(impressions.insert(), rows)
 
+    def insert_new_impressions(self, rows: list[dict]) -> list[bool]:
+        """Insert each row unless its ``impression_id`` is stored; per row, True if it was new.
+
+        One transaction that first takes the write lock (SQLite: a no-op write; MySQL: ``SELECT
+        ... FOR UPDATE``, whose next-key locks also hold back inserts of the absent ids), so the
+        ids found absent are still absent when the batch is inserted in one statement: exact
+        under concurrent replicas, and a batch sent twice is new once."""
+        if not rows:
+            return []
+        ids = [r["impression_id"] for r in rows]
+        with self.engine.begin() as conn:
+            sqlite_db = conn.dialect.name == "sqlite"
+            if sqlite_db:
+                conn.execute(impressions.update().where(sa.false()).values(ts=impressions.c.ts))
+            have = set()
+            for i in range(0, len(ids), 500):
+                q = sa.select(impressions.c.impression_id).where(impressions.c.impression_id.in_(ids[i:i + 500]))
+                if not sqlite_db:
+                    q = q.with_for_update()
+                have |= set(conn.execute(q).scalars())
+            out, new_rows = [], []
+            for row in rows:
+                new = row["impression_id"] not in have
+                have.add(row["impression_id"])
+                out.append(new)
+                if new:
+                    new_rows.append(row)
+            for i in range(0, len(new_rows), 2000):
+                conn.execute(impressions.insert(), new_rows[i:i + 2000])
+        return out
+
+    def get_impressions(self, impression_ids: list[str]) -> dict[str, dict]:
+        """The stored impressions of these ids (those not stored are left out)."""
+        out: dict[str, dict] = {}
+        with self.engine.connect() as conn:
+            for i in range(0, len(impression_ids), 500):
+                q = sa.select(impressions).where(impressions.c.impression_id.in_(impression_ids[i:i + 500]))
+                out.update({r.impression_id: dict(r._mapping) for r in conn.execute(q)})
+        return out
+
+    def logged_impressions(self, since: Optional[float] = None, until: Optional[float] = None) -> list[dict]:
+        """Themed hits with their click flag, for off-policy evaluation and rebuilding state."""
+        i = impressions.c
+        q = (sa.select(impressions, clicks.c.impression_id.isnot(None).label("clicked"))
+             .select_from(impressions.outerjoin(clicks, clicks.c.impression_id == i.impression_id))
+             .order_by(i.ts, i.impression_id))
+        if since is not None:
+            q = q.where(i.ts >= since)
+        if until is not None:
+            q = q.where(i.ts < until)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(q)]
+
     def get_impression(self, impression_id: str) -> Optional[dict]:
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(impressions).where(impressions.c.impression_id == impression_id)).first()
@@ -223,6 +321,21 @@ class BanditStore(ConfigurableResource):
                     return False
             # mysql-connector reports -1 unless asked to keep the row count (SQLAlchemy 2.x)
             return conn.execute(stmt, execution_options={"preserve_rowcount": True}).rowcount == 1
+
+    def variant_counts_by_placement(self, since: Optional[float] = None, until: Optional[float] = None) -> list[dict]:
+        """Impressions and clicks per (merchant, category, width, height, variant): the breakdowns
+        of the A/B report."""
+        i = impressions.c
+        cols = (i.merchant, i.category, i.width, i.height, i.variant)
+        q = (sa.select(*cols, sa.func.count().label("impressions"), sa.func.count(clicks.c.impression_id).label("clicks"))
+             .select_from(impressions.outerjoin(clicks, clicks.c.impression_id == i.impression_id))
+             .group_by(*cols).order_by(*cols))
+        if since is not None:
+            q = q.where(i.ts >= since)
+        if until is not None:
+            q = q.where(i.ts < until)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(q)]
 
     def variant_counts(self, merchant: Optional[str] = None, since: Optional[float] = None) -> list[dict]:
         """Impressions and clicks per (merchant, variant): the A/B report's input."""

@@ -102,6 +102,8 @@ misses = sa.Table(
     sa.Column("first_requested_at", sa.Double, nullable=False),
     sa.Column("last_requested_at", sa.Double, nullable=False, index=True),
     sa.Column("request_count", sa.Integer, nullable=False, default=1),
+    # migration 0005: users counted per serving replica (a user seen by two replicas counts twice)
+    sa.Column("distinct_users", sa.Integer, nullable=False, default=0, server_default="0"),
     sa.Column("status", sa.String(16), nullable=False, default="pending"),  # pending | claimed | done
     sa.Column("claimed_by", sa.String(96), nullable=True),  # migration 0002
     sa.Column("claimed_at", sa.Double, nullable=True),
@@ -173,7 +175,8 @@ class Miss:
     bucket_id: str
     prompt_id: str
     last_requested_at: float = 0.0
-    request_count: int = 1
+    request_count: int = 1  # requests; when recorded: the requests this record stands for
+    distinct_users: int = 0  # users; when recorded: the users not counted before
 
     @property
     def request_key(self) -> str:
@@ -206,6 +209,7 @@ class MetadataDB(ConfigurableResource):
     retry_seconds: float = 60.0  # how long transient errors (restart, failover, deadlock) are retried
     claim_lease_s: float = 900.0  # a claimed miss not marked done within this returns to the queue
     connect_timeout: int = 10
+    sqlite_busy_timeout_s: float = 30.0  # how long a SQLite write waits for another writer's lock
 
     _engine = PrivateAttr(default=None)
 
@@ -217,7 +221,7 @@ class MetadataDB(ConfigurableResource):
             if url.get_backend_name() == "sqlite":
                 if url.database and url.database != ":memory:":
                     Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-                kwargs["connect_args"] = {"timeout": 30}
+                kwargs["connect_args"] = {"timeout": self.sqlite_busy_timeout_s}
             else:
                 # LIFO: the warm connection is reused and idle extras age out; pre-ping replaces
                 # connections the server dropped (restart, wait_timeout) before they are handed out
@@ -346,7 +350,8 @@ class MetadataDB(ConfigurableResource):
             prompt_id=miss.prompt_id,
             first_requested_at=now,
             last_requested_at=now,
-            request_count=1,
+            request_count=miss.request_count,
+            distinct_users=miss.distinct_users,
             status="pending",
         )
         with self.engine.begin() as conn:
@@ -357,7 +362,8 @@ class MetadataDB(ConfigurableResource):
                     index_elements=["request_key"],
                     set_={
                         "last_requested_at": stmt.excluded.last_requested_at,
-                        "request_count": misses.c.request_count + 1,
+                        "request_count": misses.c.request_count + miss.request_count,
+                        "distinct_users": misses.c.distinct_users + miss.distinct_users,
                         "status": _status_after_request,
                     },
                 )
@@ -365,7 +371,8 @@ class MetadataDB(ConfigurableResource):
                 stmt = mysql.insert(misses).values(**row)
                 stmt = stmt.on_duplicate_key_update(
                     last_requested_at=stmt.inserted.last_requested_at,
-                    request_count=misses.c.request_count + 1,
+                    request_count=misses.c.request_count + miss.request_count,
+                    distinct_users=misses.c.distinct_users + miss.distinct_users,
                     status=_status_after_request,
                 )
             conn.execute(stmt)
@@ -381,7 +388,8 @@ class MetadataDB(ConfigurableResource):
         q = q.order_by(misses.c.last_requested_at.desc(), misses.c.request_key).limit(limit)
         with self.engine.connect() as conn:
             return [
-                Miss(r.merchant, r.category, r.product_id, r.bucket_id, r.prompt_id, r.last_requested_at, r.request_count)
+                Miss(r.merchant, r.category, r.product_id, r.bucket_id, r.prompt_id, r.last_requested_at, r.request_count,
+                     r.distinct_users)
                 for r in conn.execute(q)
             ]
 

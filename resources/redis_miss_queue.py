@@ -36,20 +36,22 @@ from .miss_queue import MissQueue
 _FIELDS = ("merchant", "category", "product_id", "bucket_id", "prompt_id")
 
 # KEYS[1]=list KEYS[2]=queued KEYS[3]=hash ; ARGV: key merchant category product_id bucket_id prompt_id now
+# requests users (the requests and the not-yet-counted users this record stands for)
 _RECORD = """
 local status = redis.call('HGET', KEYS[3], 'status')
 if not status then
   redis.call('HSET', KEYS[3], 'merchant', ARGV[2], 'category', ARGV[3], 'product_id', ARGV[4],
-             'bucket_id', ARGV[5], 'prompt_id', ARGV[6], 'first', ARGV[7], 'count', 0)
+             'bucket_id', ARGV[5], 'prompt_id', ARGV[6], 'first', ARGV[7], 'count', 0, 'users', 0)
 end
-redis.call('HINCRBY', KEYS[3], 'count', 1)
+redis.call('HINCRBY', KEYS[3], 'count', ARGV[8])
+redis.call('HINCRBY', KEYS[3], 'users', ARGV[9])
 redis.call('HSET', KEYS[3], 'last', ARGV[7])
 if status == 'claimed' then
   return 0
 end
 if status ~= 'pending' then
   redis.call('PERSIST', KEYS[3])
-  redis.call('HSET', KEYS[3], 'status', 'pending', 'first', ARGV[7], 'count', 1)
+  redis.call('HSET', KEYS[3], 'status', 'pending', 'first', ARGV[7], 'count', ARGV[8], 'users', ARGV[9])
   redis.call('HDEL', KEYS[3], 'claimed_by', 'lapsed')
 end
 if redis.call('SADD', KEYS[2], ARGV[1]) == 1 then
@@ -214,7 +216,8 @@ class RedisMissQueue(MissQueue):
         now = time.time() if now is None else now
         key = miss.request_key
         self._script("record")(keys=[self._keys[0], self._keys[1], self._hash(key)],
-                               args=[key, *(getattr(miss, f) for f in _FIELDS), repr(float(now))])
+                               args=[key, *(getattr(miss, f) for f in _FIELDS), repr(float(now)),
+                                     int(miss.request_count), int(miss.distinct_users)])
 
     def pending(self, limit: int = 1000, merchant: Optional[str] = None, category: Optional[str] = None) -> list[Miss]:
         """Queued misses, newest queued first (claims past their lease are queued again first)."""
@@ -229,12 +232,12 @@ class RedisMissQueue(MissQueue):
             start += page
             pipe = r.pipeline(transaction=False)
             for k in keys:
-                pipe.hmget(self._hash(k), *_FIELDS, "last", "count")
+                pipe.hmget(self._hash(k), *_FIELDS, "last", "count", "users")
             for row in pipe.execute():
                 if row[0] is None:
                     continue
                 if (merchant is None or row[0] == merchant) and (category is None or row[1] == category):
-                    out.append(Miss(*row[:5], float(row[5]), int(row[6])))
+                    out.append(Miss(*row[:5], float(row[5]), int(row[6]), int(row[7] or 0)))
                     if len(out) >= limit:
                         break
         return out

@@ -1,22 +1,92 @@
 """The A/B report: CTR per variant, uplift over control with 95% intervals, a plot.
 
-Not partitioned: it reads the impressions and clicks logged by the serving API (all merchants,
-plus a table per merchant) from the metadata DB. The statistics are in
+Not partitioned: it reads the impressions and clicks logged by the serving API or sent by an ad
+server (all merchants, plus a table per merchant) from the metadata DB. Besides the all-time
+tables and plot, it writes the breakdowns a team reads: for each window (the last 1, 7 and 28
+days by default, or one date range), per merchant, category and placement size, every variant's
+CTR and uplift over control with 95% intervals and a sample-size warning, as
+``reports/ab/latest.parquet`` and ``reports/ab/latest.json`` (served at ``GET /reports/ab``).
+Materialized daily by ``reports_schedule`` with ``ope_report``. The statistics are in
 :mod:`bggen_assets.core.ab_stats` (Wilson, Newcombe, delta method); this module renders them as a
 Markdown table and a PNG and writes the plot to the object store.
 """
 import base64
 import io
+import json
 import time
 from dataclasses import asdict, dataclass
+from datetime import date, datetime, timezone
 from typing import Optional
 
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
 
 from resources.bandit_store import BanditStore
 from resources.object_store import ObjectStore
 
-from ..core.ab_stats import VariantRow, compute_report
+from ..core.ab_stats import DEFAULT_MDE, VariantRow, breakdown, compute_report
+
+DIMENSIONS = {
+    "all": lambda r: "all",
+    "merchant": lambda r: r["merchant"],
+    "category": lambda r: f"{r['merchant']}/{r['category']}",
+    "placement": lambda r: f"{r['width']}x{r['height']}",
+}
+
+
+class ABReportConfig(Config):
+    windows_days: list[int] = [1, 7, 28]
+    #: a date range (UTC, ``YYYY-MM-DD``, end inclusive) instead of the windows
+    start: Optional[str] = None
+    end: Optional[str] = None
+    #: the relative uplift the sample-size warning is sized for
+    mde: float = DEFAULT_MDE
+
+
+def _day(s: str) -> float:
+    return datetime.combine(date.fromisoformat(s), datetime.min.time(), timezone.utc).timestamp()
+
+
+def report_windows(windows_days=(1, 7, 28), start: Optional[str] = None, end: Optional[str] = None,
+                   now: Optional[float] = None) -> list[tuple[str, float, float]]:
+    """``(name, since, until)`` of each window: the last N days, or the date range [start, end]."""
+    now = time.time() if now is None else now
+    if start or end:
+        if not (start and end):
+            raise ValueError("a date range needs both start and end (YYYY-MM-DD)")
+        since, until = _day(start), _day(end) + 86400
+        if until <= since:
+            raise ValueError(f"end {end} is before start {start}")
+        return [(f"{start}..{end}", since, until)]
+    if not windows_days or any(int(d) < 1 for d in windows_days):
+        raise ValueError(f"windows_days must be positive numbers of days, got {windows_days!r}")
+    return [(f"{int(d)}d", now - int(d) * 86400, now) for d in windows_days]
+
+
+def breakdown_table(bandit_store, windows: list[tuple[str, float, float]], mde: float = DEFAULT_MDE) -> list[dict]:
+    """Every window x dimension x group x variant as a flat row (the Parquet/JSON table)."""
+    rows = []
+    for name, since, until in windows:
+        counts = bandit_store.variant_counts_by_placement(since=since, until=until)
+        for r in breakdown(counts, DIMENSIONS, mde):
+            rows.append({"window": name, "since": since, "until": until, **r})
+    return rows
+
+
+def write_tables(store, rows: list[dict], prefix: str, **extra) -> dict[str, str]:
+    """``rows`` as ``<prefix>/latest.parquet`` (plus a dated copy) and ``<prefix>/latest.json``
+    (``{"generated_at", **extra, "rows"}``)."""
+    import pandas as pd
+
+    now = time.time()
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now))
+    buf = io.BytesIO()
+    pd.DataFrame(rows).to_parquet(buf, index=False)
+    body = json.dumps({"generated_at": now, **extra, "rows": rows}, separators=(",", ":")).encode()
+    keys = {"parquet": f"{prefix}/latest.parquet", "json": f"{prefix}/latest.json"}
+    store.put_bytes(f"{prefix}/{prefix.rsplit('/', 1)[-1]}-{stamp}.parquet", buf.getvalue())
+    store.put_bytes(keys["parquet"], buf.getvalue())
+    store.put_bytes(keys["json"], body, "application/json")
+    return keys
 
 LABELS = {"control": "control (photo)", "positioned": "positioned product", "random": "generated, random theme",
           "bandit": "generated, LinUCB theme"}
@@ -107,14 +177,22 @@ def build_report(bandit_store, store, since: Optional[float] = None, now: Option
 
 
 @asset(group_name="reports", description="CTR per A/B variant, uplift over control with 95% intervals, and a plot.")
-def ab_report(context: AssetExecutionContext, bandit_store: BanditStore, store: ObjectStore) -> MaterializeResult:
+def ab_report(context: AssetExecutionContext, config: ABReportConfig, bandit_store: BanditStore,
+              store: ObjectStore) -> MaterializeResult:
     rep = build_report(bandit_store, store)
+    windows = report_windows(config.windows_days, config.start, config.end)
+    table = breakdown_table(bandit_store, windows, config.mde)
+    keys = write_tables(store, table, "reports/ab", windows=[w[0] for w in windows], mde=config.mde)
+    warn = sorted({f"{r['window']} {r['dimension']}={r['group']}" for r in table
+                   if r["underpowered"] and r["dimension"] in ("all", "merchant")})
     meta = {
         "report": MetadataValue.md(rep.markdown()),
         "plot_key": rep.plot_key,
         "impressions": sum(r.impressions for r in rep.rows),
         "clicks": sum(r.clicks for r in rep.rows),
         "rows": MetadataValue.json([asdict(r) for r in rep.rows]),
+        "parquet_key": keys["parquet"], "json_key": keys["json"], "breakdown_rows": len(table),
+        "sample_size_warnings": MetadataValue.json(warn),
     }
     for r in rep.rows:
         if r.variant != "control" and r.uplift is not None:

@@ -92,3 +92,43 @@ def compute_report(counts: Iterable[Mapping]) -> list[VariantRow]:
             row.uplift, row.uplift_lo, row.uplift_hi = relative_uplift(k, n, control[1], control[0])
         rows.append(row)
     return rows
+
+
+#: the relative uplift the sample-size warning is sized for (a +20% CTR change)
+DEFAULT_MDE = 0.20
+#: the one-sided 80% power quantile, Phi^-1(0.8)
+Z80 = 0.8416212335729143
+
+
+def required_impressions(p0: float, mde: float = DEFAULT_MDE, z_alpha: float = Z95, z_power: float = Z80) -> Optional[int]:
+    """Impressions per variant to detect a relative uplift ``mde`` over a control CTR ``p0`` at 5%
+    two-sided significance and 80% power (two-proportion normal approximation); None if p0 is 0."""
+    if not (0.0 < p0 < 1.0):
+        return None
+    p1 = min(p0 * (1 + mde), 0.999999)
+    pbar = (p0 + p1) / 2
+    num = (z_alpha * math.sqrt(2 * pbar * (1 - pbar)) + z_power * math.sqrt(p0 * (1 - p0) + p1 * (1 - p1))) ** 2
+    return int(math.ceil(num / (p1 - p0) ** 2))
+
+
+def breakdown(counts: Iterable[Mapping], dimensions: Mapping[str, "callable"], mde: float = DEFAULT_MDE) -> list[dict]:
+    """Flat report rows for every dimension and group: ``counts`` are rows with a variant,
+    impressions, clicks and the fields the ``dimensions`` key functions read (``{"all": lambda r:
+    "all", "merchant": lambda r: r["merchant"], ...}``). Each row is a :class:`VariantRow` as a dict
+    plus ``dimension``, ``group``, ``required`` (impressions per variant for ``mde``) and
+    ``underpowered`` (the variant or the control has fewer impressions than that)."""
+    out = []
+    counts = list(counts)
+    for dim, key in dimensions.items():
+        groups: dict[str, list] = {}
+        for r in counts:
+            groups.setdefault(str(key(r)), []).append(r)
+        for group in sorted(groups):
+            rows = compute_report(groups[group])
+            control = next((r for r in rows if r.variant == "control"), None)
+            need = required_impressions(control.ctr, mde) if control is not None else None
+            for r in rows:
+                n_ctl = control.impressions if control is not None else 0
+                under = need is None or r.impressions < need or n_ctl < need
+                out.append({"dimension": dim, "group": group, **r.__dict__, "required": need, "underpowered": under})
+    return out

@@ -37,6 +37,7 @@ __all__ = [
     "ContextSchema", "default_schema", "aspect_class", "size_class",
     "Policy", "LinUCB", "UCB1", "RandomPolicy",
     "make_policy", "policy_from_state", "merge_states", "sum_deltas",
+    "extend_schema", "coordinate_map", "embed_components",
     "check_arms", "check_reward",
 ]
 
@@ -175,6 +176,50 @@ class ContextSchema:
 
     def __repr__(self) -> str:
         return f"ContextSchema(dim={self.dim}, features={list(self.features)})"
+
+
+def extend_schema(old: ContextSchema, wanted: Mapping[str, Sequence[str]]) -> ContextSchema:
+    """``old`` with the values and features of ``wanted`` it lacks: each feature keeps its values
+    in order and gets the new ones after them; new features come last.  ``old`` itself when
+    nothing is new."""
+    merged = {k: list(v) for k, v in old.features.items()}
+    for name, values in wanted.items():
+        cur = merged.setdefault(name, [])
+        for v in values:
+            if _norm(v) not in cur:
+                cur.append(_norm(v))
+    if {k: tuple(v) for k, v in merged.items()} == old.features:
+        return old
+    return ContextSchema(merged)
+
+
+def coordinate_map(old: ContextSchema, new: ContextSchema) -> np.ndarray:
+    """For each coordinate of ``old``'s encoding, its coordinate in ``new``'s (which must contain
+    every feature value of ``old``, as :func:`extend_schema` makes it)."""
+    names = {n: i for i, n in enumerate(new.names())}
+    missing = [n for n in old.names() if n not in names]
+    if missing:
+        raise StateMismatchError(f"the new schema lacks {missing[:5]} of the old one: a schema may only grow")
+    return np.array([names[n] for n in old.names()], dtype=int)
+
+
+def embed_components(comps: tuple, mapping: np.ndarray, new_dim: int) -> tuple:
+    """A state or delta of the old encoding in the new one: LinUCB sums ``(sum x x^T, sum r x)``
+    are placed at the mapped coordinates, zero elsewhere (no event had the new values); counting
+    policies' ``(n, s)`` do not depend on the context and are returned as they are."""
+    out = []
+    for c in comps:
+        if isinstance(c, np.ndarray) and c.ndim == 2:
+            e = np.zeros((new_dim, new_dim))
+            e[np.ix_(mapping, mapping)] = c
+            out.append(e)
+        elif isinstance(c, np.ndarray) and c.ndim == 1:
+            e = np.zeros(new_dim)
+            e[mapping] = c
+            out.append(e)
+        else:
+            out.append(c)
+    return tuple(out)
 
 
 DEFAULT_COUNTRIES = ("us", "gb", "de", "fr", "es", "it", "nl", "br", "jp", "in")
@@ -419,7 +464,8 @@ class LinUCB:
     # -- policy interface
     def scores(self, x: np.ndarray) -> np.ndarray:
         """``theta_a . x + alpha * sqrt(x . A_a^-1 . x)`` per arm, in :attr:`arms` order."""
-        x = self._check_x(x)
+        if x.__class__ is not np.ndarray or x.shape != self._shape or x.dtype != np.float64:
+            x = self._check_x(x)
         y = (self._M2 @ x).reshape(len(self.arms), self.dim + 1)
         return y[:, -1] + self.alpha * np.sqrt(y[:, :-1] @ x)
 

@@ -30,7 +30,7 @@ from .bandit import (
     merge_states,
 )
 
-__all__ = ["ClickModel", "OraclePolicy", "FixedPolicy", "SimResult", "best_fixed_arm",
+__all__ = ["ClickModel", "OraclePolicy", "FixedPolicy", "SimResult", "best_fixed_arm", "log_traffic",
            "simulate", "simulate_replicas"]
 
 
@@ -235,3 +235,27 @@ def simulate_replicas(factory: Callable[[], Policy], n: int, seed: int = 0,
             for r in reps:
                 r.load_state(glob)
     return _sim_result(C, U, choice)
+
+
+def log_traffic(policy: Policy, n: int, epsilon: float, seed: int = 0,
+                model: ClickModel | None = None):
+    """Serve ``n`` simulated impressions with ``policy`` ε-mixed (what the serving API does) and
+    log them as off-policy data: ``(LoggedData, C)`` where ``C`` (n, K) is every arm's true CTR on
+    each logged context, so a candidate's true value on the log is ``mean(sum(pi * C, axis=1))``."""
+    from .exploration import policy_probabilities, sample_arm
+    from .ope import LoggedData
+
+    model = model or ClickModel.synthetic()
+    if tuple(policy.arms) != tuple(model.arms):
+        raise BanditError(f"policy arms {list(policy.arms)} != model arms {list(model.arms)}")
+    X, C, U, rng = _sim_inputs(model, int(n), seed)
+    actions = np.empty(int(n), dtype=np.int64)
+    props = np.empty(int(n))
+    rewards = np.empty(int(n))
+    for t in range(int(n)):
+        probs = policy_probabilities(policy, X[t], epsilon)
+        k = sample_arm(probs, rng)
+        actions[t], props[t] = k, probs[k]
+        rewards[t] = 1.0 if U[t] < C[t, k] else 0.0
+        policy.update(model.arms[k], X[t], rewards[t])
+    return LoggedData(X, actions, rewards, props, tuple(model.arms)), C

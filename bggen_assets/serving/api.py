@@ -3,7 +3,9 @@
     GET  /creative   merchant, product, width, height [, fill, anchor] [, country, region, gender,
                      device, user_id] -> image bytes (JPEG or WebP by Accept); headers
                      X-Impression-Id, X-Variant, X-Theme, X-Policy, X-Bucket, X-Cache (hit|miss)
-    POST /events     {"impression_id": ..., "event": "click"} -> records the click (first one counts)
+    POST /events     {"impression_id": ..., "event": "click"} -> records the click (first one counts);
+                     or a batch of impressions and clicks (JSON array / JSON lines) from an ad server
+    GET  /reports/ab the A/B report's numbers (windows, merchant / category / placement breakdowns)
     GET  /health     status, cache and queue figures
     GET  /preview    HTML grid of a product's creatives: placements x themes, hits shown, misses marked
     GET  /preview/image   one preview cell (no impression, no miss recorded)
@@ -61,7 +63,12 @@ def create_app(store, miss_queue, bandit_store=None, creative_config=None, servi
     keep_pillow_blocks()
     service = service or CreativeService(store, miss_queue, creative_config, cache_bytes=cache_bytes,
                                          index_ttl_s=index_ttl_s, jpeg_quality=jpeg_quality, prefetch=prefetch)
-    misses = BufferedMissQueue(miss_queue)
+    def declared(merchant: str):
+        if creative_config is None:
+            return ()
+        return [(p.width, p.height) for p in creative_config.placements(merchant)]
+
+    misses = BufferedMissQueue(miss_queue, policy=serving_config.miss_policy(), declared=declared)
     service.miss_queue = misses  # the service records misses through the buffer: never blocks
     state = ServingState(service, Personalizer(serving_config, bandit_store), misses, ImpressionLog(bandit_store),
                          creative_config, response_cache_bytes)
@@ -78,7 +85,7 @@ def create_app(store, miss_queue, bandit_store=None, creative_config=None, servi
         finally:
             if flusher:
                 flusher.stop()
-            state.flush()
+            state.close()
 
     app = FastAPI(title="bggen serving API", version="1.0",
                   description="Ad creatives with generated backgrounds; LinUCB theme personalisation; A/B logging.",
@@ -103,6 +110,9 @@ def app_from_env(config_path: Optional[str] = None, env: Optional[dict] = None, 
     res = build_resources(env, read_secrets_now=True)
     cfg_path = config_path or (os.environ if env is None else env).get("BGGEN_SERVING_CONFIG")
     config = ServingConfig.from_file(cfg_path) if cfg_path else ServingConfig()
+    if config.click_journal is None:  # a deployed API never keeps unapplied clicks in memory only
+        config.click_journal = (os.environ if env is None else env).get(
+            "BGGEN_CLICK_JOURNAL", "bggen_data/serving/clicks.journal")
     bandit_store = res.get("bandit_store") or BanditStore(metadata_db=res["metadata_db"])
     return create_app(res["store"], res["miss_queue"], bandit_store,
                       res["creative_config"], config, **kwargs)

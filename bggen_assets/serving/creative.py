@@ -267,10 +267,13 @@ class CreativeService:
 
     # -- serving ---------------------------------------------------------------------------------
     def serve(self, merchant: str, product_id: str, placement: Placement, prompt_id: Optional[str] = None,
-              fmt: str = "jpeg", record_miss: bool = True) -> Creative:
+              fmt: str = "jpeg", record_miss: bool = True, user: str = "") -> Creative:
         """The creative of ``placement`` (see ``default_placement`` for a merchant's configured fill
         and anchor of a size). ``record_miss=False`` answers a miss with the fallback without
-        queueing it (previews)."""
+        queueing it (previews).
+
+        A miss queues the requested canvas for every theme of the category (the bandit will try
+        them all); through the API's buffer (``record_request``) only if the miss policy admits it."""
         if fmt not in FORMATS:
             raise ValueError(f"unsupported format {fmt!r}; use one of {', '.join(FORMATS)}")
         category, doc = self.find_product(merchant, product_id)
@@ -295,7 +298,12 @@ class CreativeService:
                             found.canvas_id, prompt_id, width, height, found.entry.image_key)
         requested = lookup.requested_id(product_id, placement)
         if record_miss:
-            self.miss_queue.record(Miss(merchant, category, product_id, requested, prompt_id))
+            themed = [Miss(merchant, category, product_id, requested, p) for p in doc.prompts]
+            if hasattr(self.miss_queue, "record_request"):
+                self.miss_queue.record_request(themed, width, height, user)
+            else:
+                for miss in themed:
+                    self.miss_queue.record(miss)
         img = Image.fromarray(fallback_creative(self._cutout(product.cutout_key), placed))
         return Creative(self.encode(img, fmt, composite_xmp()), FORMATS[fmt], False, merchant, category, product_id, requested,
                         prompt_id, width, height)

@@ -28,6 +28,9 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
+from ..core.events import DEFAULT_ATTRIBUTION_WINDOW_S
+from ..core.miss_policy import MissPolicy
+from ..core.exploration import check_epsilon, draw_mixed
 from ..core.bandit import (
     ASPECT_CLASSES,
     DEFAULT_COLOURS,
@@ -36,6 +39,9 @@ from ..core.bandit import (
     ContextSchema,
     Policy,
     aspect_class,
+    coordinate_map,
+    embed_components,
+    extend_schema,
     make_policy,
     merge_states,
     size_class,
@@ -81,6 +87,27 @@ class ServingConfig:
     learn_from_random: bool = True
     flush_interval_s: float = 1.0
     seed: Optional[int] = None
+    #: ε-mixing of the bandit variant's policy: with probability ε a uniformly random theme, so
+    #: every theme keeps a propensity >= ε/K and the logs support off-policy evaluation
+    #: (docs/bandit.md); 0 is the greedy policy
+    epsilon: float = 0.05
+    #: a click counts for its impression only within this many seconds of it
+    attribution_window_s: float = DEFAULT_ATTRIBUTION_WINDOW_S
+    #: where buffered clicks are spilled when the buffer is full or the process stops while the
+    #: DB is unreachable (JSON lines; read back at start); None: kept in memory only
+    click_journal: Optional[str] = None
+    max_buffered_clicks: int = 100_000
+    #: which misses earn a generation job (bggen_assets/core/miss_policy.py): a size seen this
+    #: many times (or declared in the merchant's placements), at most this many waiting misses per
+    #: merchant, at most miss_product_rate new buckets per product per miss_product_period_s
+    miss_min_requests: int = 3
+    miss_merchant_cap: int = 2000
+    miss_product_rate: int = 20
+    miss_product_period_s: float = 3600.0
+
+    def miss_policy(self) -> MissPolicy:
+        return MissPolicy(self.miss_min_requests, self.miss_merchant_cap, self.miss_product_rate,
+                          self.miss_product_period_s)
 
     def __post_init__(self) -> None:
         unknown = set(self.variant_shares) - set(VARIANTS)
@@ -100,6 +127,16 @@ class ServingConfig:
             raise ServingConfigError(f"alpha must be finite and >= 0, got {self.alpha!r}")
         if not (math.isfinite(float(self.ridge)) and self.ridge > 0):
             raise ServingConfigError(f"ridge must be finite and > 0, got {self.ridge!r}")
+        try:
+            self.epsilon = check_epsilon(self.epsilon)
+        except ValueError as exc:
+            raise ServingConfigError(str(exc)) from None
+        if not (isinstance(self.attribution_window_s, (int, float)) and self.attribution_window_s > 0):
+            raise ServingConfigError(f"attribution_window_s must be > 0, got {self.attribution_window_s!r}")
+        try:
+            self.miss_policy()
+        except ValueError as exc:
+            raise ServingConfigError(str(exc)) from None
         if not self.flush_interval_s > 0:
             raise ServingConfigError(f"flush_interval_s must be > 0, got {self.flush_interval_s!r}")
         cum, acc = [], 0.0
@@ -235,6 +272,8 @@ class Choice:
     theme: Optional[str]          # None for control / positioned
     policy: str                   # linucb | ucb1 | random | none
     x: Optional[np.ndarray] = None
+    #: the probability with which ``theme`` was chosen (None for control / positioned)
+    propensity: Optional[float] = None
 
 
 class Personalizer:
@@ -247,28 +286,57 @@ class Personalizer:
         self.config = config or ServingConfig()
         self.bandit_store = bandit_store
         self._slots: dict[tuple[str, str, str], _Slot] = {}
-        self._schemas: dict[tuple[str, str], ContextSchema] = {}
-        self._lock = threading.Lock()
+        self._schemas: dict[tuple[str, str], tuple[ContextSchema, Any]] = {}  # schema, products it saw
+        self._lock = threading.RLock()  # slot() may flush a slot, which may migrate every slot
         self._rng = np.random.default_rng(self.config.seed)
         self.flush_errors = 0
 
     # -- slots -----------------------------------------------------------------------------------
     def schema(self, merchant: str, category: str, products: Mapping[str, Mapping]) -> ContextSchema:
+        """The (merchant, category)'s context schema, extended (in the store too) when the
+        products bring feature values it lacks (a new subcategory or colour)."""
         key = (merchant, category)
-        s = self._schemas.get(key)
-        if s is None:
-            wanted = schema_for(products)
+        cached = self._schemas.get(key)
+        if cached is not None and cached[1] is products:
+            return cached[0]
+        wanted = schema_for(products)
+        s = cached[0] if cached is not None else None
+        if s is None or extend_schema(s, wanted) is not s:
             if self.bandit_store is not None:
-                wanted = self.bandit_store.ensure_schema(merchant, category, wanted)
-            s = ContextSchema(wanted)
-            self._schemas[key] = s
+                s = ContextSchema(self.bandit_store.ensure_schema(merchant, category, wanted))
+            else:
+                s = ContextSchema(wanted) if s is None else extend_schema(s, wanted)
+        self._schemas[key] = (s, products)
         return s
+
+    def _migrate(self, merchant: str, category: str, new: ContextSchema) -> None:
+        """Every policy of (merchant, category) onto an extended schema: unpublished deltas are
+        re-laid onto the new encoding, the policy rebuilt at the new dimension and loaded from the
+        store (whose sums the extension re-laid already)."""
+        for slot in [s for s in self._slots.values() if (s.merchant, s.category) == (merchant, category)]:
+            if slot.schema == new:
+                continue
+            mapping = coordinate_map(slot.schema, new)
+            with slot.lock:
+                deltas = slot.policy.take_deltas()
+                if deltas:
+                    slot.unflushed.append(deltas)
+                slot.unflushed = [{a: embed_components(c, mapping, new.dim) for a, c in d.items()}
+                                  for d in slot.unflushed]
+                slot.policy = make_serving_policy(slot.kind, slot.arms, new.dim, self.config)
+                slot.schema = new
+            self._load(slot)
 
     def slot(self, merchant: str, category: str, kind: str, arms: Sequence[str],
              products: Mapping[str, Mapping]) -> _Slot:
         key = (merchant, category, kind)
         slot = self._slots.get(key)
         if slot is not None and slot.arms == tuple(arms):
+            if self._schemas[(merchant, category)][1] is not products:  # a new index version
+                schema = self.schema(merchant, category, products)
+                if schema != slot.schema:
+                    with self._lock:
+                        self._migrate(merchant, category, schema)
             return slot
         with self._lock:
             slot = self._slots.get(key)
@@ -306,9 +374,12 @@ class Personalizer:
         kind = "random" if variant == "random" else self.config.policy_for(merchant)
         slot = self.slot(merchant, category, kind, arms, products)
         x = slot.schema.encode(features)
+        eps = 1.0 if kind == "random" else self.config.epsilon
+        u = self._rng.random()
         with slot.lock:
-            theme = slot.policy.select(x, self._rng)
-        return Choice(variant, theme, kind, x)
+            scores = [0.0] * len(slot.arms) if eps == 1.0 else slot.policy.scores(x).tolist()
+        k, p = draw_mixed(scores, eps, u)  # = a draw from policy_probabilities(policy, x, eps)
+        return Choice(variant, slot.arms[k], kind, x, p)
 
     def _learning_slots(self, variant: str, merchant: str, category: str, kind: str, arms, products) -> list[_Slot]:
         slots = [self.slot(merchant, category, kind, arms, products)]
@@ -325,6 +396,8 @@ class Personalizer:
             return
         for slot in self._learning_slots(choice.variant, merchant, category, choice.policy, arms, products):
             with slot.lock:  # one schema per (merchant, category): choice.x fits every slot
+                if len(choice.x) != slot.schema.dim:
+                    continue  # chosen just before the schema grew: encoded for the old layout
                 if choice.theme in slot.arms:
                     slot.policy.update(choice.theme, choice.x, 0.0)
                     slot.events += 1
@@ -344,6 +417,13 @@ class Personalizer:
 
     # -- sync ------------------------------------------------------------------------------------
     def _flush_slot(self, slot: _Slot) -> None:
+        if self.bandit_store is not None:  # another replica may have extended the schema
+            stored = self.bandit_store.load_schema(slot.merchant, slot.category)
+            if stored is not None and ContextSchema(stored) != slot.schema:
+                new = ContextSchema(stored)
+                with self._lock:
+                    self._schemas[(slot.merchant, slot.category)] = (new, None)
+                    self._migrate(slot.merchant, slot.category, new)
         with slot.lock:
             deltas = slot.policy.take_deltas()
         if deltas:

@@ -135,3 +135,76 @@ def test_ab_report_asset_end_to_end(store, metadata_db):
     assert img.format == "PNG" and img.size[0] > 800
     assert store.get_bytes("reports/ab/latest.png") == png
     assert "uplift_bandit" in meta
+
+
+def test_required_impressions_matches_statsmodels_power():
+    from statsmodels.stats.power import NormalIndPower
+    from statsmodels.stats.proportion import proportion_effectsize
+
+    from bggen_assets.core.ab_stats import required_impressions
+
+    for p0, mde in ((0.02, 0.2), (0.05, 0.1), (0.3, 0.05)):
+        ours = required_impressions(p0, mde)
+        ref = NormalIndPower().solve_power(proportion_effectsize(p0 * (1 + mde), p0), alpha=0.05, power=0.8)
+        assert abs(ours - ref) / ref < 0.02, (p0, mde, ours, ref)  # arcsine vs pooled-normal approximations
+    assert required_impressions(0.0) is None
+
+
+def test_breakdowns_windows_and_the_json_endpoint(store, metadata_db):
+    """Windows (1/7/28 days, or a date range), per merchant / category / placement size, the
+    sample-size warning; the same numbers as Parquet and at GET /reports/ab."""
+    import json
+
+    import pandas as pd
+    from dagster import materialize
+
+    from bggen_assets.assets.ab_report import ab_report
+    from bggen_assets.serving.api import create_app
+    from resources.bandit_store import BanditStore
+    from resources.miss_queue import DbMissQueue
+
+    bs = BanditStore(metadata_db=metadata_db)
+    now = time.time()
+    rows = []
+    for i in range(400):
+        age_days = (0.5, 3, 20, 40)[i % 4]  # 1d sees 1/4, 7d 2/4, 28d 3/4, the 40-day-old rows none
+        rows.append({"impression_id": f"{i:032x}", "ts": now - age_days * 86400, "merchant": "acme" if i % 8 < 4 else "zed",
+                     "category": "shoes", "product_id": "p", "variant": ("control", "bandit")[(i // 4) % 2],
+                     "theme": "t", "policy": "linucb", "bucket_id": "b", "hit": True,
+                     "width": (300, 728)[(i // 16) % 2], "height": (250, 90)[(i // 16) % 2], "user_hash": "",
+                     "context": "{}"})
+    bs.log_impressions(rows)
+    for i in range(0, 400, 5):
+        bs.record_click(f"{i:032x}")
+    result = materialize([ab_report], resources={"bandit_store": bs, "store": store})
+    assert result.success
+    table = pd.read_parquet(io.BytesIO(store.get_bytes("reports/ab/latest.parquet")))
+    assert set(table.window) == {"1d", "7d", "28d"}
+    assert set(table.dimension) == {"all", "merchant", "category", "placement"}
+    tot = table[(table.dimension == "all")].groupby("window").impressions.sum().to_dict()
+    assert tot == {"1d": 100, "7d": 200, "28d": 300}
+    assert set(table[table.dimension == "placement"].group) == {"300x250", "728x90"}
+    assert table.underpowered.all()  # 300 impressions cannot show a 20% uplift: the warning says so
+    meta = result.asset_materializations_for_node("ab_report")[0].metadata
+    assert "28d all=all" in meta["sample_size_warnings"].value
+    # a date range instead of windows
+    day = time.strftime("%Y-%m-%d", time.gmtime(now - 20 * 86400))
+    r2 = materialize([ab_report], resources={"bandit_store": bs, "store": store},
+                     run_config={"ops": {"ab_report": {"config": {"start": day, "end": day}}}})
+    assert r2.success
+    doc = json.loads(store.get_bytes("reports/ab/latest.json"))
+    assert doc["windows"] == [f"{day}..{day}"]
+    assert sum(r["impressions"] for r in doc["rows"] if r["dimension"] == "all") == 100
+    # GET /reports/ab serves the JSON, filtered
+    app = create_app(store, DbMissQueue(metadata_db=metadata_db), bs, background=False, prefetch=False)
+    from starlette.testclient import TestClient
+
+    with TestClient(app) as client:
+        got = client.get("/reports/ab", params={"dimension": "merchant", "group": "acme"}).json()
+        assert {r["group"] for r in got["rows"]} == {"acme"} and got["windows"] == [f"{day}..{day}"]
+        assert sum(r["impressions"] for r in got["rows"]) == 100 // 2
+        assert client.get("/reports/ab", params={"dimension": "nope"}).status_code == 400
+    store.delete("reports/ab/latest.json")
+    with TestClient(app) as client:
+        r = client.get("/reports/ab")
+        assert r.status_code == 404 and "ab_report" in r.json()["error"]

@@ -106,7 +106,7 @@ def test_partition_materializes_on_the_production_instance(production_env, seawe
     db = MetadataDB(url=production_env["BGGEN_DB_URL"])
     try:
         with db.engine.connect() as conn:
-            assert current_revision(conn) == "0004"
+            assert current_revision(conn) == "0005"
             tables = set(conn.exec_driver_sql("SHOW TABLES").scalars())
         assert {"runs", "event_logs", "alembic_version", "bggen_schema_version", "generated_images"} <= tables
         assert len(db.generated_rows(MERCHANT, CATEGORY)) > 0

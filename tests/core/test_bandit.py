@@ -626,3 +626,23 @@ def test_bad_constructor_and_state_arguments():
         LinUCB(ARMS, 3).load_state({"p1": base["p1"]})
     with pytest.raises(StateMismatchError, match="NaN"):
         LinUCB(ARMS, 3).load_state({**base, "p2": (np.full((3, 3), np.nan), np.zeros(3))})
+
+
+def test_extend_schema_keeps_the_layout_and_embeds_sums():
+    from bggen_assets.core.bandit import coordinate_map, embed_components, extend_schema
+
+    old = ContextSchema({"country": ["us", "de"], "device": ["mobile"]})
+    assert extend_schema(old, {"country": ["US"], "device": ["mobile"]}) is old  # nothing new
+    new = extend_schema(old, {"country": ["fr"], "device": ["tablet"], "gender": ["female"]})
+    assert new.names() == ["bias", "country=us", "country=de", "country=fr", "device=mobile", "device=tablet",
+                           "gender=female"]
+    m = coordinate_map(old, new)
+    assert m.tolist() == [0, 1, 2, 4]
+    x_old = old.encode({"country": "de", "device": "mobile"})
+    A, b = np.outer(x_old, x_old), 2.0 * x_old
+    A2, b2 = embed_components((A, b), m, new.dim)
+    x_new = new.encode({"country": "de", "device": "mobile"})
+    assert np.array_equal(A2, np.outer(x_new, x_new)) and np.array_equal(b2, 2.0 * x_new)
+    assert embed_components((3, 1.0), m, new.dim) == (3, 1.0)
+    with pytest.raises(StateMismatchError, match="only grow"):
+        coordinate_map(new, old)

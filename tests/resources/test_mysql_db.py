@@ -60,7 +60,7 @@ def test_migrations_build_exactly_the_declared_schema(fresh_url):
     try:
         assert schema_diff(db.engine) == []
         with db.engine.connect() as conn:
-            assert current_revision(conn) == head_revision() == "0004"
+            assert current_revision(conn) == head_revision() == "0005"
     finally:
         db.dispose()
 
@@ -113,7 +113,7 @@ db = MetadataDB(url=sys.argv[2])
 with db.engine.connect() as conn:
     print(current_revision(conn))
 """
-HEAD = "0004"
+HEAD = "0005"
 
 
 def test_concurrent_first_starts_migrate_once(fresh_url):

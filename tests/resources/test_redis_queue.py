@@ -154,3 +154,20 @@ def test_definitions_pick_the_redis_queue(redis_url, tmp_path):
     assert isinstance(res["miss_queue"], RedisMissQueue) and res["miss_queue"].namespace == "{bggen-defs}:m"
     with pytest.raises(ValueError, match="BGGEN_MISS_QUEUE"):
         build_resources({"BGGEN_DATA_DIR": str(tmp_path), "BGGEN_MISS_QUEUE": "kafka"})
+
+
+def test_buffered_requests_and_distinct_users_are_counted(queue):
+    """8 requests by 3 users over 3 flushes of the API's buffer: the Redis record says 8 and 3."""
+    from bggen_assets.core.miss_policy import MissPolicy
+    from bggen_assets.serving.state import BufferedMissQueue
+    from resources.metadata_db import Miss
+
+    buf = BufferedMissQueue(queue, policy=MissPolicy(min_requests=1))
+    for i in range(8):
+        buf.record_request([Miss("northwind", "bags", "p1", "b1", t) for t in ("warm", "cool")], 300, 250, f"u{i % 3}")
+        if i in (2, 5):
+            buf.flush()
+    buf.flush()
+    pending = queue.pending()
+    assert sorted(m.prompt_id for m in pending) == ["cool", "warm"]
+    assert {(m.request_count, m.distinct_users) for m in pending} == {(8, 3)}

@@ -262,8 +262,14 @@ def test_miss_answers_fallback_at_once_and_queues_once(live, world):
     assert queue.pending() == []  # not written on the request path
     live.state.flush()
     pending = queue.pending()
-    assert {(m.bucket_id, m.prompt_id) for m in pending} == seen_keys
+    # every theme of the bucket is queued (the bandit will try them all), not only the ones shown;
+    # the size is not declared, so it earned generation at its 3rd request: 3 requests counted
+    # (requests 3..5) by 1 user, and the first 2 were held (served the fallback only, counted)
+    (bucket,) = {b for b, _ in seen_keys}
+    assert sorted((m.bucket_id, m.prompt_id) for m in pending) == sorted((bucket, t) for t in world["doc"].prompts)
     assert all(m.product_id == pid and m.merchant == MERCHANT and m.category == CATEGORY for m in pending)
+    assert [(m.request_count, m.distinct_users) for m in pending] == [(3, 1)] * len(pending)
+    assert live.client.get("/health").json()["misses"]["held"]["below_threshold"] == 2
     # bucket_miss_sensor turns them into a run request for the partition
     from dagster import DagsterInstance, build_sensor_context
 

@@ -75,7 +75,8 @@ def test_variant_assignment_is_deterministic_and_follows_shares():
 @pytest.mark.parametrize("bad", [
     {"variant_shares": {"treatment": 1}}, {"variant_shares": {"control": -1}}, {"variant_shares": {"control": 0}},
     {"default_policy": "thompson"}, {"policies": {"acme": "greedy"}}, {"alpha": -1}, {"ridge": 0},
-    {"flush_interval_s": 0},
+    {"flush_interval_s": 0}, {"epsilon": -0.1}, {"epsilon": 1.5}, {"epsilon": "some"},
+    {"attribution_window_s": 0}, {"miss_min_requests": 0}, {"miss_merchant_cap": 0}, {"miss_product_period_s": 0},
 ])
 def test_bad_serving_config_is_a_clear_error(bad):
     with pytest.raises(ServingConfigError):
@@ -178,10 +179,14 @@ def test_concurrent_flushes_lose_nothing(bandit_store):
         assert np.array_equal(sums[a][0], 40 * np.eye(d)) and np.array_equal(sums[a][1], 40 * np.ones(d))
 
 
-def test_schema_first_writer_wins(bandit_store):
+def test_schema_first_writer_sets_the_layout_and_later_ones_only_extend_it(bandit_store):
     first = bandit_store.ensure_schema(M, C, schema_for(PRODUCTS))
+    assert bandit_store.ensure_schema(M, C, schema_for(PRODUCTS)) == first
     later = bandit_store.ensure_schema(M, C, schema_for({"p9": {"subcategory": "sandals", "colour": "gold"}}))
-    assert later == first and "sandals" not in later["subcategory"]
+    # the first writer's values keep their order; the new ones come after them
+    assert later["subcategory"] == first["subcategory"] + ["sandals"]
+    assert later["colour"] == first["colour"] + ["gold"] and list(later) == list(first)
+    assert bandit_store.load_schema(M, C) == later
 
 
 def test_counting_policies_round_trip_with_delayed_rewards(bandit_store):
@@ -283,8 +288,9 @@ def test_linucb_regret_below_random_and_ucb1():
     assert lin < 0.35 * rnd and lin < 0.35 * ucb  # benchmarks/bandit.py prints 0.225 and 0.225
 
 
-def test_choose_follows_the_variant_and_the_policy():
-    cfg = ServingConfig(alpha=0.0, seed=0)  # alpha 0: the bandit shows its best estimate
+@pytest.mark.parametrize("epsilon", [0.0, 0.1])
+def test_choose_follows_the_variant_and_the_policy(epsilon):
+    cfg = ServingConfig(alpha=0.0, seed=0, epsilon=epsilon)  # alpha 0: the bandit shows its best estimate
     p = Personalizer(cfg, None)
     for variant in ("control", "positioned"):
         assert p.choose(variant, M, C, ARMS, PRODUCTS, {}) == Choice(variant, None, "none")
@@ -294,6 +300,7 @@ def test_choose_follows_the_variant_and_the_policy():
     counts = {a: sum(c.theme == a for c in picks) for a in ARMS}
     sd = (n * (1 / 3) * (2 / 3)) ** 0.5
     assert all(abs(k - n / 3) < 5 * sd for k in counts.values()), counts
+    assert {c.propensity for c in picks} == {1 / 3}
     # teach the bandit that beach-sunset gets clicked on mobile, urban-concrete on desktop
     for device, theme in (("mobile", "beach-sunset"), ("desktop", "urban-concrete")):
         f = build_features(device=device, width=300, height=250)
@@ -307,9 +314,66 @@ def test_choose_follows_the_variant_and_the_policy():
                                    features=f, arms=ARMS, products=PRODUCTS)
     for device, theme in (("mobile", "beach-sunset"), ("desktop", "urban-concrete")):
         f = build_features(device=device, width=300, height=250)
-        got = {p.choose("bandit", M, C, ARMS, PRODUCTS, f).theme for _ in range(200)}
-        assert got == {theme}, (device, got)
+        picks = [p.choose("bandit", M, C, ARMS, PRODUCTS, f) for _ in range(2000)]
+        best = 1 - epsilon + epsilon / 3
+        if epsilon == 0:
+            assert {c.theme for c in picks} == {theme}, device
+        else:  # ε-mixing: every theme shown, the best one (1 - ε + ε/K) of the time
+            share = sum(c.theme == theme for c in picks) / len(picks)
+            assert abs(share - best) < 5 * (best * (1 - best) / len(picks)) ** 0.5, (device, share)
+            assert {c.theme for c in picks} == set(ARMS)
+        # the logged propensity is the probability of the theme shown
+        assert all(c.propensity == pytest.approx(best if c.theme == theme else epsilon / 3) for c in picks)
 
 
 def test_variants_constant():
     assert VARIANTS == ("control", "positioned", "random", "bandit")
+
+
+def _serve_with(pers: Personalizer, events, products):
+    for f, theme, clicked in events:
+        slot = pers.slot(M, C, "linucb", ARMS, products)
+        pers.record_impression(Choice("bandit", theme, "linucb", slot.schema.encode(f)), M, C, ARMS, products, hit=True)
+        if clicked:
+            pers.record_click(variant="bandit", merchant=M, category=C, policy="linucb", theme=theme, features=f,
+                              arms=ARMS, products=products)
+
+
+def test_a_new_feature_value_extends_the_stored_state(bandit_store):
+    """A new subcategory and colour in the index: the schema and the stored LinUCB sums grow (the
+    old sums re-laid, zeros for the new values), scores of old contexts are unchanged, a replica
+    still on the old layout publishes its deltas onto the new one, and the result equals one
+    policy that saw every event in the new layout."""
+    cfg = ServingConfig(seed=0)
+    a, b = Personalizer(cfg, bandit_store), Personalizer(cfg, bandit_store)
+    old_events, late_events = _events(300, seed=1), _events(100, seed=2)
+    _serve_with(a, old_events, PRODUCTS)
+    a.flush()
+    _serve_with(b, late_events, PRODUCTS)  # b learns on the old layout, not published yet
+    old_slot = a.slot(M, C, "linucb", ARMS, PRODUCTS)
+    f_old = old_events[0][0]
+    before = old_slot.policy.scores(old_slot.schema.encode(f_old))
+    old_dim = old_slot.schema.dim
+
+    grown = {**PRODUCTS, "p9": {"subcategory": "sandals", "colour": "gold"}}
+    new_events = [(build_features(device="mobile", subcategory="sandals", colour="gold", width=300, height=250),
+                   ARMS[i % 3], i % 3 == 0) for i in range(30)]
+    slot = a.slot(M, C, "linucb", ARMS, grown)  # the new index version: the schema grows
+    assert slot.schema.dim == old_dim + 2 and "subcategory=sandals" in slot.schema.names()
+    stored = bandit_store.load_schema(M, C)
+    assert stored["subcategory"][-1] == "sandals" and stored["colour"][-1] == "gold"
+    np.testing.assert_allclose(slot.policy.scores(slot.schema.encode(f_old)), before, rtol=1e-9)  # nothing forgotten
+    _serve_with(a, new_events, grown)
+    a.flush()
+    b.flush()  # b sees the extended schema, re-lays its unpublished deltas, publishes
+    assert b.slot(M, C, "linucb", ARMS, PRODUCTS).schema.dim == old_dim + 2
+
+    ref = LinUCB(ARMS, slot.schema.dim)
+    for f, theme, clicked in old_events + late_events + new_events:
+        ref.update(theme, slot.schema.encode(f), 1.0 if clicked else 0.0)
+    sums = bandit_store.load_sums(M, C, "linucb")
+    for arm, (A, bb) in ref.state().items():
+        np.testing.assert_allclose(sums[arm][0] + np.eye(len(bb)), A, atol=1e-9)
+        np.testing.assert_allclose(sums[arm][1], bb, atol=1e-9)
+    i = slot.schema.names().index("subcategory=sandals")
+    assert sum(sums[arm][0][i, i] for arm in ARMS) == 30.0  # the new value learnt from its 30 impressions

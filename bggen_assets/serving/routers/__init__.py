@@ -1,8 +1,9 @@
-"""The API's routers, one per resource: ``/creative``, ``/events``, ``/health``, ``/preview``.
+"""The API's routers, one per resource: ``/creative``, ``/events``, ``/health``, ``/preview``,
+``/reports/ab``.
 
 Each reads what it needs from ``app.state.serving`` (:func:`..state.serving_state`) and raises the
 errors of :mod:`..http`, whose handlers answer them; :func:`..api.create_app` assembles them.
 """
-from . import creative, events, health, preview
+from . import creative, events, health, preview, reports
 
-ROUTERS = (creative.router, events.router, health.router, preview.router)
+ROUTERS = (creative.router, events.router, health.router, preview.router, reports.router)

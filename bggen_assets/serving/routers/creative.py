@@ -41,7 +41,7 @@ def audience(
 @router.get("/creative", summary="The creative for one impression",
             response_class=Response,
             responses={200: {"content": {"image/jpeg": {}, "image/webp": {}},
-                             "description": "the image; headers X-Impression-Id, X-Variant, X-Theme, X-Policy, X-Bucket, X-Cache"},
+                             "description": "the image; headers X-Impression-Id, X-Variant, X-Theme, X-Policy, X-Bucket, X-Cache, X-Propensity (the probability of the theme)"},
                        400: {"description": "bad parameter"}, 404: {"description": "unknown merchant or product"},
                        406: {"description": "Accept allows no image format we produce"}})
 def creative(
@@ -70,7 +70,7 @@ def creative(
         body, bucket_id = state.positioned(doc, product, placement, fmt)
         hit, theme = True, "none"
     else:
-        c = service.serve(merchant, product, placement, prompt_id=choice.theme, fmt=fmt)
+        c = service.serve(merchant, product, placement, prompt_id=choice.theme, fmt=fmt, user=user_hash(user_id))
         body, hit, bucket_id, theme = c.body, c.hit, c.bucket_id, c.prompt_id
         state.personalizer.record_impression(choice, merchant, category, arms, doc.products, hit)
     state.served["hit" if hit else "miss"] += 1
@@ -79,8 +79,10 @@ def creative(
         "product_id": product, "variant": variant, "theme": theme, "policy": choice.policy,
         "bucket_id": bucket_id, "hit": hit, "width": width, "height": height,
         "user_hash": user_hash(user_id), "context": features_json(features),
+        "propensity": choice.propensity, "source": "served",
     })
     return Response(body, media_type=FORMATS[fmt], headers={
         "X-Impression-Id": impression_id, "X-Variant": variant, "X-Theme": theme, "X-Policy": choice.policy,
         "X-Bucket": bucket_id, "X-Cache": "hit" if hit else "miss", "Cache-Control": "private, no-store",
+        "X-Propensity": "none" if choice.propensity is None else f"{choice.propensity:.6g}",
         "Vary": "Accept"})

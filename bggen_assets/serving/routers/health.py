@@ -23,5 +23,7 @@ def health(state: Annotated[ServingState, Depends(serving_state)]) -> dict:
         "prefetching": service.prefetching > 0,
         "pending_impressions": len(state.impressions),
         "pending_misses": len(state.misses),
+        "misses": state.misses.stats(),
+        "buffered_clicks": len(state.clicks),
         "policies": state.personalizer.snapshot(),
     }
