@@ -119,6 +119,15 @@ def decode_components(shapes: str, data: bytes) -> tuple:
     return tuple(out)
 
 
+def _in_window(query, ts_column, since: Optional[float], until: Optional[float]):
+    """The query restricted to since <= ts < until (either bound optional)."""
+    if since is not None:
+        query = query.where(ts_column >= since)
+    if until is not None:
+        query = query.where(ts_column < until)
+    return query
+
+
 class BanditStore(ConfigurableResource):
     """The serving layer's DB side: bandit deltas, context schemas, impressions, clicks."""
 
@@ -291,10 +300,7 @@ class BanditStore(ConfigurableResource):
         q = (sa.select(impressions, clicks.c.impression_id.isnot(None).label("clicked"))
              .select_from(impressions.outerjoin(clicks, clicks.c.impression_id == i.impression_id))
              .order_by(i.ts, i.impression_id))
-        if since is not None:
-            q = q.where(i.ts >= since)
-        if until is not None:
-            q = q.where(i.ts < until)
+        q = _in_window(q, i.ts, since, until)
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(q)]
 
@@ -330,10 +336,7 @@ class BanditStore(ConfigurableResource):
         q = (sa.select(*cols, sa.func.count().label("impressions"), sa.func.count(clicks.c.impression_id).label("clicks"))
              .select_from(impressions.outerjoin(clicks, clicks.c.impression_id == i.impression_id))
              .group_by(*cols).order_by(*cols))
-        if since is not None:
-            q = q.where(i.ts >= since)
-        if until is not None:
-            q = q.where(i.ts < until)
+        q = _in_window(q, i.ts, since, until)
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(q)]
 
@@ -346,7 +349,6 @@ class BanditStore(ConfigurableResource):
              .group_by(i.merchant, i.variant).order_by(i.merchant, i.variant))
         if merchant is not None:
             q = q.where(i.merchant == merchant)
-        if since is not None:
-            q = q.where(i.ts >= since)
+        q = _in_window(q, i.ts, since, None)
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(q)]
