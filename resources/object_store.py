@@ -24,14 +24,14 @@ from dagster_aws.s3 import S3Resource
 from pydantic import PrivateAttr
 
 from bggen_assets.core.keys import check_key
-from bggen_assets.core.store import ObjectNotFound, Tagged
+from bggen_assets.core.store import ObjectNotFound, StoreUnavailable, Tagged
 
 # S3 error codes of a conditional write that lost: the precondition failed, or a concurrent
 # conditional write to the same key was in flight (409); both mean "not written, look again".
 _LOST_CONDITION = ("PreconditionFailed", "412", "ConditionalRequestConflict", "409")
 
 
-class ObjectStoreError(RuntimeError):
+class ObjectStoreError(StoreUnavailable):
     """The store could not be reached or refused an operation (message says which and why)."""
 
 

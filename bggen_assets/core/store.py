@@ -12,6 +12,11 @@ class ObjectNotFound(KeyError):
     """No object under the key (the key is the exception's argument)."""
 
 
+class StoreUnavailable(RuntimeError):
+    """The store could not be reached or refused the operation (not: the object is absent).
+    Serving treats it as an outage: it answers from what it holds and retries in the background."""
+
+
 class Tagged(NamedTuple):
     """An object's bytes and its tag: what a conditional write names to say "only if unchanged"
     (the ETag on S3, a content digest in the local store)."""
