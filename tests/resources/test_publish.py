@@ -17,6 +17,7 @@ import multiprocessing
 import threading
 
 import pytest
+from test_backends import store_env, store_from_env
 
 from bggen_assets.core import serving_index
 from bggen_assets.core.manifests import IndexDocument, IndexEntry
@@ -30,22 +31,6 @@ def document(tag: str) -> IndexDocument:
         prompts=("warm",), products={},
         entries={f"p{i}|b{i}|warm": IndexEntry(image_key=f"canvas/{tag}-{i}.png", canvas=(512, 512),
                                                product_box=(1, 2, 3, 4)) for i in range(3)})
-
-
-def store_env(store) -> dict:
-    from resources.object_store import LocalObjectStore
-
-    if isinstance(store, LocalObjectStore):
-        return {"BGGEN_STORE": "local", "BGGEN_STORE_ROOT": store.root}
-    return {"BGGEN_STORE": "s3", "BGGEN_S3_BUCKET": store.bucket, "BGGEN_S3_PREFIX": store.prefix,
-            "BGGEN_S3_ENDPOINT_URL": store.s3.endpoint_url, "AWS_ACCESS_KEY_ID": store.s3.aws_access_key_id,
-            "AWS_SECRET_ACCESS_KEY": store.s3.aws_secret_access_key, "AWS_REGION": store.s3.region_name}
-
-
-def store_from_env(env: dict):
-    from bggen_assets.deployment import DeploymentEnv, build_store
-
-    return build_store(DeploymentEnv(env, read_secrets_now=True))
 
 
 def publish_many(store, tag: str, n: int) -> list[int]:
