@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -289,13 +290,54 @@ def previous_canvases(previous: Optional[IndexDocument]) -> dict[str, list[Cover
     return out
 
 
+log = logging.getLogger(__name__)
+
+
+class MissQueueUnavailable(RuntimeError):
+    """The miss queue's service (Redis, the DB) did not answer; the message names it and its address."""
+
+
+def _queue_down_errors() -> tuple[type[BaseException], ...]:
+    """What a miss queue raises when its service is down (not: a bug, a bad miss)."""
+    errors: list[type[BaseException]] = [ConnectionError, TimeoutError, MissQueueUnavailable]
+    try:
+        import redis
+
+        errors += [redis.exceptions.ConnectionError, redis.exceptions.TimeoutError]
+    except ImportError:  # no Redis client installed: no Redis queue either
+        pass
+    return tuple(errors)
+
+
+def describe_queue(miss_queue: MissQueue) -> str:
+    """The queue's service and address, for the messages that say it is down."""
+    url = getattr(miss_queue, "redis_url", None)
+    if url:
+        return f"Redis at {url}"
+    db = getattr(miss_queue, "metadata_db", None)
+    return f"the metadata DB at {getattr(db, 'url', '?')}" if db is not None else type(miss_queue).__name__
+
+
+def _claim_or_degrade(miss_queue: MissQueue, consumer: str, merchant: str, category: str,
+                      warn: Callable[[str], None]) -> list:
+    """The partition's claimed misses; none, with a warning, when the queue's service is down: the
+    plan is made without them and they wait for the next run (nothing was claimed, nothing lost)."""
+    try:
+        return list(miss_queue.claim(consumer, limit=10_000, merchant=merchant, category=category))
+    except _queue_down_errors() as exc:
+        warn(f"miss queue unavailable ({describe_queue(miss_queue)}: {type(exc).__name__}: {exc}); planning "
+             f"{merchant}/{category} without its misses, the next run picks them up")
+        return []
+
+
 def plans_step(catalog: CatalogManifest, masks: MaskManifest, cfg: CreativeConfig, miss_queue: MissQueue,
                merchant: str, category: str, consumer: str = "plans",
-               previous: Optional[IndexDocument] = None) -> PlanManifest:
+               previous: Optional[IndexDocument] = None, warn: Callable[[str], None] = log.warning) -> PlanManifest:
     """The canvases of a partition: per product, its placements' grid buckets (`grid`) or a cover
     of them (`cover`, keeping the canvases of `previous`, the live index, that still cover), in
     every theme; then the claimed misses, each on its requested canvas (grid) or on a canvas that
-    covers it (cover; none new where a planned one already does)."""
+    covers it (cover; none new where a planned one already does). With the miss queue down the
+    plan has no misses and `warn` says so (see _claim_or_degrade)."""
     placements = cfg.placements(merchant)
     prompt_set = cfg.prompt_set(category, merchant)
     prompts = prompt_set.prompts
@@ -329,7 +371,8 @@ def plans_step(catalog: CatalogManifest, masks: MaskManifest, cfg: CreativeConfi
     queued: dict[tuple[str, str], list[CoverCanvas]] = {}
     # claimed, not just read: two runs of one partition at once never plan the same misses (a
     # claim that index_step does not mark done comes back after the queue's lease)
-    for miss in miss_queue.claim(consumer, limit=10_000, merchant=merchant, category=category):
+    claimed = _claim_or_degrade(miss_queue, consumer, merchant, category, warn)
+    for miss in claimed:
         if miss.product_id in masks.products and miss.prompt_id in prompt_ids:
             try:
                 canvas = canvas_from_id(miss.bucket_id)
@@ -349,7 +392,8 @@ def plans_step(catalog: CatalogManifest, masks: MaskManifest, cfg: CreativeConfi
         points = canvas_points(canvases, bboxes[pid][0] / bboxes[pid][1])
         for canvas in plan_cover(points, bounds, existing=have):
             add(pid, canvas, prompt_id, "miss")
-    miss_queue.release(unusable)
+    if unusable:
+        miss_queue.release(unusable)
     return PlanManifest(
         merchant=merchant,
         category=category,
@@ -567,8 +611,14 @@ def index_document(plans: PlanManifest, generated: GenerationManifest, masks: Ma
 
 
 def index_step(plans: PlanManifest, generated: GenerationManifest, masks: MaskManifest, catalog: CatalogManifest,
-               store: ObjectStore, miss_queue: MissQueue) -> IndexPublication:
+               store: ObjectStore, miss_queue: MissQueue, warn: Callable[[str], None] = log.warning) -> IndexPublication:
     pointer = serving_index.publish(store, index_document(plans, generated, masks, catalog))
     # Misses this plan covered are served now, unless requested again since the plan was made.
-    served = miss_queue.mark_done(list(plans.miss_keys), served_before=plans.planned_at)
+    served = 0
+    if plans.miss_keys:
+        try:
+            served = miss_queue.mark_done(list(plans.miss_keys), served_before=plans.planned_at)
+        except _queue_down_errors() as exc:  # the index is live; the claims lapse and come back
+            warn(f"miss queue unavailable ({describe_queue(miss_queue)}: {type(exc).__name__}: {exc}); "
+                 f"{len(plans.miss_keys)} served misses not marked done, a later run plans them again")
     return IndexPublication(version=pointer.version, key=pointer.key, entries=pointer.entries, misses_served=served)

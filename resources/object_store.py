@@ -3,12 +3,19 @@
 Both store whole objects atomically: a reader sees either the previous object or the new one,
 never a half-written file (local: write to a temp file, fsync, rename; S3: PUT is atomic, and
 boto3 sends a checksum of the body, so a body cut short by a dying connection is refused).
+Conditional writes (`put_if_absent`, `put_if_match`: what the serving index's compare-and-swap
+publish is made of) are S3's `If-None-Match: *` / `If-Match: <etag>` (SeaweedFS honours both, see
+tests/resources/test_s3_store.py), and locally a hard link that refuses an existing name / a lock
+file held around the check and the rename.
 S3 errors (endpoint down, refused, timed out after the client's retries) surface as one
 `ObjectStoreError` naming the operation, the s3:// key and the endpoint.
 """
 
+import fcntl
+import hashlib
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
@@ -17,10 +24,14 @@ from dagster_aws.s3 import S3Resource
 from pydantic import PrivateAttr
 
 from bggen_assets.core.keys import check_key
-from bggen_assets.core.store import ObjectNotFound
+from bggen_assets.core.store import ObjectNotFound, StoreUnavailable, Tagged
+
+# S3 error codes of a conditional write that lost: the precondition failed, or a concurrent
+# conditional write to the same key was in flight (409); both mean "not written, look again".
+_LOST_CONDITION = ("PreconditionFailed", "412", "ConditionalRequestConflict", "409")
 
 
-class ObjectStoreError(RuntimeError):
+class ObjectStoreError(StoreUnavailable):
     """The store could not be reached or refused an operation (message says which and why)."""
 
 
@@ -43,6 +54,15 @@ class ObjectStore(ConfigurableResource):
     def list_keys(self, prefix: str) -> Iterator[str]:
         raise NotImplementedError
 
+    def get_tagged(self, key: str) -> Tagged:
+        raise NotImplementedError
+
+    def put_if_absent(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> bool:
+        raise NotImplementedError
+
+    def put_if_match(self, key: str, data: bytes, tag: str, content_type: str = "application/octet-stream") -> bool:
+        raise NotImplementedError
+
     def describe(self) -> str:
         raise NotImplementedError
 
@@ -55,8 +75,8 @@ class LocalObjectStore(ObjectStore):
     def _path(self, key: str) -> Path:
         return Path(self.root) / check_key(key)
 
-    def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
-        path = self._path(key)
+    def _write_temp(self, path: Path, data: bytes) -> str:
+        """The bytes in a synced temp file next to `path` (its name is never listed)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
         try:
@@ -64,10 +84,66 @@ class LocalObjectStore(ObjectStore):
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return tmp
+
+    def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        path = self._path(key)
+        tmp = self._write_temp(path, data)
+        try:
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+    @staticmethod
+    def _tag(data: bytes) -> str:
+        return hashlib.sha256(data).hexdigest()
+
+    def get_tagged(self, key: str) -> Tagged:
+        data = self.get_bytes(key)
+        return Tagged(data, self._tag(data))
+
+    def put_if_absent(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> bool:
+        path = self._path(key)
+        tmp = self._write_temp(path, data)
+        try:
+            os.link(tmp, path)  # atomic, and refuses a name that exists: create-if-absent
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+
+    @contextmanager
+    def _locked(self, path: Path):
+        """An exclusive lock on the key across threads and processes (flock on a lock file beside
+        it): writers that check-then-replace under it cannot interleave."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path.parent / f".lock-{path.name}", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing the descriptor releases the lock
+
+    def put_if_match(self, key: str, data: bytes, tag: str, content_type: str = "application/octet-stream") -> bool:
+        path = self._path(key)
+        tmp = self._write_temp(path, data)
+        try:
+            with self._locked(path):
+                try:
+                    current = path.read_bytes()
+                except FileNotFoundError:
+                    return False
+                if self._tag(current) != tag:
+                    return False
+                os.replace(tmp, path)  # readers, who take no lock, see the old object or the new one
+                return True
+        finally:
+            Path(tmp).unlink(missing_ok=True)
 
     def get_bytes(self, key: str) -> bytes:
         try:
@@ -87,7 +163,7 @@ class LocalObjectStore(ObjectStore):
         if not start.exists():
             return
         for path in sorted(start.rglob("*") if start.is_dir() else [start]):
-            if path.is_file() and not path.name.startswith(".tmp-"):
+            if path.is_file() and not path.name.startswith((".tmp-", ".lock-")):
                 yield path.relative_to(base).as_posix()
 
     def describe(self) -> str:
@@ -155,6 +231,42 @@ class S3ObjectStore(ObjectStore):
             raise self._fail("get", key, exc) from exc
         except Exception as exc:
             raise self._fail("get", key, exc) from exc
+
+    def get_tagged(self, key: str) -> Tagged:
+        from botocore.exceptions import ClientError
+
+        full = self._key(key)
+        try:
+            got = self._c().get_object(Bucket=self.bucket, Key=full)
+            return Tagged(got["Body"].read(), got["ETag"])
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+                raise ObjectNotFound(key) from None
+            raise self._fail("get", key, exc) from exc
+        except Exception as exc:
+            raise self._fail("get", key, exc) from exc
+
+    def _put_conditional(self, op: str, key: str, data: bytes, content_type: str, **condition) -> bool:
+        from botocore.exceptions import ClientError
+
+        full = self._key(key)
+        try:
+            self._c().put_object(Bucket=self.bucket, Key=full, Body=data, ContentType=content_type, **condition)
+            return True
+        except ClientError as exc:
+            error = exc.response.get("Error", {})
+            status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+            if error.get("Code") in _LOST_CONDITION or status in ("412", "409"):
+                return False
+            raise self._fail(op, key, exc) from exc
+        except Exception as exc:
+            raise self._fail(op, key, exc) from exc
+
+    def put_if_absent(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> bool:
+        return self._put_conditional("put-if-absent", key, data, content_type, IfNoneMatch="*")
+
+    def put_if_match(self, key: str, data: bytes, tag: str, content_type: str = "application/octet-stream") -> bool:
+        return self._put_conditional("put-if-match", key, data, content_type, IfMatch=tag)
 
     def exists(self, key: str) -> bool:
         from botocore.exceptions import ClientError

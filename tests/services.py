@@ -352,6 +352,47 @@ def redis_url() -> str:
     return REDIS_URL
 
 
+class RedisServer:
+    """A private redis-server on a free port, AOF with fsync on every write (a SIGKILL loses
+    nothing acknowledged), data in `data_dir`. Tests that kill Redis use this, never the shared one."""
+
+    def __init__(self, data_dir: Path):
+        self.data_dir = Path(data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_ports(1)[0]
+        self.proc: Optional[subprocess.Popen] = None
+        self.log_path = self.data_dir / "redis.log"
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 20.0) -> "RedisServer":
+        binary = shutil.which("redis-server")
+        if not binary:
+            raise RuntimeError("redis-server not found (apt-get install redis-server)")
+        cmd = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
+               "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--logfile", str(self.log_path)]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self.proc.returncode}: {self.log_path}")
+            if port_open("127.0.0.1", self.port):
+                return self
+            time.sleep(0.05)
+        self.kill()
+        raise RuntimeError(f"private redis-server did not listen on {self.port} within {timeout}s")
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, not a shutdown."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+
 # -- selection --------------------------------------------------------------------------------------
 SERVICES = os.environ.get("BGGEN_TEST_BACKEND", "embedded") == "services"
 # Tests of one real service: they run in the services pass of CI, where a missing service fails

@@ -152,7 +152,7 @@ def bucket_plans(context: AssetExecutionContext, catalog: CatalogManifest, produ
     try:
         plan = steps.plans_step(catalog, product_masks, creative_config, miss_queue, merchant, category,
                                 consumer=f"run:{context.run_id}",
-                                previous=index.read_current(store, merchant, category))
+                                previous=index.read_current(store, merchant, category), warn=context.log.warning)
     except ConfigError as exc:
         raise Failure(description=str(exc)) from exc
     n = len(plan.items)
@@ -216,7 +216,8 @@ def generated_backgrounds(context: AssetExecutionContext, bucket_plans: PlanMani
        description="(product, bucket, prompt) -> image key, canvas, product box; published atomically (new version, then pointer flip).")
 def serving_index(context: AssetExecutionContext, bucket_plans: PlanManifest, generated_backgrounds: GenerationManifest,
                   product_masks: MaskManifest, catalog: CatalogManifest, store: ObjectStore, miss_queue: MissQueue):
-    published = steps.index_step(bucket_plans, generated_backgrounds, product_masks, catalog, store, miss_queue)
+    published = steps.index_step(bucket_plans, generated_backgrounds, product_masks, catalog, store, miss_queue,
+                                 warn=context.log.warning)
     yield Output(published, metadata={"version": published.version, "entries": published.entries, "key": published.key,
                                       "misses_served": published.misses_served})
     report = index.completeness(bucket_plans, published, store)

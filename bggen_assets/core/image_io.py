@@ -8,6 +8,9 @@ turns all of them into one array format or raises :class:`ImageDecodeError` with
 that says what is wrong.  The pixel count is read from the header and checked *before* any
 pixel data is decoded, so a bomb costs microseconds and no memory.
 
+HEIC/HEIF (phone photos in feeds) is decoded through pi-heif's Pillow opener, registered when
+this module is imported: Pillow alone refuses those files as "not an image".
+
 The pipeline's own images (masks, cutouts, canvases) are PNGs written and read back with
 :func:`encode_png` / :func:`decode_png` (OpenCV; trusted input, so none of the guards above).
 """
@@ -20,6 +23,11 @@ import warnings
 import cv2
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from pi_heif import register_heif_opener
+
+# Pillow then opens HEIC/HEIF through libheif (pi-heif's decoder); the header is read lazily like
+# any Pillow format, so the pixel guard below still runs before any pixel is decoded.
+register_heif_opener()
 
 __all__ = ["ImageDecodeError", "image_sha256", "decode_image", "DEFAULT_MAX_PIXELS", "encode_png", "decode_png"]
 

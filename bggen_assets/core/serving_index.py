@@ -6,7 +6,9 @@ Per (merchant, category) partition::
     index/<merchant>/<category>/current.json                 the pointer (an IndexPointer) to the live one
 
 The pipeline publishes (new version, then the pointer flip); serving replicas read the pointer and,
-when it moved, the document it names.
+when it moved, the document it names. The flip is a compare-and-swap on the pointer (the store's
+conditional writes), so the pointer only ever moves from version n to n + 1: two publishers of one
+partition never share a version, and the one that lost the swap publishes again on top of the winner.
 """
 from __future__ import annotations
 
@@ -22,6 +24,14 @@ from .store import ObjectNotFound, ObjectStore
 
 ROOT = "index"
 POINTER_NAME = "current.json"
+# How many times a publisher that lost the pointer's compare-and-swap tries again on top of the
+# winner: each lost try means another publisher advanced the pointer, so n concurrent publishers
+# all land within n tries.
+PUBLISH_ATTEMPTS = 64
+
+
+class PublishConflict(RuntimeError):
+    """A publish lost the pointer's compare-and-swap to other publishers too many times in a row."""
 
 
 def index_prefix(merchant: str, category: str) -> str:
@@ -58,19 +68,46 @@ def read_current(store: ObjectStore, merchant: str, category: str) -> Optional[I
     return None if pointer is None else read_document(store, pointer)
 
 
-def publish(store: ObjectStore, document: IndexDocument, now: Callable[[], float] = time.time) -> IndexPointer:
+def _read_tagged_pointer(store: ObjectStore, merchant: str, category: str) -> Optional[tuple[IndexPointer, str]]:
+    try:
+        data, tag = store.get_tagged(pointer_key(merchant, category))
+    except ObjectNotFound:
+        return None
+    return IndexPointer.from_json(data), tag
+
+
+def publish(store: ObjectStore, document: IndexDocument, now: Callable[[], float] = time.time,
+            attempts: int = PUBLISH_ATTEMPTS) -> IndexPointer:
     """Write the new version under its own key, then flip the pointer: readers see the old index
-    or the new one, never a partial one."""
+    or the new one, never a partial one.
+
+    The flip is conditional on the pointer still being the one this version was numbered after
+    (`put_if_match` on its tag, or `put_if_absent` for a partition's first version), so every
+    published version is its predecessor's + 1 and no two publishers share one. A publisher that
+    lost the swap renumbers its document after the winner's version and tries again (its lost
+    version object stays unreferenced, like one of a killed publish); after `attempts` losses in a
+    row it raises PublishConflict."""
     merchant, category = document.merchant, document.category
-    pointer = read_pointer(store, merchant, category)
-    version = (pointer.version + 1) if pointer else 1
-    document = document.model_copy(update={"version": version, "published_at": now()})
-    body = document.to_json()
-    key = f"{index_prefix(merchant, category)}/v{version:06d}-{hashlib.sha256(body).hexdigest()[:12]}.json"
-    store.put_bytes(key, body, "application/json")
-    new_pointer = IndexPointer(version=version, key=key, entries=len(document.entries))
-    store.put_bytes(pointer_key(merchant, category), new_pointer.to_json(), "application/json")
-    return new_pointer
+    pkey = pointer_key(merchant, category)
+    for _ in range(attempts):
+        current = _read_tagged_pointer(store, merchant, category)
+        version = current[0].version + 1 if current else 1
+        numbered = document.model_copy(update={"version": version, "published_at": now()})
+        body = numbered.to_json()
+        key = f"{index_prefix(merchant, category)}/v{version:06d}-{hashlib.sha256(body).hexdigest()[:12]}.json"
+        store.put_bytes(key, body, "application/json")
+        new_pointer = IndexPointer(version=version, key=key, entries=len(numbered.entries))
+        flipped = (store.put_if_match(pkey, new_pointer.to_json(), current[1], "application/json") if current
+                   else store.put_if_absent(pkey, new_pointer.to_json(), "application/json"))
+        if flipped:
+            return new_pointer
+    raise PublishConflict(f"publishing {merchant}/{category} lost the pointer's compare-and-swap {attempts} times "
+                          f"in a row ({pkey} in {_describe(store)}): too many concurrent publishers of one partition")
+
+
+def _describe(store: ObjectStore) -> str:
+    describe = getattr(store, "describe", None)
+    return describe() if callable(describe) else type(store).__name__
 
 
 def categories(store: ObjectStore, merchant: str) -> list[str]:

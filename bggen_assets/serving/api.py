@@ -6,7 +6,8 @@
     POST /events     {"impression_id": ..., "event": "click"} -> records the click (first one counts);
                      or a batch of impressions and clicks (JSON array / JSON lines) from an ad server
     GET  /reports/ab the A/B report's numbers (windows, merchant / category / placement breakdowns)
-    GET  /health     status, cache and queue figures
+    GET  /health     status, cache and queue figures; /health/live, /health/ready (503 while degraded)
+    GET  /metrics    Prometheus metrics (requests by route and status, latency, hits, misses, caches, store)
     GET  /preview    HTML grid of a product's creatives: placements x themes, hits shown, misses marked
     GET  /preview/image   one preview cell (no impression, no miss recorded)
     GET  /docs, /openapi.json   FastAPI's own
@@ -31,6 +32,7 @@ from fastapi import FastAPI
 
 from .creative import JPEG_QUALITY, CreativeService, keep_pillow_blocks
 from .http import MAX_QUERY, QueryLimit, install_error_handlers
+from .metrics import Metrics, RequestMetrics
 from .personalize import Personalizer, ServingConfig
 from .routers import ROUTERS
 from .state import BufferedMissQueue, Flusher, ImpressionLog, ServingState
@@ -91,7 +93,9 @@ def create_app(store, miss_queue, bandit_store=None, creative_config=None, servi
                   description="Ad creatives with generated backgrounds; LinUCB theme personalisation; A/B logging.",
                   lifespan=lifespan)
     app.state.serving = state
+    app.state.metrics = Metrics(state)
     app.add_middleware(QueryLimit, max_bytes=MAX_QUERY)
+    app.add_middleware(RequestMetrics, metrics=app.state.metrics)  # outside QueryLimit: its 414s are counted
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)

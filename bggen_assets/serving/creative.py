@@ -4,6 +4,12 @@ A hit crops and resizes the bucket canvas (decoded canvases and their 2x/4x redu
 a memory-bounded LRU). A miss records the miss for generation and answers at once with the
 fallback: the positioned product on a plain background. The published index of each partition is
 re-read when its pointer changes, so a new version is picked up without a restart.
+
+When the store is down (:class:`~bggen_assets.core.store.StoreUnavailable`) serving degrades and
+never fails: the indexes and canvases it holds keep serving (hits stay hits), a canvas it does not
+hold is answered with the fallback, and a fallback whose cutout cannot be read with a plain
+placeholder. The request path then stops calling the store at all; :class:`StoreHealth` retries it
+in the background with exponential backoff and, once it answers, the indexes are checked again.
 """
 from __future__ import annotations
 
@@ -21,12 +27,13 @@ from PIL import Image
 from resources.metadata_db import Miss
 
 from ..core import serving_index
-from ..core.compositing import PYRAMID_LEVELS, CanvasPyramid, canvas_pyramid, crop_placement, fallback_creative
+from ..core.compositing import (FALLBACK_BACKGROUND, PYRAMID_LEVELS, CanvasPyramid, canvas_pyramid, crop_placement,
+                                 fallback_creative)
 from ..core.geometry import Placement, place_product
 from ..core.image_io import composite_xmp, decode_png, serving_xmp
 from ..core.keys import check_name
 from ..core.manifests import IndexDocument
-from ..core.store import ObjectNotFound, ObjectStore
+from ..core.store import ObjectNotFound, ObjectStore, StoreUnavailable
 
 log = logging.getLogger(__name__)
 FORMATS = {"jpeg": "image/jpeg", "webp": "image/webp", "png": "image/png"}
@@ -98,6 +105,71 @@ class LRUBytes:
                 self.size -= self._sizes.pop(old)
 
 
+def placeholder(width: int, height: int) -> Image.Image:
+    """A plain image of the size: the answer when not even the product's cutout can be read."""
+    return Image.new("RGB", (width, height), FALLBACK_BACKGROUND)
+
+
+class StoreHealth:
+    """Whether the object store answers, as serving last saw it.
+
+    The first failure marks it degraded and starts one background thread that probes the store
+    (`probe`: any cheap call that raises StoreUnavailable while it is down) after `backoff_s`,
+    doubling up to `max_backoff_s`; the first probe that succeeds clears the state and calls
+    `on_recover`. While degraded, :meth:`check` refuses at once, so requests never wait on a dead
+    store."""
+
+    def __init__(self, probe, on_recover=lambda: None, backoff_s: float = 0.25, max_backoff_s: float = 5.0):
+        self._probe = probe
+        self._on_recover = on_recover
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.degraded = False
+        self.since: Optional[float] = None
+        self.errors = 0  # store calls that failed, the background probes' included
+        self.outages = 0
+        self.last_error = ""
+        self._lock = threading.Lock()
+
+    def check(self) -> None:
+        """Raise StoreUnavailable while the store is known to be down."""
+        if self.degraded:
+            raise StoreUnavailable(f"object store unavailable since {self.since:.0f} ({self.last_error})")
+
+    def failed(self, exc: BaseException) -> None:
+        with self._lock:
+            self.errors += 1
+            self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+            if self.degraded:
+                return
+            self.degraded, self.since = True, time.time()
+            self.outages += 1
+        log.warning("object store unavailable, serving from memory: %s", self.last_error)
+        threading.Thread(target=self._retry, name="store-retry", daemon=True).start()
+
+    def _retry(self) -> None:
+        delay = self.backoff_s
+        while True:
+            time.sleep(delay)
+            try:
+                self._probe()
+            except Exception as exc:  # still down (or worse): keep backing off
+                with self._lock:
+                    self.errors += 1
+                    self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+                delay = min(2 * delay, self.max_backoff_s)
+                continue
+            with self._lock:
+                self.degraded, self.since = False, None
+            log.warning("object store answers again: serving recovered")
+            self._on_recover()
+            return
+
+    def snapshot(self) -> dict:
+        return {"degraded": self.degraded, "since": self.since, "errors": self.errors, "outages": self.outages,
+                "last_error": self.last_error}
+
+
 @dataclass
 class _Index:
     pointer_key: str
@@ -127,14 +199,41 @@ class CreativeService:
         self.prefetch = prefetch
         self.prefetched = 0  # canvases decoded ahead of their first request
         self.prefetching = 0  # index loads and prefetch threads under way
+        self.fallbacks = 0  # misses answered with the fallback (placeholders included)
+        self.placeholders = 0  # answered with a plain placeholder: not even the cutout could be read
+        self.health = StoreHealth(self._probe_store, self._recheck_indexes)
+
+    # -- the store, through its health -----------------------------------------------------------
+    def _probe_store(self) -> None:
+        # a HEAD of a key no partition uses: found or not, an answer means the store is back
+        self.store.exists(f"{serving_index.ROOT}/{serving_index.POINTER_NAME}")
+
+    def _recheck_indexes(self) -> None:
+        """After an outage: every held index and category list is checked on its next request."""
+        with self._lock:
+            for held in self._indexes.values():
+                held.checked_at = float("-inf")
+            self._categories.clear()
+
+    def _read(self, read, *args):
+        """A store read, refused at once while the store is down; a failure marks it down."""
+        self.health.check()
+        try:
+            return read(*args)
+        except StoreUnavailable as exc:
+            self.health.failed(exc)
+            raise
 
     # -- index -----------------------------------------------------------------------------------
     def categories(self, merchant: str) -> list[str]:
         check_name("merchant", merchant)
         cached = self._categories.get(merchant)
-        if cached and time.monotonic() - cached[0] < self.index_ttl_s:
+        if cached and (time.monotonic() - cached[0] < self.index_ttl_s or self.health.degraded):
             return cached[1]
-        cats = serving_index.categories(self.store, merchant)
+        try:
+            cats = self._read(serving_index.categories, self.store, merchant)
+        except StoreUnavailable:
+            return cached[1] if cached else []
         self._categories[merchant] = (time.monotonic(), cats)
         return cats
 
@@ -142,15 +241,18 @@ class CreativeService:
         key = (merchant, category)
         now = time.monotonic()
         current = self._indexes.get(key)
-        if current and now - current.checked_at < self.index_ttl_s:
+        if current and (now - current.checked_at < self.index_ttl_s or self.health.degraded):
             return current.doc
-        pointer = serving_index.read_pointer(self.store, merchant, category)
-        if pointer is None:
-            return None
-        if current and current.version == pointer.version:
-            current.checked_at = now
-            return current.doc
-        doc = serving_index.read_document(self.store, pointer)
+        try:
+            pointer = self._read(serving_index.read_pointer, self.store, merchant, category)
+            if pointer is None:
+                return None
+            if current and current.version == pointer.version:
+                current.checked_at = now
+                return current.doc
+            doc = self._read(serving_index.read_document, self.store, pointer)
+        except StoreUnavailable:
+            return current.doc if current else None  # keep serving the version held
         with self._lock:
             self._indexes[key] = _Index(pointer.key, pointer.version, doc, now)
         if self.prefetch:
@@ -201,6 +303,8 @@ class CreativeService:
                     self._pyramid(entry.image_key)
                     with self._lock:  # two prefetch threads may run (two partitions published)
                         self.prefetched += 1
+            except StoreUnavailable:
+                return  # the store is down: the requests will load what they need once it is back
             except Exception as exc:  # a missing or broken image is served as a miss later
                 log.warning("prefetch of %s failed: %s", entry.image_key, exc)
 
@@ -230,7 +334,7 @@ class CreativeService:
         """The image at key decoded to RGB with ``levels`` pyramid levels, cached under cache_key."""
         pyramid = self.cache.get(cache_key)
         if pyramid is None:
-            img = Image.open(io.BytesIO(self.store.get_bytes(key)))
+            img = Image.open(io.BytesIO(self._read(self.store.get_bytes, key)))
             img.load()
             pyramid = canvas_pyramid(img.convert("RGB"), levels)
             self.cache.put(cache_key, pyramid, pyramid.nbytes)
@@ -246,9 +350,19 @@ class CreativeService:
     def _cutout(self, key: str) -> np.ndarray:
         arr = self.cache.get(key)
         if arr is None:
-            arr = decode_png(self.store.get_bytes(key))  # an RGBA cutout
+            arr = decode_png(self._read(self.store.get_bytes, key))  # an RGBA cutout
             self.cache.put(key, arr, arr.nbytes)
         return arr
+
+    def fallback(self, cutout_key: str, placed) -> Image.Image:
+        """The positioned product on a plain background; a plain placeholder while the store is
+        down and the cutout is not held."""
+        try:
+            return Image.fromarray(fallback_creative(self._cutout(cutout_key), placed))
+        except StoreUnavailable:
+            with self._lock:
+                self.placeholders += 1
+            return placeholder(placed.canvas_w, placed.canvas_h)
 
     def encode(self, img: Image.Image, fmt: str, xmp: Optional[bytes] = None) -> bytes:
         """``xmp``: a packet to embed in JPEG/WebP (what the image is: core/image_io.serving_xmp);
@@ -292,6 +406,8 @@ class CreativeService:
                 canvas = self._pyramid(found.entry.image_key)
             except ObjectNotFound:
                 found = None  # index ahead of the store (should not happen): treat as a miss
+            except StoreUnavailable:
+                found = None  # a canvas not held while the store is down: the fallback, queued as a miss
         if found is not None:
             img = crop_placement(canvas, found.entry.layout, placed)
             return Creative(self.encode(img, fmt, serving_xmp(doc.generator_id)), FORMATS[fmt], True, merchant, category, product_id,
@@ -304,6 +420,8 @@ class CreativeService:
             else:
                 for miss in themed:
                     self.miss_queue.record(miss)
-        img = Image.fromarray(fallback_creative(self._cutout(product.cutout_key), placed))
+        with self._lock:
+            self.fallbacks += 1
+        img = self.fallback(product.cutout_key, placed)
         return Creative(self.encode(img, fmt, composite_xmp()), FORMATS[fmt], False, merchant, category, product_id, requested,
                         prompt_id, width, height)

@@ -22,13 +22,13 @@ from dataclasses import replace
 
 from resources.metadata_db import Miss
 
-from ..core.compositing import fallback_creative
 from ..core.geometry import Placement, place_product
 from ..core.image_io import composite_xmp
 from ..core.keys import source_key
 from ..core.manifests import IndexDocument
 from ..core.miss_policy import QUEUED, MissGate, MissPolicy
-from .creative import CreativeService, LRUBytes
+from ..core.store import StoreUnavailable
+from .creative import CreativeService, LRUBytes, placeholder
 from .ingest import EventIngest
 from .personalize import Personalizer
 
@@ -401,18 +401,25 @@ class ServingState:
 
     def control(self, doc: IndexDocument, product_id: str, width: int, height: int, fmt: str) -> bytes:
         key = source_key(doc.products[product_id].image_hash)
-        return self._encode_cached(("control", key, width, height, fmt),
-                                   lambda: fit_photo(self.service._photo(key), width, height), fmt)
+        def render() -> Image.Image:
+            try:
+                return fit_photo(self.service._photo(key), width, height)
+            except StoreUnavailable:  # the photo is not held and the store is down
+                return placeholder(width, height)
+
+        if self.service.health.degraded:  # a placeholder must not stay in the response cache
+            return self.service.encode(render(), fmt)
+        return self._encode_cached(("control", key, width, height, fmt), render, fmt)
 
     def positioned(self, doc: IndexDocument, product_id: str, placement: Placement, fmt: str) -> tuple[bytes, str]:
         product = doc.products[product_id]
         _, _, bw, bh = product.bbox
         placed = place_product(bw, bh, placement)
         requested = self.service.lookup(doc.merchant, doc.category, doc).requested_id(product_id, placement)
-        body = self._encode_cached(
-            ("positioned", product.cutout_key, placement, fmt),
-            lambda: Image.fromarray(fallback_creative(self.service._cutout(product.cutout_key), placed)), fmt,
-            composite_xmp())
+        render = lambda: self.service.fallback(product.cutout_key, placed)  # noqa: E731
+        if self.service.health.degraded:  # a placeholder must not stay in the response cache
+            return self.service.encode(render(), fmt, composite_xmp()), requested
+        body = self._encode_cached(("positioned", product.cutout_key, placement, fmt), render, fmt, composite_xmp())
         return body, requested
 
 

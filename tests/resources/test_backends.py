@@ -137,6 +137,24 @@ def _publisher(env: dict, marks_path: str, mode: str, entries: int) -> None:
         mark("stored", key)
 
     store.__dict__["put_bytes"] = put_bytes  # instance attribute shadows the method
+    real_if_match, real_if_absent = store.put_if_match, store.put_if_absent
+
+    def put_if_match(key, data, tag, content_type="application/octet-stream"):  # the pointer's compare-and-swap
+        if mode == "before-flip":
+            park()
+        mark("put", key, len(data))
+        flipped = real_if_match(key, data, tag, content_type)
+        mark("stored", key)
+        return flipped
+
+    def put_if_absent(key, data, content_type="application/octet-stream"):
+        mark("put", key, len(data))
+        created = real_if_absent(key, data, content_type)
+        mark("stored", key)
+        return created
+
+    store.__dict__["put_if_match"] = put_if_match
+    store.__dict__["put_if_absent"] = put_if_absent
     n = 0
     while True:
         n += 1

@@ -1,10 +1,14 @@
-"""``GET /health``: liveness, and the serving figures (served, cache, buffers, policies)."""
+"""``GET /health``: liveness and the serving figures (served, cache, buffers, policies, the store's
+health); ``/health/live`` (the process answers: always 200) and ``/health/ready`` (503 while the
+object store is down and serving is degraded: a load balancer may prefer a healthy replica, though
+this one still answers every request, from memory and with fallbacks)."""
 from __future__ import annotations
 
 import time
 from typing import Annotated
 
 from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse
 
 from ..state import ServingState, serving_state
 
@@ -15,7 +19,7 @@ router = APIRouter(tags=["health"])
 def health(state: Annotated[ServingState, Depends(serving_state)]) -> dict:
     service = state.service
     return {
-        "status": "ok",
+        "status": "degraded" if service.health.degraded else "ok",
         "uptime_s": round(time.time() - state.started, 1),
         "served": dict(state.served),
         "cache_bytes": service.cache.size,
@@ -26,4 +30,21 @@ def health(state: Annotated[ServingState, Depends(serving_state)]) -> dict:
         "misses": state.misses.stats(),
         "buffered_clicks": len(state.clicks),
         "policies": state.personalizer.snapshot(),
+        "store": service.health.snapshot(),
+        "fallbacks": service.fallbacks,
+        "placeholders": service.placeholders,
     }
+
+
+@router.get("/health/live", summary="Liveness: the process answers")
+def live() -> dict:
+    return {"status": "ok"}
+
+
+@router.get("/health/ready", summary="Readiness: 503 while the object store is down (serving degraded)",
+            responses={503: {"description": "degraded: serving from memory, the store is retried"}})
+def ready(state: Annotated[ServingState, Depends(serving_state)]):
+    health = state.service.health
+    if health.degraded:
+        return JSONResponse({"status": "degraded", "store": health.snapshot()}, status_code=503)
+    return {"status": "ok"}
