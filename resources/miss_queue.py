@@ -15,6 +15,15 @@ class MissQueue(ConfigurableResource):
     def record(self, miss: Miss, now: Optional[float] = None) -> None:
         raise NotImplementedError
 
+    def record_request(self, misses: list[Miss], width: int, height: int, user: str = "",
+                       now: Optional[float] = None) -> str:
+        """One request that missed, as every theme's miss of its canvas. Written straight to the
+        queue, all of them: the serving API's buffer (serving/state.py) puts its miss policy
+        (size threshold, caps, rate limit) in front of this."""
+        for miss in misses:
+            self.record(miss, now)
+        return "queued"
+
     def pending(self, limit: int = 1000, merchant: Optional[str] = None, category: Optional[str] = None) -> list[Miss]:
         """Pending misses, newest request first."""
         raise NotImplementedError

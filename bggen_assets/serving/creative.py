@@ -415,11 +415,7 @@ class CreativeService:
         requested = lookup.requested_id(product_id, placement)
         if record_miss:
             themed = [Miss(merchant, category, product_id, requested, p) for p in doc.prompts]
-            if hasattr(self.miss_queue, "record_request"):
-                self.miss_queue.record_request(themed, width, height, user)
-            else:
-                for miss in themed:
-                    self.miss_queue.record(miss)
+            self.miss_queue.record_request(themed, width, height, user)
         with self._lock:
             self.fallbacks += 1
         img = self.fallback(product.cutout_key, placed)
