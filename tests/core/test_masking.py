@@ -413,7 +413,7 @@ def test_yolo_config_errors(seg_weights, tmp_path):
         MaskerResource(method="yolo", yolo_weights=str(tmp_path / "yolo11n-seg.pt")).mask(img)
     with pytest.raises(MaskerConfigError, match="needs yolo_weights"):
         MaskerResource(method="yolo").mask(img)
-    with pytest.raises(MaskerConfigError, match="'classical' or 'yolo'"):
+    with pytest.raises(MaskerConfigError, match="'classical', 'yolo', 'onnx' or 'auto'"):
         MaskerResource(method="sam").mask(img)
     det = tmp_path / "detect.pt"
     YOLO("yolo11n.yaml").save(str(det))
