@@ -26,7 +26,13 @@ diffusion on a GPU), chosen backend by backend:
   BGGEN_BUCKETING     grid (default: the paper's grid buckets) | cover (fewer canvases, chosen to
                       cover the placements at no worse a worst-case area ratio than the grid's)
   BGGEN_CANVAS_PIXELS the pixel budget of a generated canvas (default 786432 = 1024x768)
-  BGGEN_MASKER        classical | yolo (with BGGEN_YOLO_WEIGHTS)
+  BGGEN_MASKER        classical | yolo (with BGGEN_YOLO_WEIGHTS) | onnx (a salient-object model:
+                      BGGEN_ONNX_MODEL, a local .onnx file; BGGEN_ONNX_INPUT_SIZE (1024),
+                      BGGEN_ONNX_MEAN and BGGEN_ONNX_STD (three comma-separated values, default
+                      ImageNet's), BGGEN_ONNX_OUTPUT_INDEX (0), BGGEN_ONNX_ACTIVATION (none |
+                      sigmoid | minmax), BGGEN_ONNX_THRESHOLD (0.5), BGGEN_ONNX_BATCH_SIZE (4)) |
+                      auto (classical, and the onnx model where the classical score is below
+                      BGGEN_AUTO_MIN_SCORE, default 0.6); see docs/masking.md
   BGGEN_EXECUTOR      default (in-process/multiprocess) | celery: steps run on dagster-celery workers,
                       with BGGEN_CELERY_BROKER (default amqp://guest:guest@127.0.0.1:5672//) and
                       BGGEN_CELERY_BACKEND (default rpc://); see deploy/celery.yaml, docs/production.md
@@ -161,6 +167,22 @@ def _float(value: Optional[str]) -> Optional[float]:
     return None if value is None else float(value)
 
 
+def _floats(value: Optional[str]) -> Optional[list[float]]:
+    return None if value is None else [float(v) for v in value.split(",")]
+
+
+def build_masker(e: DeploymentEnv) -> MaskerResource:
+    return MaskerResource(**_given(
+        method=e.setting("BGGEN_MASKER"), yolo_weights=e.setting("BGGEN_YOLO_WEIGHTS"),
+        onnx_model=e.setting("BGGEN_ONNX_MODEL"), onnx_input_size=_int(e.setting("BGGEN_ONNX_INPUT_SIZE")),
+        onnx_mean=_floats(e.setting("BGGEN_ONNX_MEAN")), onnx_std=_floats(e.setting("BGGEN_ONNX_STD")),
+        onnx_output_index=_int(e.setting("BGGEN_ONNX_OUTPUT_INDEX")),
+        onnx_activation=e.setting("BGGEN_ONNX_ACTIVATION"),
+        onnx_threshold=_float(e.setting("BGGEN_ONNX_THRESHOLD")),
+        onnx_batch_size=_int(e.setting("BGGEN_ONNX_BATCH_SIZE")),
+        auto_min_score=_float(e.setting("BGGEN_AUTO_MIN_SCORE"))))
+
+
 def build_fetch_settings(e: DeploymentEnv) -> FetchSettings:
     return FetchSettings(**_given(
         allow_networks=e.setting("BGGEN_FETCH_ALLOW_NETWORKS"),
@@ -200,7 +222,7 @@ def build_resources(env: Optional[Mapping[str, str]] = None, *, read_secrets_now
                      else e.setting("BGGEN_SKIP_OUT_OF_STOCK") == "1",
                      max_rejected_fraction=_float(e.setting("BGGEN_MAX_REJECTED_FRACTION"))),
         ),
-        "masker": MaskerResource(**_given(method=e.setting("BGGEN_MASKER"), yolo_weights=e.setting("BGGEN_YOLO_WEIGHTS"))),
+        "masker": build_masker(e),
         "generator": build_generator(e),
         "manifest_io_manager": ManifestIOManager(store=store),
     }

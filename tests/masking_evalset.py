@@ -227,8 +227,19 @@ def render_item(index: int, background: str, *, size: tuple[int, int] | None = N
     gt = np.zeros((h, w), bool)
     gt[y0: y0 + ph, x0: x0 + pw] = mask_p
 
-    bg = _background(background, h, w, rng)
-    # soft shadow: a drop shadow (offset, blurred silhouette) or a contact ellipse
+    bg = _shadowed(_background(background, h, w, rng), alpha, (x0, y0, pw, ph), rng)
+    fill = np.zeros((h, w, 3), np.float32)
+    fill[y0: y0 + ph, x0: x0 + pw] = _fill_texture(texture, ph, pw, rng)
+    img = _photographed(alpha[:, :, None] * fill + (1 - alpha[:, :, None]) * bg, rng)
+    return EvalItem(image=img, mask=gt, background=background, shape=shape, texture=texture, index=index)
+
+
+def _shadowed(bg: np.ndarray, alpha: np.ndarray, box: tuple[int, int, int, int],
+              rng: np.random.Generator) -> np.ndarray:
+    """``bg`` with a soft shadow of the product (``alpha``, inside ``box`` = x, y, w, h): a drop
+    shadow (offset, blurred silhouette) or a contact ellipse under the box."""
+    h, w = alpha.shape
+    x0, y0, pw, ph = box
     strength = rng.uniform(0.12, 0.32)
     if rng.random() < 0.5:
         dx, dy = rng.integers(-int(0.03 * w), int(0.03 * w) + 1), rng.integers(int(0.01 * h), int(0.04 * h) + 1)
@@ -240,17 +251,70 @@ def render_item(index: int, background: str, *, size: tuple[int, int] | None = N
         cv2.ellipse(sh, (x0 + pw // 2, y0 + ph), (int(pw * 0.45), max(3, int(ph * 0.06))), 0, 0, 360, 1.0, -1)
         sig = rng.uniform(0.008, 0.02) * max(w, h)
     sh = cv2.GaussianBlur(sh, (0, 0), sig)
-    bg = bg * (1.0 - strength * sh[:, :, None])
+    return bg * (1.0 - strength * sh[:, :, None])
 
-    fill = np.zeros((h, w, 3), np.float32)
-    fill[y0: y0 + ph, x0: x0 + pw] = _fill_texture(texture, ph, pw, rng)
-    img = alpha[:, :, None] * fill + (1 - alpha[:, :, None]) * bg
+
+def _photographed(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Sensor noise and JPEG compression (q 70-95) on a float RGB composite."""
+    img = img.astype(np.float32)   # (the noise is added in float32, as the set was first made)
     img += rng.normal(0, rng.uniform(0.8, 2.5), img.shape)
     img = np.clip(img, 0, 255).astype(np.uint8)
     q = int(rng.integers(70, 96))
     ok, buf = cv2.imencode(".jpg", img[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, q])
-    img = cv2.imdecode(buf, cv2.IMREAD_COLOR)[:, :, ::-1].copy()
-    return EvalItem(image=img, mask=gt, background=background, shape=shape, texture=texture, index=index)
+    return cv2.imdecode(buf, cv2.IMREAD_COLOR)[:, :, ::-1].copy()
+
+
+# ----------------------------------------------------------------------------- drawn families
+# Products the silhouettes above do not have, drawn (4x supersampled) so the true mask is exact:
+# several parts (a pair of shoes, a pair of earrings) and true holes (a ring: its inside shows the
+# background).  Each on every background type, with the same shadow, noise and JPEG as above.
+FAMILIES = {"pair_of_shoes": "parts", "earrings": "parts", "ring": "holes"}
+FAMILY_SIZE = (560, 420)
+FAMILY_IOU = 0.95
+
+
+def _draw_family(kind: str, w: int, h: int, ss: int) -> np.ndarray:
+    """The product's alpha at ``ss``x the canvas, as uint8 0/255."""
+    big = np.zeros((h * ss, w * ss), np.uint8)
+    S = lambda *v: tuple(int(round(c * ss)) for c in v)   # noqa: E731 - canvas px to supersampled px
+    if kind == "pair_of_shoes":
+        for cx, ang in ((0.31, 8), (0.69, -8)):
+            cv2.ellipse(big, S(cx * w, 0.55 * h), S(0.16 * w, 0.09 * h), ang, 0, 360, 255, -1)
+            cv2.ellipse(big, S((cx - 0.06 * (1 if ang > 0 else -1)) * w, 0.47 * h), S(0.07 * w, 0.07 * h),
+                        0, 0, 360, 255, -1)                                   # the heel's collar
+    elif kind == "earrings":
+        for cx in (0.38, 0.62):
+            cv2.circle(big, S(cx * w, 0.35 * h), int(0.035 * w * ss), 255, -1)                    # stud
+            cv2.line(big, S(cx * w, 0.35 * h), S(cx * w, 0.55 * h), 255, max(1, int(0.012 * w * ss)))
+            cv2.ellipse(big, S(cx * w, 0.62 * h), S(0.06 * w, 0.09 * h), 0, 0, 360, 255, -1)      # drop
+    elif kind == "ring":
+        cv2.circle(big, S(0.5 * w, 0.5 * h), int(0.3 * h * ss), 255, -1)
+        cv2.circle(big, S(0.5 * w, 0.5 * h), int(0.19 * h * ss), 0, -1)
+    else:
+        raise ValueError(kind)
+    return big
+
+
+def render_family(kind: str, background: str, *, seed: int = 0) -> EvalItem:
+    """One drawn product of ``FAMILIES`` on ``background``, with its exact mask."""
+    rng = np.random.default_rng([seed, list(FAMILIES).index(kind), BACKGROUNDS.index(background), 7])
+    w, h = FAMILY_SIZE
+    ss = 4
+    big = _draw_family(kind, w, h, ss)
+    alpha = cv2.resize(big.astype(np.float32) / 255.0, (w, h), interpolation=cv2.INTER_AREA)
+    gt = alpha >= 0.5
+    x, y, bw, bh = cv2.boundingRect(gt.astype(np.uint8))
+    bg = _shadowed(_background(background, h, w, rng), alpha, (x, y, bw, bh), rng)
+    colour = {"pair_of_shoes": "solid_red", "earrings": "solid_navy", "ring": "solid_green"}[kind]
+    fill = _fill_texture(colour, h, w, rng)
+    img = _photographed(alpha[:, :, None] * fill + (1 - alpha[:, :, None]) * bg, rng)
+    return EvalItem(image=img, mask=gt, background=background, shape=kind, texture=colour, index=-1)
+
+
+def parts_kept(mask: np.ndarray, true_mask: np.ndarray, min_cover: float = 0.9) -> int:
+    """How many of the true mask's parts (8-connected) are at least ``min_cover`` in ``mask``."""
+    n, labels = cv2.connectedComponents(true_mask.astype(np.uint8), connectivity=8)
+    return sum(int(mask[labels == k].mean() >= min_cover) for k in range(1, n))
 
 
 def make_evalset(n_per_background: int = 24, *, seed: int = 0,

@@ -15,7 +15,8 @@ boundary taken from the upsampled evidence map):
 3. **Evidence map.**  Chroma distance, brightening and *strong* darkening count as product.
    Mild, low-saturation darkening is what a soft shadow looks like and does not count unless
    the region has texture/edges (local gradient above the background's own gradient noise).
-4. **Morphology** (open, close), **largest connected component**, **holes filled** (a hole
+4. **Morphology** (open, close), **the product's parts** (the largest, crisp-outlined component
+   and every other one that is product evidence too: see :func:`_select_parts`), **holes filled** (a hole
    stays open only when it looks like plain background: see :func:`fill_holes`).
 5. **Light parts closed off by an outline** (a white sole on white): regions the background
    flood from the image border cannot reach, with the mask and crisp step edges as walls, are
@@ -473,8 +474,14 @@ def _promote_crisp_shadows(ev: np.ndarray, shadow: np.ndarray, grad: np.ndarray,
     return shadow, none
 
 
-def _select_component(mask: np.ndarray, crisp: np.ndarray) -> np.ndarray:
-    """Largest component, weighted by how crisp its outline is (soft blobs = background residue)."""
+def _select_parts(mask: np.ndarray, crisp: np.ndarray, ev: np.ndarray, *, min_rel_area: float = 0.05,
+                  min_rel_crisp: float = 0.6, min_crisp: float = 0.15, min_evidence: float = 1.5) -> np.ndarray:
+    """The product's parts: the best component (largest, weighted by how crisp its outline is:
+    soft blobs are background residue) and every other one that is product evidence too (a
+    pair of shoes, earrings): at least ``min_rel_area`` of the best one's area, an outline about
+    as crisp as the best one's (``min_rel_crisp`` of its crisp share, and ``min_crisp`` at least), a mean evidence of at least ``min_evidence`` (clear
+    contrast, not a faint stain), and not touching the image border (a shadow running off the
+    frame, a backdrop seam)."""
     n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
     if n <= 2:
         return mask.astype(bool)
@@ -482,7 +489,36 @@ def _select_component(mask: np.ndarray, crisp: np.ndarray) -> np.ndarray:
     _, frac = _crisp_fraction(labels, n, mask.astype(bool), ~mask.astype(bool), crisp)
     score = area * (0.1 + frac)
     score[0] = -1.0
-    return labels == int(np.argmax(score))
+    best = int(np.argmax(score))
+    h, w = mask.shape
+    x, y = stats[:, cv2.CC_STAT_LEFT], stats[:, cv2.CC_STAT_TOP]
+    bw, bh = stats[:, cv2.CC_STAT_WIDTH], stats[:, cv2.CC_STAT_HEIGHT]
+    on_border = (x == 0) | (y == 0) | (x + bw >= w) | (y + bh >= h)
+    mean_ev = np.bincount(labels.ravel(), weights=np.minimum(ev, 4.0).ravel(), minlength=n) / np.maximum(area, 1)
+    keep = ((area >= min_rel_area * area[best]) & (frac >= max(min_crisp, min_rel_crisp * frac[best]))
+            & (mean_ev >= min_evidence) & ~on_border)
+    keep[0] = False
+    keep[best] = True
+    return keep[labels]
+
+
+def _parts_of(mask: np.ndarray, parts: np.ndarray) -> np.ndarray:
+    """Per selected product part (a component of ``parts``), the component of ``mask`` that
+    overlaps it most: a refinement keeps every part, but what it split off a part or added
+    away from the product is dropped (as keeping the largest component does for one part)."""
+    n, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
+    if n <= 2:
+        return mask.astype(bool)
+    n_p, plabels = cv2.connectedComponents(parts.astype(np.uint8), connectivity=8)
+    both = (labels > 0) & (plabels > 0)
+    if n_p <= 1 or not both.any():
+        return largest_component(mask)
+    over = np.bincount(plabels[both] * n + labels[both], minlength=n_p * n).reshape(n_p, n)
+    keep = np.zeros(n, bool)
+    for p in range(1, n_p):
+        if over[p].max() > 0:
+            keep[int(np.argmax(over[p]))] = True
+    return keep[labels]
 
 
 def _drop_small(mask: np.ndarray, min_area: int) -> np.ndarray:
@@ -676,7 +712,7 @@ def classical_mask(image: np.ndarray, *, refine: bool = True, work_side: int = W
     # (a smooth patch only stands out from a clearly textured background)
     hp_low = 0.75 * bg.hp_noise if bg.hp_noise > 0.8 else -np.inf
     holes = dict(evidence=ev_hole, residual=resid, offset_tol=offset_tol, texture=hp, texture_low=hp_low)
-    coarse = fill_holes(_select_component(coarse, crisp), **holes)
+    coarse = fill_holes(_select_parts(coarse, crisp, ev), **holes)
     # light parts closed off by a crisp outline (a white sole under a red upper)
     edge = _step_edges(lab[:, :, 0], grad, max(12.0, 3.0 * bg.grad_noise))
     hp_tol = 2.5 * bg.hp_noise + 1.0
@@ -699,7 +735,7 @@ def classical_mask(image: np.ndarray, *, refine: bool = True, work_side: int = W
             # or the shadow's, which is all GrabCut's colour model sees)
             refined = (coarse & ~((gcmap < 0.05) & ~protected)) | ((gcmap > 0.95) & ~shadow)
             if refined.any():
-                refined = fill_holes(largest_component(refined), **holes)
+                refined = fill_holes(_parts_of(refined, coarse), **holes)
                 inter = float((refined & coarse).sum())
                 union = float((refined | coarse).sum())
                 agree = inter / union if union else 0.0
@@ -717,7 +753,7 @@ def classical_mask(image: np.ndarray, *, refine: bool = True, work_side: int = W
         frac_f = cv2.resize(frac, (W, H), interpolation=cv2.INTER_LINEAR if s < 1 else cv2.INTER_AREA)
         full = frac_f >= 0.5
     if full.any() and (ww, wh) == (W, H):
-        full = largest_component(full)   # (upscaled: one coarse component stays one, skip the cost)
+        full = _parts_of(full, coarse)   # (upscaled: one coarse component stays one, skip the cost)
 
     # confidence: contrast of the evidence along the boundary x agreement with grabcut
     edge = cv2.morphologyEx(coarse.astype(np.uint8), cv2.MORPH_GRADIENT, _disk(1)).astype(bool) & coarse

@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -20,6 +21,8 @@ from masking_evalset import (  # noqa: E402
     CATALOG_IOU,
     CATALOG_SIZES,
     EVAL_PER_BACKGROUND,
+    FAMILIES,
+    FAMILY_IOU,
     EVAL_SEEDS,
     SHADOW_KEPT,
     SOLE_COVERED,
@@ -28,6 +31,8 @@ from masking_evalset import (  # noqa: E402
     boundary_f,
     catalog_photo,
     iou,
+    parts_kept,
+    render_family,
     render_item,
     sole_scores,
 )
@@ -37,6 +42,7 @@ from bggen_assets.core.masking import (  # noqa: E402
     MaskResult,
     borders_touched,
     classical_mask,
+    fill_holes,
     mask_bbox,
     mask_product,
     validate_mask,
@@ -362,6 +368,49 @@ def test_sample_catalog_photo(size, seed, kind, colour, background):
     assert v >= CATALOG_IOU, (size, seed, kind, colour, background, round(v, 4))
 
 
+# ----------------------------------------------------------------------------- drawn families
+# Products in several parts and with true holes (tests/masking_evalset.py, FAMILIES), drawn so the
+# mask is exact, on every background type: every part kept (>= 90% of each), every ring's hole
+# open, the mask >= FAMILY_IOU (0.95).  Known misses are strict xfails, as above.
+FAMILY_MISSES: dict[tuple[str, str], str] = {
+    ("earrings", "textured"): "IoU 0.316: one earring merges with texture running off the top "
+                              "border, the other is dropped",
+    ("ring", "white"): "IoU 0.598: the ring's drop shadow darkens its hole past the background "
+                       "tolerance (4.7 > 3.2), so the hole is filled",
+}
+
+
+def _family_cases(family: str):
+    for kind, fam in FAMILIES.items():
+        if fam == family:
+            for bg in BACKGROUNDS:
+                yield pytest.param(kind, bg, id=f"{kind}-{bg}", marks=_xfail_if_known(FAMILY_MISSES.get((kind, bg))))
+
+
+@pytest.mark.parametrize("kind,background", list(_family_cases("parts")))
+def test_a_product_in_several_parts_keeps_every_part(kind, background):
+    it = render_family(kind, background)
+    m = classical_mask(it.image).mask
+    n_true = int(cv2.connectedComponents(it.mask.astype(np.uint8))[0]) - 1
+    assert n_true == 2
+    assert parts_kept(m, it.mask) == n_true, f"{parts_kept(m, it.mask)} of {n_true} parts kept"
+    assert iou(m, it.mask) >= FAMILY_IOU, round(iou(m, it.mask), 4)
+
+
+@pytest.mark.parametrize("kind,background", list(_family_cases("holes")))
+def test_a_ring_keeps_its_hole(kind, background):
+    it = render_family(kind, background)
+    m = classical_mask(it.image).mask
+    hole = fill_holes(it.mask) & ~it.mask
+    assert hole.sum() > 0.1 * it.mask.sum()
+    assert m[hole].mean() < 0.05, f"{m[hole].mean():.0%} of the hole filled"
+    assert iou(m, it.mask) >= FAMILY_IOU, round(iou(m, it.mask), 4)
+
+
+def test_family_misses_name_cases_that_exist():
+    assert set(FAMILY_MISSES) <= {(k, b) for k in FAMILIES for b in BACKGROUNDS}
+
+
 # ----------------------------------------------------------------------------- the resource
 @pytest.fixture(scope="module")
 def seg_weights(tmp_path_factory) -> Path:
@@ -413,7 +462,7 @@ def test_yolo_config_errors(seg_weights, tmp_path):
         MaskerResource(method="yolo", yolo_weights=str(tmp_path / "yolo11n-seg.pt")).mask(img)
     with pytest.raises(MaskerConfigError, match="needs yolo_weights"):
         MaskerResource(method="yolo").mask(img)
-    with pytest.raises(MaskerConfigError, match="'classical' or 'yolo'"):
+    with pytest.raises(MaskerConfigError, match="'classical', 'yolo', 'onnx' or 'auto'"):
         MaskerResource(method="sam").mask(img)
     det = tmp_path / "detect.pt"
     YOLO("yolo11n.yaml").save(str(det))
