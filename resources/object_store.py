@@ -220,17 +220,7 @@ class S3ObjectStore(ObjectStore):
             raise self._fail("put", key, exc) from exc
 
     def get_bytes(self, key: str) -> bytes:
-        from botocore.exceptions import ClientError
-
-        full = self._key(key)
-        try:
-            return self._c().get_object(Bucket=self.bucket, Key=full)["Body"].read()
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
-                raise ObjectNotFound(key) from None
-            raise self._fail("get", key, exc) from exc
-        except Exception as exc:
-            raise self._fail("get", key, exc) from exc
+        return self.get_tagged(key).data
 
     def get_tagged(self, key: str) -> Tagged:
         from botocore.exceptions import ClientError
