@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from .core import keys, serving_index
-from .core.compositing import cut_back, fidelity_error, make_cutout, place_on_canvas, product_alpha, resample_product
+from .core.compositing import cut_back, fidelity_error, make_cutout, place_on_canvas, product_layer, resample_product
 from .core.diffusion import generation_shape
 from .core.diffusion_config import DiffusionConfig
 from .core.feed_split import is_local_uri
@@ -64,7 +64,7 @@ if TYPE_CHECKING:  # resources import bggen_assets.core; only the annotations ne
 
 Log = Callable[[str], None]
 MAX_SOURCE_BYTES = 50 * 1024 * 1024
-COMPOSITE_VERSION = "composite-v1"
+COMPOSITE_VERSION = "composite-v2"  # v2: the product's edge is a soft matte (core/matting.py)
 PROGRESS_EVERY_S = 10.0
 
 
@@ -253,10 +253,10 @@ def _compute_mask(digest: str, masker: MaskerResource, masker_id: str, store: Ob
         row = {**base, "status": "rejected", "reason": str(exc)[:500], "method": "", "score": 0.0}
         db.put_mask(row)
         return row
-    alpha = product_alpha(result.mask, image)
+    layer = product_layer(result.mask, image)  # the cutout (serving's fallback) has the soft edge too
     mkey, ckey = keys.mask_key(digest, masker_id), keys.cutout_key(digest, masker_id)
     store.put_bytes(mkey, encode_png(result.mask.astype(np.uint8) * 255), "image/png")
-    store.put_bytes(ckey, encode_png(make_cutout(image, alpha, result.bbox)), "image/png")
+    store.put_bytes(ckey, encode_png(make_cutout(layer.rgb, layer.alpha, result.bbox)), "image/png")
     h, w = result.mask.shape
     row = {
         **base,
@@ -430,7 +430,8 @@ class ProductPixels:
 def load_product_pixels(mask_info: MaskInfo, masker: MaskerResource, store: ObjectStore) -> ProductPixels:
     image = masker.decode(store.get_bytes(keys.source_key(mask_info.image_hash)))
     mask = decode_png(store.get_bytes(mask_info.mask_key), cv2.IMREAD_GRAYSCALE) > 127
-    return ProductPixels(image, product_alpha(mask, image), tuple(mask_info.bbox))
+    layer = product_layer(mask, image)
+    return ProductPixels(layer.rgb, layer.alpha, tuple(mask_info.bbox))
 
 
 def canvas_digest(item: PlanItem, mask_info: MaskInfo, masker_id: str, prompt: Prompt, generator_id: str) -> str:
