@@ -87,11 +87,14 @@ def edge_matte(image: np.ndarray, mask: np.ndarray, band_px: int = BAND_PX,
     d = f - b
     dd = (d * d).sum(axis=2)
     usable = band & (nf >= MIN_SAMPLES) & (nb >= MIN_SAMPLES) & (dd >= min_separation**2)
-    a = np.clip(((ic - b) * d).sum(axis=2) / np.maximum(dd, 1e-6), 0.0, 1.0)
+    projected = np.clip(((ic - b) * d).sum(axis=2) / np.maximum(dd, 1e-6), 0.0, 1.0)
+    # the colour from the projection itself: a pixel the mask holds but the projection calls
+    # backdrop (a masker's stray pixel) comes out as F, not as a half-unmixed backdrop
+    colour = np.clip(np.rint(ic + (1.0 - projected)[:, :, None] * d), 0, 255).astype(np.uint8)
     inside = mc.astype(bool)
     # the masker's decision stands: inside its mask at least half product, outside less than half
-    a = np.where(inside, np.maximum(a, 0.5), np.minimum(a, np.nextafter(np.float32(0.5), np.float32(0))))
-    colour = np.clip(np.rint(ic + (1.0 - a)[:, :, None] * d), 0, 255).astype(np.uint8)
+    a = np.where(inside, np.maximum(projected, 0.5),
+                 np.minimum(projected, np.nextafter(np.float32(0.5), np.float32(0))))
     out_rgb = rgb.copy()
     crop_rgb = out_rgb[y0:y1, x0:x1]
     crop_rgb[usable] = colour[usable]
