@@ -79,3 +79,16 @@ def test_the_threshold_is_checked():
     with pytest.raises(MaskerConfigError, match=r"masker min_confidence must be in \[0, 1\], got 1.5"):
         MaskerResource(min_confidence=1.5).identity()
     assert MaskerResource(min_confidence=0.9).identity() == MaskerResource().identity()  # not part of the id
+
+
+def test_the_sheet_link_names_the_object_where_a_person_finds_it(tmp_path):
+    from dagster_aws.s3 import S3Resource
+
+    from resources.object_store import LocalObjectStore, S3ObjectStore
+
+    key = "checks/northwind/footwear/held-back-ab.png"
+    local = LocalObjectStore(root=str(tmp_path / "objects"))
+    assert steps.object_location(local, key) == str((tmp_path / "objects").resolve() / key)
+    s3 = S3Resource(endpoint_url="http://127.0.0.1:1")  # describe() never connects
+    assert steps.object_location(S3ObjectStore(bucket="bg", prefix="prod/", s3=s3), key) == f"s3://bg/prod/{key}"
+    assert steps.object_location(S3ObjectStore(bucket="bg", s3=s3), key) == f"s3://bg/{key}"
