@@ -3,8 +3,6 @@ one product's mask confidence; that product is neither planned nor generated nor
 product_masks check mask_confidence lists it (a warning) with a contact sheet in the store."""
 from pathlib import Path
 
-import cv2
-import numpy as np
 import pytest
 
 from bggen_assets import steps
