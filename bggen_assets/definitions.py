@@ -12,6 +12,7 @@ from dagster import DefaultScheduleStatus, Definitions, ScheduleDefinition, defi
 
 from sensors.catalog import daily_catalog_refresh, new_product_sensor
 from sensors.misses import bucket_miss_sensor
+from sensors.remask import remask_sensor
 
 from .assets.ab_report import ab_report
 from .assets.ad_events import ad_events
@@ -31,7 +32,7 @@ def build_definitions(env: Optional[Mapping[str, str]] = None) -> Definitions:
     return Definitions(
         assets=[*pipeline_assets, ab_report, ope_report, ad_events],
         jobs=[pipeline_job, reports_job],
-        sensors=[new_product_sensor, bucket_miss_sensor],
+        sensors=[new_product_sensor, bucket_miss_sensor, remask_sensor],
         schedules=[daily_catalog_refresh, reports_schedule],
         resources=build_resources(env),
         executor=build_executor(env),

@@ -32,7 +32,9 @@ diffusion on a GPU), chosen backend by backend:
                       ImageNet's), BGGEN_ONNX_OUTPUT_INDEX (0), BGGEN_ONNX_ACTIVATION (none |
                       sigmoid | minmax), BGGEN_ONNX_THRESHOLD (0.5), BGGEN_ONNX_BATCH_SIZE (4)) |
                       auto (classical, and the onnx model where the classical score is below
-                      BGGEN_AUTO_MIN_SCORE, default 0.6); see docs/masking.md
+                      BGGEN_AUTO_MIN_SCORE, default 0.6); see docs/masking.md.
+                      BGGEN_MIN_MASK_CONFIDENCE (default 0.5): masks scored below it are held
+                      back from generation and serving (product_masks' mask_confidence check)
   BGGEN_EXECUTOR      default (in-process/multiprocess) | celery: steps run on dagster-celery workers,
                       with BGGEN_CELERY_BROKER (default amqp://guest:guest@127.0.0.1:5672//) and
                       BGGEN_CELERY_BACKEND (default rpc://); see deploy/celery.yaml, docs/production.md
@@ -180,7 +182,8 @@ def build_masker(e: DeploymentEnv) -> MaskerResource:
         onnx_activation=e.setting("BGGEN_ONNX_ACTIVATION"),
         onnx_threshold=_float(e.setting("BGGEN_ONNX_THRESHOLD")),
         onnx_batch_size=_int(e.setting("BGGEN_ONNX_BATCH_SIZE")),
-        auto_min_score=_float(e.setting("BGGEN_AUTO_MIN_SCORE"))))
+        auto_min_score=_float(e.setting("BGGEN_AUTO_MIN_SCORE")),
+        min_confidence=_float(e.setting("BGGEN_MIN_MASK_CONFIDENCE"))))
 
 
 def build_fetch_settings(e: DeploymentEnv) -> FetchSettings:

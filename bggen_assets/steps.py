@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from .core import keys, serving_index
-from .core.compositing import cut_back, fidelity_error, make_cutout, place_on_canvas, product_alpha, resample_product
+from .core.compositing import cut_back, fidelity_error, make_cutout, place_on_canvas, product_layer, resample_product
 from .core.diffusion import generation_shape
 from .core.diffusion_config import DiffusionConfig
 from .core.feed_split import is_local_uri
@@ -64,7 +64,7 @@ if TYPE_CHECKING:  # resources import bggen_assets.core; only the annotations ne
 
 Log = Callable[[str], None]
 MAX_SOURCE_BYTES = 50 * 1024 * 1024
-COMPOSITE_VERSION = "composite-v1"
+COMPOSITE_VERSION = "composite-v2"  # v2: the product's edge is a soft matte (core/matting.py)
 PROGRESS_EVERY_S = 10.0
 
 
@@ -212,10 +212,19 @@ def catalog_step(cfg: CreativeConfig, store: ObjectStore, db: MetadataDB, mercha
 
 
 # -- masks ---------------------------------------------------------------------------------------
+SHEET_MAX_ROWS = 24  # held-back masks drawn on the contact sheet (the lowest confidences first)
+
+
 def masks_step(catalog: CatalogManifest, masker: MaskerResource, store: ObjectStore, db: MetadataDB,
                log: Log = _quiet) -> MaskManifest:
+    """Every product's mask, made once per (image hash, masker id): a mask stored under another
+    masker id (an older masker version) is not this masker's and is made again. A mask whose
+    confidence is below the masker's ``min_confidence`` is held back (``MaskManifest.held_back``,
+    drawn on a contact sheet in the store) instead of being planned, generated and served."""
     masker_id = masker.identity()
+    threshold = masker.min_confidence
     out: dict[str, MaskInfo] = {}
+    held: dict[str, MaskInfo] = {}
     rejected, reused, computed = list(catalog.rejected), 0, 0
     for p in catalog.products:
         pid, digest = p.product_id, p.image_hash
@@ -229,7 +238,7 @@ def masks_step(catalog: CatalogManifest, masker: MaskerResource, store: ObjectSt
             rejected.append(Rejection(product_id=pid, reason=row["reason"]))
             log(f"skipped {pid}: {row['reason']}")
             continue
-        out[pid] = MaskInfo(
+        info = MaskInfo(
             image_hash=digest,
             mask_key=row["mask_key"],
             cutout_key=row["cutout_key"],
@@ -240,7 +249,44 @@ def masks_step(catalog: CatalogManifest, masker: MaskerResource, store: ObjectSt
             reason=row["reason"],
             coverage=row["coverage"],
         )
-    return MaskManifest(masker_id=masker_id, products=out, rejected=rejected, reused=reused, computed=computed)
+        if info.confidence < threshold:
+            held[pid] = info
+            log(f"held back {pid}: mask confidence {info.confidence:.2f} < {threshold:g} ({info.method})")
+        else:
+            out[pid] = info
+    sheet = held_back_sheet(held, catalog.merchant, catalog.category, masker_id, threshold, masker, store) if held else None
+    return MaskManifest(masker_id=masker_id, products=out, rejected=rejected, reused=reused, computed=computed,
+                        min_confidence=threshold, held_back=held, held_back_sheet=sheet)
+
+
+def held_back_sheet(held: dict[str, MaskInfo], merchant: str, category: str, masker_id: str, threshold: float,
+                    masker: MaskerResource, store: ObjectStore) -> str:
+    """The contact sheet of the held-back masks over their photos (lowest confidence first, at
+    most SHEET_MAX_ROWS), stored once under a key named by what is on it; returns the key."""
+    from .core.mask_sheet import SheetItem, mask_sheet
+
+    shown = sorted(held.items(), key=lambda kv: (kv[1].confidence, kv[0]))[:SHEET_MAX_ROWS]
+    name = keys.digest(masker_id, threshold, [(pid, m.image_hash, m.mask_key) for pid, m in shown], len(held))
+    key = f"{keys.partition_prefix('checks', merchant, category)}/held-back-{name[:24]}.png"
+    if store.exists(key):
+        return key
+    items = []
+    for pid, m in shown:
+        image = masker.decode(store.get_bytes(keys.source_key(m.image_hash)))
+        mask = decode_png(store.get_bytes(m.mask_key), cv2.IMREAD_GRAYSCALE) > 127
+        items.append(SheetItem(f"{pid}\nconfidence {m.confidence:.2f}\n{m.method}", image, mask))
+    more = f" (the {len(shown)} lowest of {len(held)})" if len(held) > len(shown) else ""
+    title = f"{merchant}/{category}: masks held back, confidence < {threshold:g}{more}"
+    store.put_bytes(key, encode_png(mask_sheet(items, title=title)), "image/png")
+    return key
+
+
+def object_location(store: ObjectStore, key: str) -> str:
+    """Where a person finds the object: a file path (local store) or an s3:// URL."""
+    where = store.describe()
+    if where.startswith("local:"):
+        return str(Path(where[len("local:"):]) / key)
+    return f"{where.rstrip('/')}/{key}"
 
 
 def _compute_mask(digest: str, masker: MaskerResource, masker_id: str, store: ObjectStore, db: MetadataDB) -> dict:
@@ -253,10 +299,10 @@ def _compute_mask(digest: str, masker: MaskerResource, masker_id: str, store: Ob
         row = {**base, "status": "rejected", "reason": str(exc)[:500], "method": "", "score": 0.0}
         db.put_mask(row)
         return row
-    alpha = product_alpha(result.mask, image)
+    layer = product_layer(result.mask, image)  # the cutout (serving's fallback) has the soft edge too
     mkey, ckey = keys.mask_key(digest, masker_id), keys.cutout_key(digest, masker_id)
     store.put_bytes(mkey, encode_png(result.mask.astype(np.uint8) * 255), "image/png")
-    store.put_bytes(ckey, encode_png(make_cutout(image, alpha, result.bbox)), "image/png")
+    store.put_bytes(ckey, encode_png(make_cutout(layer.rgb, layer.alpha, result.bbox)), "image/png")
     h, w = result.mask.shape
     row = {
         **base,
@@ -430,7 +476,8 @@ class ProductPixels:
 def load_product_pixels(mask_info: MaskInfo, masker: MaskerResource, store: ObjectStore) -> ProductPixels:
     image = masker.decode(store.get_bytes(keys.source_key(mask_info.image_hash)))
     mask = decode_png(store.get_bytes(mask_info.mask_key), cv2.IMREAD_GRAYSCALE) > 127
-    return ProductPixels(image, product_alpha(mask, image), tuple(mask_info.bbox))
+    layer = product_layer(mask, image)
+    return ProductPixels(layer.rgb, layer.alpha, tuple(mask_info.bbox))
 
 
 def canvas_digest(item: PlanItem, mask_info: MaskInfo, masker_id: str, prompt: Prompt, generator_id: str) -> str:

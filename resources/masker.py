@@ -17,6 +17,9 @@ images per inference call when the model's batch dimension allows it.
 ``method="auto"``: the classical masker, and the learned one for the images where the classical
 score is below ``auto_min_score``; the result's ``reason`` starts with which was used and why.
 
+``min_confidence``: masks scored below it are held back (docs/masking.md, "Confidence and
+hold-back"); it is not part of the identity.
+
 ``identity()`` names the masker (method, weights content hash, parameters, algorithm
 version) so that masks stored under it are recomputed when the masker changes.
 """
@@ -48,6 +51,16 @@ __all__ = ["MaskerResource", "MaskerConfigError", "CLASSICAL_VERSION"]
 
 # Bump when the algorithm changes in a way that changes masks: stored masks are re-made.
 CLASSICAL_VERSION = "c5"  # c5: every part kept (pairs); c4: edge pixels unmixed
+
+
+def masking_code_version() -> str:
+    """The masking algorithms' versions (not the configured weights: those are data): the
+    product_masks asset's code_version, so that the UI shows its partitions stale when a new
+    version is deployed; remask_sensor re-runs them (sensors/remask.py)."""
+    return f"{CLASSICAL_VERSION}-{YOLO_VERSION}-{SALIENCY_VERSION}"
+
+
+MASKING_CODE_VERSION = masking_code_version()
 
 
 class MaskerConfigError(ValueError):
@@ -83,6 +96,12 @@ class MaskerResource(ConfigurableResource):
     onnx_threshold: float = 0.5
     onnx_batch_size: int = 4
     auto_min_score: float = 0.6
+    # hold-back: a mask whose confidence (MaskResult.score) is below this is kept out of
+    # generation and serving and listed in product_masks' mask_confidence check. Not part of
+    # identity(): it decides what is used, not what a mask is (changing it re-masks nothing).
+    # 0.5 holds back 4 of the labelled set's 12 masks below IoU 0.85 and none of its 336 good ones
+    # (benchmarks/mask_confidence.py; docs/masking.md).
+    min_confidence: float = 0.5
 
     _model: Any = PrivateAttr(default=None)
     _weights_sha: Optional[str] = PrivateAttr(default=None)
@@ -104,6 +123,8 @@ class MaskerResource(ConfigurableResource):
                 f"masker method must be 'classical', 'yolo', 'onnx' or 'auto', got {self.method!r}")
         if not 0.0 <= self.confidence <= 1.0:
             raise MaskerConfigError(f"masker confidence must be in [0, 1], got {self.confidence}")
+        if not 0.0 <= self.min_confidence <= 1.0:
+            raise MaskerConfigError(f"masker min_confidence must be in [0, 1], got {self.min_confidence}")
         if self.imgsz < 32:
             raise MaskerConfigError(f"masker imgsz must be >= 32, got {self.imgsz}")
         if self.max_pixels <= 0:

@@ -23,6 +23,7 @@ import random
 import uuid
 
 import json
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,6 +185,15 @@ class Miss:
 
 
 @dataclass(frozen=True)
+class StalePartition:
+    """A partition whose products' masks were made by another masker than the current one."""
+
+    merchant: str
+    category: str
+    products: int  # its usable products without a mask by the current masker
+
+
+@dataclass(frozen=True)
 class WaitingPartition:
     """One partition's misses that wait for a run: pending ones, and claims whose lease ran out."""
 
@@ -308,6 +318,42 @@ class MetadataDB(ConfigurableResource):
         row = {**row, "created_at": time.time()}
         with self.engine.begin() as conn:
             self._upsert(conn, masks, [row], [c.name for c in masks.columns if not c.primary_key])
+
+    @retried
+    def stale_mask_partitions(self, masker_id: str) -> list["StalePartition"]:
+        """The (merchant, category) partitions with usable products whose image has a mask made
+        by another masker (an older version, other settings) and none made by ``masker_id``:
+        what a new masker must re-mask. A product never masked at all is not counted (its
+        partition's first run is on its way); one query, the products table scanned once, each
+        product's masks looked up by the masks table's primary key."""
+        other = masks.alias("other")
+        current = masks.alias("current")
+        with self.engine.connect() as conn:
+            image_hash = self._as_masks_hash(conn, products.c.image_hash)
+            q = (sa.select(products.c.merchant, products.c.category, sa.func.count().label("n"))
+                 .where(products.c.status == "ok", products.c.image_hash.is_not(None),
+                        sa.exists().where(other.c.image_hash == image_hash, other.c.masker_id != masker_id),
+                        ~sa.exists().where(current.c.image_hash == image_hash, current.c.masker_id == masker_id))
+                 .group_by(products.c.merchant, products.c.category)
+                 .order_by(products.c.merchant, products.c.category))
+            return [StalePartition(r.merchant, r.category, int(r.n)) for r in conn.execute(q)]
+
+    def _as_masks_hash(self, conn, column: sa.Column) -> sa.ColumnElement:
+        """``column`` (an image hash) in the character set and collation of masks.image_hash.
+
+        On MySQL/MariaDB the products table is utf8mb4_unicode_ci (migration 0004) while masks
+        has the server's default, and comparing the two is an "illegal mix of collations". The
+        hashes are hex, so converting the products side is lossless, and converting that side
+        (not the masks one) keeps the masks primary key usable for the lookup."""
+        if conn.dialect.name not in ("mysql", "mariadb"):
+            return column
+        row = conn.execute(sa.text(
+            "SELECT CHARACTER_SET_NAME, COLLATION_NAME FROM information_schema.COLUMNS "
+            "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'masks' AND COLUMN_NAME = 'image_hash'")).first()
+        charset, collation = (row[0], row[1]) if row else ("utf8mb4", "utf8mb4_bin")
+        if not all(re.fullmatch(r"[A-Za-z0-9_]+", v or "") for v in (charset, collation)):
+            raise ValueError(f"unexpected charset/collation of masks.image_hash: {charset!r} / {collation!r}")
+        return sa.literal_column(f"CONVERT({column.table.name}.{column.name} USING {charset}) COLLATE {collation}")
 
     # -- generated images ----------------------------------------------------------------------
     @retried

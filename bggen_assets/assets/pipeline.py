@@ -27,7 +27,7 @@ from pydantic import BaseModel
 
 from resources.creative_config import CreativeConfig
 from resources.generator import GeneratorResource
-from resources.masker import MaskerResource
+from resources.masker import MASKING_CODE_VERSION, MaskerResource
 from resources.metadata_db import MetadataDB
 from resources.miss_queue import MissQueue
 from resources.object_store import ObjectStore
@@ -111,8 +111,10 @@ def _reason_kind(reason: str) -> str:
 
 
 @asset(partitions_def=merchant_category, group_name=GROUP, io_manager_key="manifest_io_manager",
-       check_specs=[_check("mask_coverage_sane", "product_masks")],
-       description="Per product: binary mask, tight bbox, method, score; stored once per image hash and masker.")
+       check_specs=[_check("mask_coverage_sane", "product_masks"), _check("mask_confidence", "product_masks")],
+       code_version=MASKING_CODE_VERSION,
+       description="Per product: binary mask, tight bbox, method, confidence; stored once per image hash and masker. "
+                   "Masks below the masker's min_confidence are held back (check mask_confidence).")
 def product_masks(context: AssetExecutionContext, catalog: CatalogManifest, masker: MaskerResource, store: ObjectStore,
                   metadata_db: MetadataDB):
     manifest = steps.masks_step(catalog, masker, store, metadata_db, context.log.warning)
@@ -126,10 +128,13 @@ def product_masks(context: AssetExecutionContext, catalog: CatalogManifest, mask
             "computed": manifest.computed,
             "reused": manifest.reused,
             "skipped": len(manifest.rejected),
+            "held_back": len(manifest.held_back),
+            "masker_id": manifest.masker_id,
             "methods": MetadataValue.json(dict(methods)),
             "skipped_products": MetadataValue.md(_table(manifest.rejected, ["product_id", "reason"])),
         },
     )
+    yield _confidence_check(manifest, store)
     bad = [pid for pid, p in products.items() if not 0.01 <= p.coverage <= 0.95]
     yield AssetCheckResult(
         check_name="mask_coverage_sane",
@@ -142,6 +147,25 @@ def product_masks(context: AssetExecutionContext, catalog: CatalogManifest, mask
             "skipped": _json(manifest.rejected[:50]),
         },
     )
+
+
+def _confidence_check(manifest: MaskManifest, store: ObjectStore) -> AssetCheckResult:
+    """The held-back masks: a warning, not an error. The run goes on for every other product and
+    a held-back one is simply not served (as a product masking refused), so nothing is wrong
+    with the partition's output; what needs a person is the list, and the contact sheet shows
+    why at a glance. Metadata stays small: ids, confidences and a link, never pictures inline."""
+    held = sorted(manifest.held_back.items(), key=lambda kv: (kv[1].confidence, kv[0]))
+    metadata = {
+        "min_confidence": manifest.min_confidence,
+        "held_back": len(held),
+        "held_back_products": MetadataValue.json([{"product_id": pid, "confidence": round(m.confidence, 3),
+                                                   "method": m.method} for pid, m in held[:50]]),
+    }
+    if manifest.held_back_sheet:
+        where = steps.object_location(store, manifest.held_back_sheet)
+        metadata["contact_sheet"] = MetadataValue.path(where) if not where.startswith("s3://") else MetadataValue.url(where)
+    return AssetCheckResult(check_name="mask_confidence", passed=not held, severity=AssetCheckSeverity.WARN,
+                            metadata=metadata)
 
 
 @asset(partitions_def=merchant_category, group_name=GROUP, io_manager_key="manifest_io_manager",

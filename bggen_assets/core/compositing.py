@@ -2,7 +2,10 @@
 
 The product's own pixels are the ad's promise to the shopper, so generation never owns them: the
 product is resampled once from the source (alpha-weighted, so the photo's old background does not
-bleed into the edge as a halo) and pasted back over whatever the generator drew.
+bleed into the edge as a halo) and pasted back over whatever the generator drew. Its edge is a
+soft matte (core/matting.py: alpha and unmixed colour in a 2 px band along the mask's boundary),
+so the product blends into the new background without a cut-out line or a fringe of the old
+backdrop; farther inside, alpha is 1 and the pixels are the photo's own.
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from PIL import Image
 
 from .generation import NEUTRAL_GREY
 from .geometry import CanvasLayout, PlacedBox, crop_box
+from .matting import Matte, edge_matte
 
 FALLBACK_BACKGROUND = (244, 244, 244)
 
@@ -24,6 +28,15 @@ def product_alpha(mask: np.ndarray, image: np.ndarray) -> np.ndarray:
     if image.ndim == 3 and image.shape[2] == 4:
         alpha *= image[:, :, 3].astype(np.float32) / 255.0
     return alpha
+
+
+def product_layer(mask: np.ndarray, image: np.ndarray) -> Matte:
+    """The product as it is cut back: colour and alpha at source resolution. A file with its own
+    alpha channel is its own matte (the mask times that alpha, the pixels as they are); otherwise
+    the edge is matted from the photo's local product and backdrop colours (core/matting.py)."""
+    if image.ndim == 3 and image.shape[2] == 4:
+        return Matte(np.ascontiguousarray(image[:, :, :3]), product_alpha(mask, image))
+    return edge_matte(image, mask)
 
 
 def resample_product(

@@ -146,17 +146,37 @@ class MaskInfo(Value):
     bbox: Box  # tight box of the product in the source image
     image_size: Size
     method: str
-    score: float
+    score: float  # the masker's confidence in [0, 1] (MaskResult.score): what hold-back compares
     reason: str
     coverage: float  # fraction of the image the mask covers
 
+    @property
+    def confidence(self) -> float:
+        return self.score
+
+
+def _add_hold_back(data: dict) -> dict:
+    # Version 1 held nothing back: every usable mask was in products.
+    return {**data, "min_confidence": 0.0, "held_back": {}, "held_back_sheet": None}
+
 
 class MaskManifest(Document):
+    """A partition's masks. ``products`` are the masks the rest of the pipeline uses; a mask whose
+    confidence is below ``min_confidence`` is in ``held_back`` instead (never planned, generated
+    or indexed), with a contact sheet of them (``held_back_sheet``, an object key) for a person
+    to look at. Version 2 added the hold-back."""
+
+    SCHEMA_VERSION: ClassVar[int] = 2
+    UPGRADES: ClassVar[Mapping[int, Callable[[dict], dict]]] = {1: _add_hold_back}
+
     masker_id: str
     products: dict[str, MaskInfo]  # product id -> its mask
     rejected: tuple[Rejection, ...]  # the catalog's rejections, then the products masking refused
     reused: int
     computed: int
+    min_confidence: float = 0.0  # the threshold this run held back below
+    held_back: dict[str, MaskInfo] = {}  # product id -> its mask, confidence below min_confidence
+    held_back_sheet: Optional[str] = None  # object key of the held-back masks' contact sheet (PNG)
 
 
 # -- plan ----------------------------------------------------------------------------------------

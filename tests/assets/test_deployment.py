@@ -78,6 +78,8 @@ EFFECTS = {
     "BGGEN_ONNX_THRESHOLD": ({"BGGEN_ONNX_THRESHOLD": "0.4"}, lambda b, d: b["masker"].onnx_threshold == 0.4),
     "BGGEN_ONNX_BATCH_SIZE": ({"BGGEN_ONNX_BATCH_SIZE": "8"}, lambda b, d: b["masker"].onnx_batch_size == 8),
     "BGGEN_AUTO_MIN_SCORE": ({"BGGEN_AUTO_MIN_SCORE": "0.7"}, lambda b, d: b["masker"].auto_min_score == 0.7),
+    "BGGEN_MIN_MASK_CONFIDENCE": ({"BGGEN_MIN_MASK_CONFIDENCE": "0.35"},
+                                  lambda b, d: b["masker"].min_confidence == 0.35),
     "BGGEN_GENERATOR": ({"BGGEN_GENERATOR": "diffusion"}, lambda b, d: b["generator"].kind == "diffusion"),
     "BGGEN_BASE_MODEL": ({"BGGEN_BASE_MODEL": "/sd"}, lambda b, d: b["generator"].diffusion.base_model == "/sd"),
     "BGGEN_CONTROLNET_MODEL": ({"BGGEN_CONTROLNET_MODEL": "/cn"},

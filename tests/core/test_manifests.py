@@ -288,3 +288,15 @@ def test_publish_writes_the_version_then_flips_the_pointer(tmp_path):
     assert sorted(serving_index.published_partitions(store)) == [("northwind", "bags"), ("northwind", "footwear")]
     with pytest.raises(ObjectNotFound):
         store.get_bytes("index/northwind/shoes/current.json")
+
+
+def test_a_mask_manifest_of_version_1_is_read_as_holding_nothing_back():
+    v1 = {**masks().to_dict(), "schema_version": 1}
+    for field in ("min_confidence", "held_back", "held_back_sheet"):
+        del v1[field]
+    back = MaskManifest.from_dict(v1)
+    assert back.held_back == {} and back.min_confidence == 0.0 and back.held_back_sheet is None
+    assert back.products == masks().products and back.products["NO-1"].confidence == 0.93
+    held = MaskManifest(**{**masks().model_dump(exclude={"schema_version"}), "min_confidence": 0.95, "products": {},
+                           "held_back": masks().model_dump()["products"], "held_back_sheet": "checks/n/f/s.png"})
+    assert MaskManifest.from_json(held.to_json()) == held and held.schema_version == 2
