@@ -34,7 +34,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -286,6 +288,25 @@ def tail(path: str, n: int = 25) -> str:
         return ""
 
 
+def errors_in(path: str, n: int = 3) -> str:
+    """The last distinct exception lines of a log (a traceback's cause is often far above its tail)."""
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError:
+        return ""
+    found = []
+    for line in re.findall(r"^\s*((?:[\w.]+\.)?\w*(?:Error|Exception)\b: .+)$", text, re.M):
+        if line not in found:
+            found.append(line)
+    return "".join(f"\n  {line[:500]}" for line in found[-n:])
+
+
+def _failed(proc: Proc, msg: str) -> StackError:
+    cause = errors_in(proc.log)
+    return StackError(f"{msg}; log {proc.log}" + (f"\nerrors in the log:{cause}" if cause else "")
+                      + f"\nlast lines:\n{tail(proc.log)}")
+
+
 def wait_until(proc: Proc, what: str, ready: Callable[[], Optional[str]], timeout: float) -> None:
     """Poll `ready` (None: ready; else why not) until `timeout`; the process exiting fails at once."""
     deadline = time.monotonic() + timeout
@@ -293,7 +314,7 @@ def wait_until(proc: Proc, what: str, ready: Callable[[], Optional[str]], timeou
     while time.monotonic() < deadline:
         _reap(proc)
         if not proc.alive():
-            raise StackError(f"{proc.name} exited before it was ready ({what}); log {proc.log}:\n{tail(proc.log)}")
+            raise _failed(proc, f"{proc.name} exited before it was ready ({what})")
         try:
             why = ready()
         except Exception as exc:  # noqa: BLE001 - not ready yet: keep the reason for the message
@@ -301,8 +322,7 @@ def wait_until(proc: Proc, what: str, ready: Callable[[], Optional[str]], timeou
         if why is None:
             return
         time.sleep(0.25)
-    raise StackError(f"{proc.name} did not come up at {what} within {timeout:.0f}s (last: {why}); "
-                     f"log {proc.log}:\n{tail(proc.log)}")
+    raise _failed(proc, f"{proc.name} did not come up at {what} within {timeout:.0f}s (last: {why})")
 
 
 # ----------------------------------------------------------------------------------- readiness probes
@@ -657,7 +677,8 @@ def demo(cfg: StackConfig, *, products_per_merchant: int = 18, merchants: int = 
     for rid, step, host, pid in report["steps"]:
         _say(f"run {rid[:8]} step {step:24s} on celery worker {host} (pid {pid})")
     for c in report["creatives"]:
-        _say(f"replica :{c['port']}: {c['url']}  -> {c['status']} {c['content_type']} variant={c['variant']} cache={c['cache']}")
+        _say(f"replica :{c['port']}: {c['url']}  -> {c['status']} {c['content_type']} "
+             f"variant={c['variant']} theme={c['theme']} cache={c['cache']}")
     failed = [rid for rid, s in statuses.items() if s != "SUCCESS"]
     if failed:
         raise StackError(f"runs not successful: {', '.join(f'{r[:8]} ({statuses[r]})' for r in failed)}; "
@@ -720,19 +741,29 @@ def serve_creatives(cfg: StackConfig, resources: dict, merchants: list[str]) -> 
     if target is None:
         raise StackError("no published serving index holds a product (did the runs publish?)")
     merchant, product = target
-    placement = resources["creative_config"].placements(merchant)[0]
+    # the placement nearest a medium rectangle (300x250), the most common ad size
+    placement = min(resources["creative_config"].placements(merchant),
+                    key=lambda p: abs(math.log(p.width / p.height / 1.2)))
     out = []
     for port in cfg.ports.serve:
-        url = f"http://127.0.0.1:{port}/creative?merchant={merchant}&product={product}&width={placement.width}&height={placement.height}"
-        deadline = time.monotonic() + 30
-        while True:  # a replica reads a new index version within its TTL (5 s)
+        base = (f"http://127.0.0.1:{port}/creative?merchant={merchant}&product={product}"
+                f"&width={placement.width}&height={placement.height}")
+        deadline, n = time.monotonic() + 30, 0
+        while True:
+            # The A/B variant follows the user: look for one whose creative has a generated
+            # background (not the control photo or the plain positioned product), and a replica
+            # reads a new index version within its TTL (5 s), so the first answers may be misses.
+            url = f"{base}&user_id=stack-demo-{n}"
             status, body, headers = _http_get(url, timeout=10)
             headers = {k.lower(): v for k, v in headers.items()}
-            if (status == 200 and headers.get("x-cache") == "hit") or time.monotonic() > deadline:
+            generated = headers.get("x-variant") not in (None, "control", "positioned")
+            if (status == 200 and headers.get("x-cache") == "hit" and generated) or time.monotonic() > deadline:
                 break
-            time.sleep(0.5)
+            n += 1
+            time.sleep(0.1 if status == 200 and headers.get("x-cache") == "hit" else 0.5)
         out.append({"port": port, "url": url, "status": status, "content_type": headers.get("content-type"),
-                    "bytes": len(body), "variant": headers.get("x-variant"), "cache": headers.get("x-cache")})
+                    "bytes": len(body), "variant": headers.get("x-variant"), "theme": headers.get("x-theme"),
+                    "cache": headers.get("x-cache")})
     return out
 
 

@@ -9,3 +9,4 @@ result_backend = os.environ.get("BGGEN_CELERY_BACKEND", "rpc://")
 worker_prefetch_multiplier = 1   # a worker takes one step at a time (long GPU steps)
 task_acks_late = True            # a step whose worker dies is redelivered
 broker_connection_retry_on_startup = True
+worker_redirect_stdouts = False  # steps' output reaches Dagster's compute logs (S3), not Celery's logger

@@ -53,7 +53,7 @@ def test_stack_end_to_end(tmp_path, mariadb_url, redis_url):
     import redis
     from PIL import Image
 
-    from bggen_assets.stack import Processes, _group_alive
+    from bggen_assets.stack import Processes, StackConfig, _group_alive, s3_client
 
     state, tag = tmp_path / "stack", uuid.uuid4().hex[:10]
     dagster_db, bggen_db, vhost, namespace = f"bggen_dagster_{tag}", f"bggen_stack_{tag}", f"bggen-test-{tag}", f"{{t{tag}}}:misses"
@@ -87,6 +87,12 @@ def test_stack_end_to_end(tmp_path, mariadb_url, redis_url):
                                       (state / "logs" / f"celery-{q}.log").read_text())) for q in ("cpu", "gpu")}
         assert received == {"cpu": 4, "gpu": 1}, received
 
+        # the steps' stdout/stderr went to the stack's SeaweedFS through deploy/dagster.yaml's S3ComputeLogManager
+        cfg = StackConfig.load(state)
+        logs = s3_client(cfg.s3_endpoint).list_objects_v2(Bucket=cfg.log_bucket, Prefix="dagster-compute-logs/")
+        keys = [o["Key"] for o in logs.get("Contents", []) if run_id in o["Key"]]
+        assert len(keys) >= 5, keys  # one captured file per step (each step is one Celery task)
+
         # a creative from each replica (both read the same index from the same S3 store)
         assert len(report["creatives"]) == 2 and len({c["port"] for c in report["creatives"]}) == 2
         for c in report["creatives"]:
@@ -111,6 +117,29 @@ def test_stack_end_to_end(tmp_path, mariadb_url, redis_url):
     assert down.returncode == 0, _out(down)
     again = _stack(state, "down", timeout=60)  # idempotent
     assert again.returncode == 0 and "nothing of the stack is running" in again.stdout, _out(again)
+
+
+@services_only
+def test_stack_up_fails_naming_the_process_and_stops_what_it_started(tmp_path, mariadb_url, redis_url):
+    """A process that does not come up (the code server, on a configuration it refuses) fails `up`
+    with its name, address and log; what `up` had started already is stopped."""
+    from bggen_assets.stack import _group_alive
+
+    state, tag = tmp_path / "stack", uuid.uuid4().hex[:10]
+    dbs = (f"bggen_dagster_{tag}", f"bggen_stack_{tag}")
+    try:
+        out = _stack(state, "up", "--free-ports", "--mysql-server", mariadb_url, "--dagster-db", dbs[0],
+                     "--bggen-db", dbs[1], "--env", "BGGEN_STORE=gcs", timeout=300)
+    finally:
+        for db in dbs:
+            drop_database(mariadb_url, db)
+    assert out.returncode == 1, _out(out)
+    assert re.search(r"code-server exited before it was ready \(grpc://127\.0\.0\.1:\d+\); log \S+code-server\.log",
+                     out.stderr), _out(out)
+    assert "BGGEN_STORE must be 'local' or 's3', got 'gcs'" in out.stderr, _out(out)
+    assert not list((state / "pids").glob("*.json")), list((state / "pids").iterdir())
+    for line in re.findall(r"(\S+) up \(pid (\d+)\)", out.stdout):
+        assert not _group_alive(int(line[1])), f"{line[0]} (pid {line[1]}) left running"
 
 
 def test_stack_fails_naming_the_absent_service(tmp_path):
