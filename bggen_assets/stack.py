@@ -548,6 +548,7 @@ GROUPS = [["seaweedfs"], ["code-server", "celery-cpu", "celery-gpu", "serve-1", 
 
 
 def up(cfg: StackConfig) -> StackConfig:
+    t0 = time.monotonic()
     old = StackConfig.load(cfg.state)
     procs = Processes(cfg.state)
     if old is not None and any(p.alive() for p in procs.all()):
@@ -578,6 +579,7 @@ def up(cfg: StackConfig) -> StackConfig:
         procs.stop(started, grace=5)
         raise
     print_urls(cfg)
+    _say(f"up in {time.monotonic() - t0:.1f} s ({len(started)} processes started)")
     return cfg
 
 
@@ -669,7 +671,10 @@ def demo(cfg: StackConfig, *, products_per_merchant: int = 18, merchants: int = 
         run_id = client.submit_job_execution(JOB, repository_location_name=LOCATION, tags=tags)
         runs[run_id] = str(req.partition_key)
         _say(f"queued run {run_id[:8]} for partition {req.partition_key}")
+    t0 = time.monotonic()
     statuses = wait_runs(client, runs, timeout)
+    if runs:
+        _say(f"{len(runs)} runs finished in {time.monotonic() - t0:.0f} s (queued, launched by the daemon, steps on Celery)")
     report = {"runs": {rid: {"partition": runs[rid], "status": statuses[rid]} for rid in runs},
               "steps": step_workers(list(runs)),
               "creatives": serve_creatives(cfg, resources, sorted(resources["creative_config"].feed_directory().feeds))}

@@ -238,3 +238,36 @@ def test_serving_manifest_matches_the_api():
     assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
     assert svc["spec"]["ports"][0]["targetPort"] == port
     assert dep["spec"]["replicas"] >= 2
+
+
+def test_image_entrypoint_starts_the_serving_api(tmp_path):
+    """The images' entrypoint, run here as the container would (its `serve` role, and a command
+    passed through as the Helm chart passes `dagster api grpc ...`)."""
+    import time
+    import urllib.request
+
+    from services import free_ports, stop_process
+
+    port = free_ports(1)[0]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "PYTHONPATH": f"{ROOT}{os.pathsep}{DEPLOY}", "PORT": str(port), "BGGEN_DATA_DIR": str(tmp_path / "data"),
+           "BGGEN_CLICK_JOURNAL": str(tmp_path / "clicks.journal")}
+    entry = str(DEPLOY / "docker-entrypoint.sh")
+    passthrough = subprocess.run(["sh", entry, "python", "-c", "import dagster_celery_config as c; print(c.broker_url)"],
+                                 env={**env, "BGGEN_CELERY_BROKER": "amqp://u:p@rabbit:5672//"}, capture_output=True,
+                                 text=True, timeout=60)
+    assert passthrough.stdout.strip() == "amqp://u:p@rabbit:5672//", passthrough
+    proc = subprocess.Popen(["sh", entry, "serve"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.stdout.read().decode()
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health/live", timeout=2) as r:
+                    assert r.status == 200 and json.loads(r.read()) == {"status": "ok"}
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "bggen-serve did not answer on /health/live within 60 s"
+                time.sleep(0.2)
+    finally:
+        stop_process(proc, grace=10)
