@@ -77,15 +77,16 @@ class Ports:
     s3: int = 8333
 
     @staticmethod
-    def free() -> "Ports":
-        p = free_ports(8)
+    def free() -> tuple["Ports", list[int]]:
+        """Every port from the OS, held open together so that they differ; and weed's 4 gRPC ports."""
+        p = free_ports(12)
         return Ports(webserver=p[0], grpc=p[1], serve=[p[2], p[3]], weed_master=p[4], weed_volume=p[5],
-                     weed_filer=p[6], s3=p[7])
+                     weed_filer=p[6], s3=p[7]), p[8:]
 
     def weed_grpc(self) -> list[int]:
-        # weed's own default is port + 10000; free ports may not have that room, so ask the OS
-        return [self.weed_master + 10000, self.weed_volume + 10000, self.weed_filer + 10000, self.s3 + 10000] \
-            if self.weed_master + 10000 < 65536 and self.s3 < 20000 else free_ports(4)
+        """weed's gRPC ports: its own convention (HTTP port + 10000) where that fits, else free ones."""
+        ports = [self.weed_master, self.weed_volume, self.weed_filer, self.s3]
+        return [p + 10000 for p in ports] if max(ports) + 10000 < 65536 else free_ports(4)
 
 
 @dataclass
@@ -135,7 +136,9 @@ class StackConfig:
         return StackConfig(**raw)
 
     def env(self) -> dict[str, str]:
-        """The environment of every process of the stack (bggen_assets/deployment.py reads it)."""
+        """The environment of every process of the stack (bggen_assets/deployment.py reads it): the
+        caller's, so other settings pass through (`BGGEN_GENERATOR=diffusion make stack`), with the
+        stack's backends over it and `--env` over those."""
         state = self.state.resolve()
         env = {
             **os.environ,
@@ -190,12 +193,16 @@ def celery_settings() -> dict:
 
 # ----------------------------------------------------------------------------------- processes
 def _start_time(pid: int) -> Optional[int]:
-    """The kernel's start time of `pid` (clock ticks since boot): with the pid, a process's identity."""
+    """The kernel's start time of `pid` (clock ticks since boot): with the pid, a process's identity.
+    None when there is no such process, or only its zombie (dead, not yet reaped by its parent)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return int(stat.rsplit(")", 1)[1].split()[19])  # field 22; the name in () may hold spaces
+    fields = stat.rsplit(")", 1)[1].split()  # after "pid (name)": the name may hold spaces
+    if fields[0] in ("Z", "X"):
+        return None
+    return int(fields[19])  # field 22 of proc(5)
 
 
 @dataclass
@@ -237,35 +244,45 @@ class Processes:
         return proc
 
     def stop(self, procs: list[Proc], grace: float) -> list[Proc]:
-        """SIGTERM to each one's process group (a run worker the code server spawned goes too), all
-        at once; SIGKILL to the groups still there after `grace`. Returns those that were running."""
+        """SIGTERM to each one's process group (a run process the code server spawned, a `tail` a
+        step's log capture started, go too), all at once; SIGKILL to the groups with a member left
+        after `grace`; then wait until no member is left. Returns those that were running."""
         running = [p for p in procs if p.alive()]
         for proc in running:
             _signal_group(proc.pid, signal.SIGTERM)
+
+        def left() -> list[Proc]:
+            for p in running:
+                _reap(p)
+            return [p for p in running if p.alive() or group_members(p.pid)]
+
         for sig, wait in ((signal.SIGKILL, grace), (None, 10.0)):
             deadline = time.monotonic() + wait
-            while time.monotonic() < deadline and any(p.alive() for p in running):
-                for p in running:
-                    _reap(p)
+            while left() and time.monotonic() < deadline:
                 time.sleep(0.1)
             if sig is not None:
-                for proc in running:  # the leader, or children that outlived the grace
-                    if proc.alive() or _group_alive(proc.pid):
-                        _signal_group(proc.pid, sig)
-        survivors = [p.name for p in running if p.alive()]
+                for proc in left():
+                    _signal_group(proc.pid, sig)
+        survivors = left()
         if survivors:
-            raise StackError(f"still running after SIGKILL: {', '.join(survivors)}")
+            raise StackError("still running after SIGKILL: " + ", ".join(
+                f"{p.name} (group {p.pid}: pids {group_members(p.pid)})" for p in survivors))
         for proc in procs:
             (self.pids / f"{proc.name}.json").unlink(missing_ok=True)
         return running
 
 
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except (ProcessLookupError, PermissionError):
-        return False
+def group_members(pgid: int) -> list[int]:
+    """The live (not zombie) processes of process group `pgid`, from /proc."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            out.append(int(stat.parent.name))
+    return out
 
 
 def _signal_group(pid: int, sig: int) -> None:
@@ -542,6 +559,13 @@ def probes(cfg: StackConfig) -> dict[str, tuple[str, Callable[[Proc], Optional[s
     return out
 
 
+def process_env(cfg: StackConfig, name: str) -> dict[str, str]:
+    """What differs per process: each replica keeps its own click journal (unapplied clicks)."""
+    if name.startswith("serve-"):
+        return {"BGGEN_CLICK_JOURNAL": str(cfg.state.resolve() / "data" / "serving" / f"{name}.clicks.journal")}
+    return {}
+
+
 # Start order: what each group needs is up before it starts; a group starts together (2 cores:
 # the imports overlap with the waits).
 GROUPS = [["seaweedfs"], ["code-server", "celery-cpu", "celery-gpu", "serve-1", "serve-2"], ["webserver", "daemon"]]
@@ -567,7 +591,7 @@ def up(cfg: StackConfig) -> StackConfig:
                 if running is not None and running.alive():
                     _say(f"{name} already running (pid {running.pid})")
                     continue
-                proc = procs.start(name, cmds[name], env, ROOT)
+                proc = procs.start(name, cmds[name], {**env, **process_env(cfg, name)}, ROOT)
                 started.append(proc)
                 waiting.append(proc)
             for proc in waiting:
@@ -817,8 +841,8 @@ def main(argv=None) -> int:
             if not sep:
                 raise StackError(f"--env wants NAME=VALUE, got {item!r}")
             extra[name] = value
-        ports = Ports.free() if a.free_ports else Ports()
-        cfg = StackConfig(state_dir=str(state), ports=ports, weed_grpc=free_ports(4) if a.free_ports else ports.weed_grpc(),
+        ports, weed_grpc = Ports.free() if a.free_ports else (Ports(), Ports().weed_grpc())
+        cfg = StackConfig(state_dir=str(state), ports=ports, weed_grpc=weed_grpc,
                           mysql_server=a.mysql_server, dagster_db=a.dagster_db, bggen_db=a.bggen_db,
                           redis_url=a.redis_url, redis_namespace=a.redis_namespace, amqp_url=a.amqp_url,
                           amqp_vhost=a.amqp_vhost, extra_env=extra)

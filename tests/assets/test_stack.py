@@ -53,7 +53,7 @@ def test_stack_end_to_end(tmp_path, mariadb_url, redis_url):
     import redis
     from PIL import Image
 
-    from bggen_assets.stack import Processes, StackConfig, _group_alive, s3_client
+    from bggen_assets.stack import Processes, StackConfig, group_members, s3_client
 
     state, tag = tmp_path / "stack", uuid.uuid4().hex[:10]
     dagster_db, bggen_db, vhost, namespace = f"bggen_dagster_{tag}", f"bggen_stack_{tag}", f"bggen-test-{tag}", f"{{t{tag}}}:misses"
@@ -105,7 +105,7 @@ def test_stack_end_to_end(tmp_path, mariadb_url, redis_url):
     finally:
         down = _stack(state, "down", timeout=120)
         for name, rec in records.items():  # no process of the stack is left, nor any of its children
-            assert not _group_alive(rec["pid"]), f"{name} (pid {rec['pid']}) still has processes"
+            assert not group_members(rec["pid"]), f"{name} (pid {rec['pid']}) left {group_members(rec['pid'])}"
         assert Processes(state).all() == []
         for db in (dagster_db, bggen_db):
             drop_database(mariadb_url, db)
@@ -123,7 +123,7 @@ def test_stack_end_to_end(tmp_path, mariadb_url, redis_url):
 def test_stack_up_fails_naming_the_process_and_stops_what_it_started(tmp_path, mariadb_url, redis_url):
     """A process that does not come up (the code server, on a configuration it refuses) fails `up`
     with its name, address and log; what `up` had started already is stopped."""
-    from bggen_assets.stack import _group_alive
+    from bggen_assets.stack import group_members
 
     state, tag = tmp_path / "stack", uuid.uuid4().hex[:10]
     dbs = (f"bggen_dagster_{tag}", f"bggen_stack_{tag}")
@@ -139,7 +139,7 @@ def test_stack_up_fails_naming_the_process_and_stops_what_it_started(tmp_path, m
     assert "BGGEN_STORE must be 'local' or 's3', got 'gcs'" in out.stderr, _out(out)
     assert not list((state / "pids").glob("*.json")), list((state / "pids").iterdir())
     for line in re.findall(r"(\S+) up \(pid (\d+)\)", out.stdout):
-        assert not _group_alive(int(line[1])), f"{line[0]} (pid {line[1]}) left running"
+        assert not group_members(int(line[1])), f"{line[0]} (pid {line[1]}) left running"
 
 
 def test_stack_fails_naming_the_absent_service(tmp_path):
