@@ -22,6 +22,7 @@ import re
 import shutil
 import subprocess
 import sys
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -96,7 +97,7 @@ def test_stack_end_to_end(tmp_path, mariadb_url, redis_url):
         # a creative from each replica (both read the same index from the same S3 store)
         assert len(report["creatives"]) == 2 and len({c["port"] for c in report["creatives"]}) == 2
         for c in report["creatives"]:
-            with __import__("urllib.request").request.urlopen(c["url"], timeout=10) as r:
+            with urllib.request.urlopen(c["url"], timeout=10) as r:
                 assert r.status == 200 and r.headers["content-type"] == "image/jpeg", c
                 assert r.headers["x-cache"] == "hit", dict(r.headers)
                 img = Image.open(io.BytesIO(r.read()))
@@ -244,7 +245,6 @@ def test_image_entrypoint_starts_the_serving_api(tmp_path):
     """The images' entrypoint, run here as the container would (its `serve` role, and a command
     passed through as the Helm chart passes `dagster api grpc ...`)."""
     import time
-    import urllib.request
 
     from services import free_ports, stop_process
 
