@@ -105,9 +105,7 @@ def test_stack_end_to_end(tmp_path, mariadb_url, redis_url):
             assert img.size == (w, h), (img.size, c)
     finally:
         down = _stack(state, "down", timeout=120)
-        for name, rec in records.items():  # no process of the stack is left, nor any of its children
-            assert not group_members(rec["pid"]), f"{name} (pid {rec['pid']}) left {group_members(rec['pid'])}"
-        assert Processes(state).all() == []
+        left = {name: group_members(rec["pid"]) for name, rec in records.items()}
         for db in (dagster_db, bggen_db):
             drop_database(mariadb_url, db)
         if shutil.which("rabbitmqctl"):
@@ -116,6 +114,9 @@ def test_stack_end_to_end(tmp_path, mariadb_url, redis_url):
         for key in r.scan_iter(match=f"{namespace}*"):
             r.delete(key)
     assert down.returncode == 0, _out(down)
+    # no process of the stack is left, nor any of its children (each was its own process group)
+    assert not any(left.values()), {name: pids for name, pids in left.items() if pids}
+    assert Processes(state).all() == []
     again = _stack(state, "down", timeout=60)  # idempotent
     assert again.returncode == 0 and "nothing of the stack is running" in again.stdout, _out(again)
 
