@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test venv benchmarks ui clean
+.PHONY: demo test venv benchmarks ui clean stack stack-demo stack-down
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,27 @@ DEMO_HOME := $(CURDIR)/bggen_data/dagster_home
 ui: $(STAMP)
 	DAGSTER_HOME=$(DEMO_HOME) $(VENV)/bin/bggen-demo --instance-only
 	DAGSTER_HOME=$(DEMO_HOME) $(VENV)/bin/dagster dev -w workspace.yaml
+
+# The production topology on this machine (bggen_assets/stack.py; docs/production.md): MariaDB, Redis,
+# RabbitMQ (used if running, else started by scripts/ci_services.sh), SeaweedFS S3, the gRPC code
+# server, Dagster webserver + daemon on deploy/dagster.yaml, Celery workers for the `dagster` and
+# `gpu` queues, two bggen-serve replicas. State, pids and logs in $(STACK_DIR); STACK_ARGS passes
+# options to `up` (e.g. STACK_ARGS=--free-ports), DEMO_ARGS to `demo` (e.g. DEMO_ARGS="--limit 2").
+# stack-demo pushes the sample catalog through it (runs queued via GraphQL, steps on Celery).
+STACK_DIR ?= $(CURDIR)/bggen_data/stack
+STACK := $(VENV)/bin/python -m bggen_assets.stack
+STACK_ARGS ?=
+DEMO_ARGS ?=
+
+stack: $(STAMP)
+	$(STACK) up --state-dir $(STACK_DIR) $(STACK_ARGS)
+
+stack-demo: $(STAMP)
+	$(STACK) demo --state-dir $(STACK_DIR) $(DEMO_ARGS)
+
+# Stops exactly the processes `make stack` started (their pid records); never the system services.
+stack-down:
+	$(STACK) down --state-dir $(STACK_DIR)
 
 benchmarks: $(STAMP)
 	$(VENV)/bin/python benchmarks/bucketing.py

@@ -38,6 +38,7 @@ diffusion on a GPU), chosen backend by backend:
   BGGEN_EXECUTOR      default (in-process/multiprocess) | celery: steps run on dagster-celery workers,
                       with BGGEN_CELERY_BROKER (default amqp://guest:guest@127.0.0.1:5672//) and
                       BGGEN_CELERY_BACKEND (default rpc://); see deploy/celery.yaml, docs/production.md
+                      | k8s: one Kubernetes pod per step (dagster-k8s, in the images of deploy/)
   BGGEN_GENERATOR     template | diffusion (with BGGEN_BASE_MODEL, BGGEN_CONTROLNET_MODEL,
                       BGGEN_LOCAL_FILES_ONLY=1 (unset: hub ids may be downloaded), BGGEN_DEVICE,
                       BGGEN_PIXEL_BUDGET; few-step generation: BGGEN_LORA (a file, directory or hub
@@ -232,10 +233,19 @@ def build_resources(env: Optional[Mapping[str, str]] = None, *, read_secrets_now
 
 
 def build_executor(env: Optional[Mapping[str, str]] = None) -> Optional[dg.ExecutorDefinition]:
-    """None (Dagster's default executor) or the dagster-celery executor (BGGEN_EXECUTOR=celery)."""
+    """None (Dagster's default executor), the dagster-celery executor (BGGEN_EXECUTOR=celery), or
+    dagster-k8s's k8s_job_executor (BGGEN_EXECUTOR=k8s: one pod per step, so only the generation
+    step's pod asks for a GPU, through its `dagster-k8s/config` op tag; deploy/helm-values.yaml)."""
     e = DeploymentEnv(env)
-    if e.choice("BGGEN_EXECUTOR", ("default", "celery")) == "default":
+    kind = e.choice("BGGEN_EXECUTOR", ("default", "celery", "k8s"))
+    if kind == "default":
         return None
+    if kind == "k8s":
+        try:
+            from dagster_k8s import k8s_job_executor
+        except ImportError as exc:  # installed in the images (deploy/Dockerfile*), not by pyproject
+            raise ValueError("BGGEN_EXECUTOR=k8s needs dagster-k8s (pip install dagster-k8s==0.29.27)") from exc
+        return k8s_job_executor
     from dagster_celery import celery_executor
 
     def url(name: str, default: str):

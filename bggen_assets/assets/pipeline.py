@@ -200,6 +200,16 @@ def bucket_plans(context: AssetExecutionContext, catalog: CatalogManifest, produ
 
 @asset(partitions_def=merchant_category, group_name=GROUP, io_manager_key="manifest_io_manager",
        pool=GPU_POOL, retry_policy=TRANSIENT_RETRY,
+       # Where the GPU step runs, per executor: dagster-celery sends it to the queue the GPU workers
+       # consume (`celery ... worker -Q gpu`; CPU workers take the default queue `dagster`), and
+       # k8s_job_executor puts its pod on a GPU node with one GPU (deploy/helm-values.yaml). Other
+       # executors ignore both tags; the pool above caps concurrent generation steps either way.
+       op_tags={"dagster-celery/queue": "gpu",
+                "dagster-k8s/config": {
+                    "container_config": {"resources": {"limits": {"nvidia.com/gpu": "1"}}},
+                    "pod_spec_config": {"node_selector": {"pool": "gpu"},
+                                        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists",
+                                                         "effect": "NoSchedule"}]}}},
        check_specs=[_check("product_fidelity", "generated_backgrounds"),
                     _check("generation_quality_gates", "generated_backgrounds")],
        description="Per (product, bucket, prompt, model): the composited canvas, content-addressed: a rerun makes only what is missing.")

@@ -37,10 +37,11 @@ def purge_dagster_queue(broker: str) -> None:
     from kombu import Connection
 
     with Connection(broker, connect_timeout=5) as conn:
-        try:
-            conn.default_channel.queue_purge("dagster")
-        except Exception:  # noqa: BLE001 - the queue does not exist yet
-            pass
+        for queue in ("dagster", "gpu"):
+            try:
+                conn.default_channel.queue_purge(queue)
+            except Exception:  # noqa: BLE001 - the queue does not exist yet
+                pass
 
 
 @pytest.fixture
@@ -74,7 +75,8 @@ def celery_env(tmp_path, sample_dir):
 
 
 def start_worker(name: str, env: dict, log: Path) -> subprocess.Popen:
-    cmd = [str(Path(sys.executable).parent / "celery"), "-A", "dagster_celery.app", "worker", "-Q", "dagster",
+    # both queues: generated_backgrounds is routed to "gpu" by its op tag (the stack test splits them)
+    cmd = [str(Path(sys.executable).parent / "celery"), "-A", "dagster_celery.app", "worker", "-Q", "dagster,gpu",
            "-n", f"{name}@%h", "--pool", "solo", "--concurrency", "1", "--prefetch-multiplier", "1",
            "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "INFO"]
     fh = open(log, "wb")

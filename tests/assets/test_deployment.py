@@ -171,7 +171,7 @@ def test_the_embedded_deployment_initialises_with_no_variable_set(tmp_path):
     assert build_executor({}) is None
 
 
-@pytest.mark.parametrize("name, value", [("BGGEN_STORE", "gcs"), ("BGGEN_MISS_QUEUE", "kafka"), ("BGGEN_EXECUTOR", "k8s"),
+@pytest.mark.parametrize("name, value", [("BGGEN_STORE", "gcs"), ("BGGEN_MISS_QUEUE", "kafka"), ("BGGEN_EXECUTOR", "dask"),
                                          ("BGGEN_BUCKETING", "hexagons")])
 def test_an_unknown_backend_is_refused_by_name(name, value, tmp_path):
     build = build_executor if name == "BGGEN_EXECUTOR" else build_resources
