@@ -30,12 +30,14 @@ from typing import Optional
 
 from fastapi import FastAPI
 
+from resources.miss_queue import DbMissQueue
+
 from .creative import JPEG_QUALITY, CreativeService, keep_pillow_blocks
 from .http import MAX_QUERY, QueryLimit, install_error_handlers
 from .metrics import Metrics, RequestMetrics
 from .personalize import Personalizer, ServingConfig
 from .routers import ROUTERS
-from .state import BufferedMissQueue, Flusher, ImpressionLog, ServingState
+from .state import BufferedMissQueue, Flusher, ImpressionLog, ServingState, db_health
 
 log = logging.getLogger("bggen.serving")
 
@@ -70,10 +72,13 @@ def create_app(store, miss_queue, bandit_store=None, creative_config=None, servi
             return ()
         return [(p.width, p.height) for p in creative_config.placements(merchant)]
 
+    db = db_health(bandit_store)
     misses = BufferedMissQueue(miss_queue, policy=serving_config.miss_policy(), declared=declared)
+    if isinstance(miss_queue, DbMissQueue):  # its writes wait for the DB: skipped while it is down
+        misses.health = db
     service.miss_queue = misses  # the service records misses through the buffer: never blocks
-    state = ServingState(service, Personalizer(serving_config, bandit_store), misses, ImpressionLog(bandit_store),
-                         creative_config, response_cache_bytes)
+    state = ServingState(service, Personalizer(serving_config, bandit_store, health=db), misses,
+                         ImpressionLog(bandit_store, health=db), creative_config, response_cache_bytes, db=db)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -24,7 +24,7 @@ from typing import Optional
 import numpy as np
 from PIL import Image
 
-from resources.metadata_db import Miss
+from resources.metadata_db import Miss, TransientDBError, is_transient
 
 from ..core import serving_index
 from ..core.compositing import (FALLBACK_BACKGROUND, PYRAMID_LEVELS, CanvasPyramid, canvas_pyramid, crop_placement,
@@ -110,31 +110,37 @@ def placeholder(width: int, height: int) -> Image.Image:
     return Image.new("RGB", (width, height), FALLBACK_BACKGROUND)
 
 
+class DBUnavailable(ConnectionError):
+    """The metadata DB is known to be down: refused at once, not after a connect timeout."""
+
+
 class StoreHealth:
-    """Whether the object store answers, as serving last saw it.
+    """Whether a backing service (the object store, the metadata DB) answers, as serving last saw it.
 
-    The first failure marks it degraded and starts one background thread that probes the store
-    (`probe`: any cheap call that raises StoreUnavailable while it is down) after `backoff_s`,
-    doubling up to `max_backoff_s`; the first probe that succeeds clears the state and calls
-    `on_recover`. While degraded, :meth:`check` refuses at once, so requests never wait on a dead
-    store."""
+    The first failure marks it degraded and starts one background thread that probes the service
+    (`probe`: any cheap call that raises while it is down) after `backoff_s`, doubling up to
+    `max_backoff_s`; the first probe that succeeds clears the state and calls `on_recover`. While
+    degraded, :meth:`check` raises `error` at once, so requests never wait on a dead service."""
 
-    def __init__(self, probe, on_recover=lambda: None, backoff_s: float = 0.25, max_backoff_s: float = 5.0):
+    def __init__(self, probe, on_recover=lambda: None, backoff_s: float = 0.25, max_backoff_s: float = 5.0,
+                 name: str = "object store", error: type[Exception] = StoreUnavailable):
         self._probe = probe
         self._on_recover = on_recover
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
+        self.name = name
+        self.error = error
         self.degraded = False
         self.since: Optional[float] = None
-        self.errors = 0  # store calls that failed, the background probes' included
+        self.errors = 0  # calls that failed, the background probes' included
         self.outages = 0
         self.last_error = ""
         self._lock = threading.Lock()
 
     def check(self) -> None:
-        """Raise StoreUnavailable while the store is known to be down."""
+        """Raise `error` while the service is known to be down."""
         if self.degraded:
-            raise StoreUnavailable(f"object store unavailable since {self.since:.0f} ({self.last_error})")
+            raise self.error(f"{self.name} unavailable since {self.since:.0f} ({self.last_error})")
 
     def failed(self, exc: BaseException) -> None:
         with self._lock:
@@ -144,8 +150,8 @@ class StoreHealth:
                 return
             self.degraded, self.since = True, time.time()
             self.outages += 1
-        log.warning("object store unavailable, serving from memory: %s", self.last_error)
-        threading.Thread(target=self._retry, name="store-retry", daemon=True).start()
+        log.warning("%s unavailable, serving from memory: %s", self.name, self.last_error)
+        threading.Thread(target=self._retry, name=f"{self.name.replace(' ', '-')}-retry", daemon=True).start()
 
     def _retry(self) -> None:
         delay = self.backoff_s
@@ -161,13 +167,24 @@ class StoreHealth:
                 continue
             with self._lock:
                 self.degraded, self.since = False, None
-            log.warning("object store answers again: serving recovered")
+            log.warning("%s answers again: serving recovered", self.name)
             self._on_recover()
             return
 
     def snapshot(self) -> dict:
         return {"degraded": self.degraded, "since": self.since, "errors": self.errors, "outages": self.outages,
                 "last_error": self.last_error}
+
+
+def db_down(exc: BaseException) -> bool:
+    """An error that means the DB is unreachable (not a bug or a bad row): serving degrades on it."""
+    return isinstance(exc, (DBUnavailable, TransientDBError)) or is_transient(exc)
+
+
+def note_db_error(health: Optional[StoreHealth], exc: BaseException) -> None:
+    """Mark the DB down if `exc` says it is (the health's background probe then waits for it)."""
+    if health is not None and db_down(exc):
+        health.failed(exc)
 
 
 @dataclass

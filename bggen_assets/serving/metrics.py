@@ -8,7 +8,7 @@ Per app, its own registry (two apps in one process, as in tests, do not share co
 - read from the serving state at scrape time, so the request path pays nothing more for them:
   ``bggen_served_total{result="hit"|"miss"}``, ``bggen_fallbacks_total``, ``bggen_placeholders_total``,
   ``bggen_cache_bytes{cache="canvases"|"responses"}``, ``bggen_store_errors_total``,
-  ``bggen_store_degraded``, ``bggen_buffered_events{kind="impressions"|"misses"|"clicks"}``,
+  ``bggen_store_degraded``, ``bggen_db_errors_total``, ``bggen_db_degraded``, ``bggen_buffered_events{kind="impressions"|"misses"|"clicks"}``,
   ``bggen_prefetched_canvases_total``.
 """
 from __future__ import annotations
@@ -47,6 +47,10 @@ class ServingCollector:
                                   value=service.health.errors)
         yield GaugeMetricFamily("bggen_store_degraded", "1 while the object store is down and serving degraded",
                                 value=1 if service.health.degraded else 0)
+        yield CounterMetricFamily("bggen_db_errors", "Metadata DB calls that failed (background retries included)",
+                                  value=s.db.errors)
+        yield GaugeMetricFamily("bggen_db_degraded", "1 while the metadata DB is down (events buffered)",
+                                value=1 if s.db.degraded else 0)
         buffered = GaugeMetricFamily("bggen_buffered_events", "Events buffered in memory, not yet written",
                                      labels=["kind"])
         buffered.add_metric(["impressions"], len(s.impressions))
