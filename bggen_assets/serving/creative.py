@@ -250,7 +250,11 @@ class CreativeService:
         try:
             cats = self._read(serving_index.categories, self.store, merchant)
         except StoreUnavailable:
-            return cached[1] if cached else []
+            if cached:
+                return cached[1]
+            # never listed, but its indexes may be held (read at start-up): those still serve
+            with self._lock:
+                return sorted({c for m, c in self._indexes if m == merchant})
         self._categories[merchant] = (time.monotonic(), cats)
         return cats
 
@@ -331,6 +335,9 @@ class CreativeService:
             if doc is not None and product_id in doc.products:
                 return category, doc
         if not self.categories(merchant):
+            if self.health.degraded:  # what it holds is all it can know: an unknown merchant is a 404
+                raise NotFound(f"unknown merchant {merchant!r}: no index held for it, and the object store is "
+                               f"unavailable (an index published since cannot be read yet)")
             raise NotFound(f"unknown merchant {merchant!r} (no published index)")
         raise NotFound(f"unknown product {product_id!r} for merchant {merchant!r}")
 
