@@ -38,6 +38,8 @@ from ..core.store import ObjectNotFound, ObjectStore, StoreUnavailable
 log = logging.getLogger(__name__)
 FORMATS = {"jpeg": "image/jpeg", "webp": "image/webp", "png": "image/png"}
 JPEG_QUALITY = 85
+#: encoded hits kept by default: ~400 1080x1080 JPEGs at q85, or thousands of banner sizes
+CREATIVE_CACHE_BYTES = 64 * 2**20
 
 
 def keep_pillow_blocks(blocks: int = 8) -> None:
@@ -73,7 +75,7 @@ class Creative:
 
 
 class LRUBytes:
-    """An LRU of decoded images bounded by their total size in bytes."""
+    """An LRU of decoded images (or encoded bodies) bounded by their total size in bytes."""
 
     def __init__(self, max_bytes: int):
         self.max_bytes = max_bytes
@@ -81,13 +83,30 @@ class LRUBytes:
         self._items: OrderedDict[str, object] = OrderedDict()
         self._sizes: dict[str, int] = {}
         self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
 
     def get(self, key: str):
         with self._lock:
             value = self._items.get(key)
             if value is not None:
                 self._items.move_to_end(key)
+                self.hits += 1
+            else:
+                self.misses += 1
             return value
+
+    def drop(self, predicate) -> int:
+        """Remove every entry whose key satisfies `predicate`; returns how many."""
+        with self._lock:
+            gone = [k for k in self._items if predicate(k)]
+            for k in gone:
+                del self._items[k]
+                self.size -= self._sizes.pop(k)
+            return len(gone)
+
+    def __len__(self) -> int:
+        return len(self._items)
 
     def __contains__(self, key: str) -> bool:  # without touching its recency
         with self._lock:
@@ -201,11 +220,17 @@ class CreativeService:
     not each pay a PNG decode (~20-30 ms for a production-size canvas)."""
 
     def __init__(self, store: ObjectStore, miss_queue, creative_config=None, cache_bytes: int = 512 * 2**20,
-                 index_ttl_s: float = 5.0, jpeg_quality: int = JPEG_QUALITY, prefetch: bool = False):
+                 index_ttl_s: float = 5.0, jpeg_quality: int = JPEG_QUALITY, prefetch: bool = False,
+                 creative_cache_bytes: int = CREATIVE_CACHE_BYTES):
         self.store = store
         self.miss_queue = miss_queue
         self.creative_config = creative_config
         self.cache = LRUBytes(cache_bytes)
+        # Encoded hits: the same (canvas, placed box, format, quality) is the same bytes, and ad
+        # traffic repeats them, so a repeat skips the crop and the encode (most of a large hit).
+        # Keyed by the index version too, and the old version's entries are dropped when a new one
+        # is read: a republished canvas key can never serve stale bytes.
+        self.creatives = LRUBytes(creative_cache_bytes) if creative_cache_bytes > 0 else None
         self.index_ttl_s = index_ttl_s
         self.jpeg_quality = jpeg_quality
         self._indexes: dict[tuple[str, str], _Index] = {}
@@ -276,6 +301,8 @@ class CreativeService:
             return current.doc if current else None  # keep serving the version held
         with self._lock:
             self._indexes[key] = _Index(pointer.key, pointer.version, doc, now)
+        if self.creatives is not None and current is not None:
+            self.creatives.drop(lambda k: k[:2] == key and k[2] != pointer.version)
         if self.prefetch:
             self._prefetch_started()
             threading.Thread(target=self._prefetch, args=(doc,), name=f"prefetch-{merchant}-{category}",
@@ -403,6 +430,13 @@ class CreativeService:
             raise ValueError(f"unsupported format {fmt!r}; use one of {', '.join(FORMATS)}")
         return buf.getvalue()
 
+    def _creative_key(self, merchant: str, category: str, doc: IndexDocument, entry, placed, fmt: str):
+        """The encoded-creative LRU's key of a hit (None: no cache, or doc is not the version held)."""
+        held = self._indexes.get((merchant, category))
+        if self.creatives is None or held is None or held.doc is not doc:
+            return None
+        return (merchant, category, held.version, entry.image_key, tuple(placed), fmt, self.jpeg_quality)
+
     # -- serving ---------------------------------------------------------------------------------
     def serve(self, merchant: str, product_id: str, placement: Placement, prompt_id: Optional[str] = None,
               fmt: str = "jpeg", record_miss: bool = True, user: str = "") -> Creative:
@@ -426,16 +460,23 @@ class CreativeService:
         lookup = self.lookup(merchant, category, doc)
         found = lookup.find(product_id, prompt_id, placement)  # own canvas, else any that covers it
         if found is not None:
-            try:
-                canvas = self._pyramid(found.entry.image_key)
-            except ObjectNotFound:
-                found = None  # index ahead of the store (should not happen): treat as a miss
-            except StoreUnavailable:
-                found = None  # a canvas not held while the store is down: the fallback, queued as a miss
+            key = self._creative_key(merchant, category, doc, found.entry, placed, fmt)
+            body = self.creatives.get(key) if key is not None else None
+            if body is None:
+                try:
+                    canvas = self._pyramid(found.entry.image_key)
+                except ObjectNotFound:
+                    found = None  # index ahead of the store (should not happen): treat as a miss
+                except StoreUnavailable:
+                    found = None  # a canvas not held while the store is down: the fallback, queued as a miss
+                else:
+                    body = self.encode(crop_placement(canvas, found.entry.layout, placed), fmt,
+                                       serving_xmp(doc.generator_id))
+                    if key is not None:
+                        self.creatives.put(key, body, len(body))
         if found is not None:
-            img = crop_placement(canvas, found.entry.layout, placed)
-            return Creative(self.encode(img, fmt, serving_xmp(doc.generator_id)), FORMATS[fmt], True, merchant, category, product_id,
-                            found.canvas_id, prompt_id, width, height, found.entry.image_key)
+            return Creative(body, FORMATS[fmt], True, merchant, category, product_id, found.canvas_id, prompt_id,
+                            width, height, found.entry.image_key)
         requested = lookup.requested_id(product_id, placement)
         if record_miss:
             themed = [Miss(merchant, category, product_id, requested, p) for p in doc.prompts]

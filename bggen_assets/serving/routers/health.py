@@ -23,6 +23,9 @@ def health(state: Annotated[ServingState, Depends(serving_state)]) -> dict:
         "uptime_s": round(time.time() - state.started, 1),
         "served": dict(state.served),
         "cache_bytes": service.cache.size,
+        "creative_cache": ({"bytes": service.creatives.size, "entries": len(service.creatives),
+                            "hits": service.creatives.hits, "misses": service.creatives.misses}
+                           if service.creatives is not None else None),
         "prefetched_canvases": service.prefetched,
         "prefetching": service.prefetching > 0,
         "pending_impressions": len(state.impressions),
