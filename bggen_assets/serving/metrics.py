@@ -10,7 +10,7 @@ Per app, its own registry (two apps in one process, as in tests, do not share co
   ``bggen_cache_bytes{cache="canvases"|"responses"|"creatives"}``,
   ``bggen_creative_cache_lookups_total{result="hit"|"miss"}`` (the encoded-hit LRU), ``bggen_store_errors_total``,
   ``bggen_store_degraded``, ``bggen_db_errors_total``, ``bggen_db_degraded``, ``bggen_buffered_events{kind="impressions"|"misses"|"clicks"}``,
-  ``bggen_prefetched_canvases_total``.
+  ``bggen_prefetched_canvases_total``, ``bggen_prerendered_creatives_total``.
 """
 from __future__ import annotations
 
@@ -40,6 +40,8 @@ class ServingCollector:
                                   value=service.placeholders)
         yield CounterMetricFamily("bggen_prefetched_canvases", "Canvases decoded ahead of their first request",
                                   value=service.prefetched)
+        yield CounterMetricFamily("bggen_prerendered_creatives", "Hits of configured placements encoded ahead of "
+                                  "their first request", value=service.prerendered)
         cache = GaugeMetricFamily("bggen_cache_bytes", "Bytes held by the in-memory caches", labels=["cache"])
         cache.add_metric(["canvases"], service.cache.size)
         cache.add_metric(["responses"], s.responses.size if s.responses is not None else 0)

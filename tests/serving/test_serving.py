@@ -336,3 +336,27 @@ def test_a_new_index_version_drops_the_cached_creatives_of_the_old_one(served):
     assert service._indexes[("northwind", "footwear")].version == newer.version != old_version
     assert after != before  # the new version's XMP (trained algorithmic media), not the cached bytes
     assert len(service.creatives) == 1 and service.creatives.drop(lambda k: k[2] == old_version) == 0
+
+
+def test_prefetch_prerenders_the_configured_placements_into_the_creative_cache(served):
+    import time
+
+    _, res = served
+    service = CreativeService(res["store"], res["miss_queue"], res["creative_config"], index_ttl_s=0.0, prefetch=True)
+    doc = service.index("northwind", "footwear")  # a new version read: canvases decoded, then hits encoded
+    deadline = time.monotonic() + 60
+    while service.prefetching:
+        assert time.monotonic() < deadline, "the prefetch did not finish"
+        time.sleep(0.05)
+    placements = res["creative_config"].placements("northwind")
+    assert service.prerendered == len(service.creatives) > 0
+    uncached = CreativeService(res["store"], res["miss_queue"], res["creative_config"], index_ttl_s=0.0,
+                               creative_cache_bytes=0)
+    pid = sorted(doc.products)[0]
+    hits = [p for p in placements if uncached.serve("northwind", pid, p, "beach-sunset").hit]
+    assert hits
+    for p in hits:  # the first request of each configured placement is already a cache hit, byte for byte
+        before = service.creatives.hits
+        assert service.serve("northwind", pid, p, "beach-sunset").body == uncached.serve("northwind", pid, p,
+                                                                                         "beach-sunset").body
+        assert service.creatives.hits == before + 1

@@ -27,6 +27,7 @@ def health(state: Annotated[ServingState, Depends(serving_state)]) -> dict:
                             "hits": service.creatives.hits, "misses": service.creatives.misses}
                            if service.creatives is not None else None),
         "prefetched_canvases": service.prefetched,
+        "prerendered_creatives": service.prerendered,
         "prefetching": service.prefetching > 0,
         "pending_impressions": len(state.impressions),
         "pending_misses": len(state.misses),
