@@ -484,9 +484,9 @@ def measure_api(data: Path, reqs: list[dict], warm: list[dict], creative_cache_m
 
 def load_process(url: str, reqs: list[dict], concurrency: int) -> dict:
     """run_client in a separate process (its own GIL), as the load generator of the worker runs."""
-    out = subprocess.run([sys.executable, __file__, "--load", json.dumps({"url": url, "reqs": reqs,
-                                                                          "concurrency": concurrency})],
-                         cwd=str(ROOT), capture_output=True, text=True, timeout=900)
+    job = json.dumps({"url": url, "reqs": reqs, "concurrency": concurrency})  # on stdin: too long for argv
+    out = subprocess.run([sys.executable, __file__, "--load"], input=job, cwd=str(ROOT), capture_output=True,
+                         text=True, timeout=900)
     if out.returncode != 0:
         raise RuntimeError(f"load generator failed: {out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -553,14 +553,14 @@ def main(argv=None) -> int:
     ap.add_argument("--requests", type=int, default=1500)
     ap.add_argument("--data", default=str(ROOT / "bggen_data" / "bench" / "serving"))
     ap.add_argument("--serve", help=argparse.SUPPRESS)  # JSON: the server subprocess
-    ap.add_argument("--load", help=argparse.SUPPRESS)  # JSON: the load generator subprocess
+    ap.add_argument("--load", action="store_true", help=argparse.SUPPRESS)  # the load generator (JSON job on stdin)
     a = ap.parse_args(argv)
     data = Path(a.data)
     if a.serve:
         serve(json.loads(a.serve))
         return 0
     if a.load:
-        job = json.loads(a.load)
+        job = json.loads(sys.stdin.read())
         print(json.dumps(run_client(job["url"], job["reqs"], job["concurrency"])))
         return 0
     n = 400 if a.quick else a.requests
