@@ -291,6 +291,65 @@ def fast_path_quality(data: Path) -> tuple[float, float]:
     return min(out), sum(out) / len(out)
 
 
+def filter_alternatives(data: Path) -> dict:
+    """What cheaper resampling filters would give on the API's crop path (same reductions and
+    upscale, only the downscale filter changed): PSNR against one direct Lanczos pass, min and
+    mean over every product x size, and the summed crop time; plus the 1080x1080 JPEG encode with
+    Pillow's defaults and with 4:2:0 subsampling stated explicitly (medians of 15)."""
+    import numpy as np
+    from PIL import Image
+
+    from bggen_assets.core import compositing
+    from bggen_assets.core import serving_index
+    from bggen_assets.core.geometry import Placement, bucket_for, crop_box, place_product
+
+    store, *_ = resources(data)
+    doc = serving_index.read_current(store, "northwind", "footwear")
+    filters = {"Lanczos (the API)": Image.Resampling.LANCZOS, "bicubic": Image.Resampling.BICUBIC,
+               "Hamming": Image.Resampling.HAMMING}
+
+    def crop(pyramid, layout, placed, resample):
+        x0, y0, x1, y1 = crop_box(layout, placed)
+        size = (placed.canvas_w, placed.canvas_h)
+        scale = min((x1 - x0) / size[0], (y1 - y0) / size[1])
+        if scale < 1.0:
+            return compositing._warp_up(pyramid.levels[0], (x0, y0, x1, y1), size)
+        level = 0
+        while level + 1 < len(pyramid.levels) and scale / 2 ** (level + 1) >= compositing.REDUCING_GAP:
+            level += 1
+        f = 2**level
+        return pyramid.levels[level].resize(size, resample, box=(x0 / f, y0 / f, x1 / f, y1 / f))
+
+    out = {name: {"psnr": [], "s": 0.0} for name in filters}
+    big = None
+    for pid, p in sorted(doc.products.items()):
+        for w, h in SIZES:
+            placed = place_product(p.bbox[2], p.bbox[3], Placement(w, h))
+            e = doc.entry(pid, bucket_for(placed, doc.bucket_ratio).id, doc.prompts[0])
+            canvas = Image.open(io.BytesIO(store.get_bytes(e.image_key))).convert("RGB")
+            pyramid = compositing.canvas_pyramid(canvas)
+            ref = np.asarray(compositing.lanczos_crop(canvas, e.layout, placed), np.float64)
+            for name, resample in filters.items():
+                t = time.perf_counter()
+                img = crop(pyramid, e.layout, placed, resample)
+                out[name]["s"] += time.perf_counter() - t
+                mse = np.mean((np.asarray(img, np.float64) - ref) ** 2)
+                out[name]["psnr"].append(99.0 if mse == 0 else 10 * np.log10(255.0**2 / mse))
+            if (w, h) == (1080, 1080) and big is None:
+                big = compositing.crop_placement(pyramid, e.layout, placed)
+
+    def encode_ms(**kw) -> float:
+        ts = []
+        for _ in range(15):
+            t = time.perf_counter()
+            big.save(io.BytesIO(), "JPEG", quality=jpeg_quality(), **kw)
+            ts.append(time.perf_counter() - t)
+        return 1000 * sorted(ts)[7]
+
+    return {"filters": {k: (min(v["psnr"]), sum(v["psnr"]) / len(v["psnr"]), 1000 * v["s"]) for k, v in out.items()},
+            "jpeg_default": encode_ms(), "jpeg_420": encode_ms(subsampling=2)}
+
+
 def per_size_costs(data: Path, reps: int = 20) -> list[tuple]:
     """Median ms per placement size of one product, in this process: one Lanczos pass over the
     canvas, the API's crop, the JPEG encode; and the API's crop + encode of the largest size with
@@ -564,6 +623,7 @@ def main(argv=None) -> int:
         print(json.dumps(run_client(job["url"], job["reqs"], job["concurrency"])))
         return 0
     n = 400 if a.quick else a.requests
+    load_start = os.getloadavg()
     t = time.perf_counter()
     build_world(data)
     print(f"world ready in {time.perf_counter() - t:.1f} s ({data})", flush=True)
@@ -575,6 +635,7 @@ def main(argv=None) -> int:
     fl_pyr = floor(data, reqs, "pyramid")
     psnr_min, psnr_mean = fast_path_quality(data)
     sizes, pool = per_size_costs(data)
+    alternatives = filter_alternatives(data)
     decode = canvas_decode_ms(data)
     choice = bandit_choice_us(data, reqs)
     pin(1)
@@ -585,7 +646,9 @@ def main(argv=None) -> int:
     pin(1)
     outage = measure_s3_outage(data, reqs, warm)
     cpus = os.cpu_count()
-    print(f"\nserving a hit: {n} requests over {len(SIZES)} placement sizes, canvas budget 786,432 px, JPEG q{jpeg_quality()}; "
+    print(f"\nmachine: {cpus} CPUs, shared; load average (1 min) {load_start[0]:.1f} at the start, "
+          f"{os.getloadavg()[0]:.1f} at the end")
+    print(f"serving a hit: {n} requests over {len(SIZES)} placement sizes, canvas budget 786,432 px, JPEG q{jpeg_quality()}; "
           f"server: uvicorn 1 worker pinned to CPU 0; client pinned to CPU 1; {cpus} CPUs (shared)")
     print(f"{'path':62s} {'p50 ms':>8s} {'p99 ms':>8s} {'req/s':>8s}")
     rows = [("floor: decode PNG + crop + Lanczos resize + encode", fl_dec),
@@ -609,6 +672,11 @@ def main(argv=None) -> int:
     print(f"{'size':>10s} {'scale':>6s} {'Lanczos':>8s} {'API crop':>9s} {'encode':>7s}")
     for (w, h), scale, lanczos, crop, enc in sizes:
         print(f"{w:>4d}x{h:<5d} {scale:6.2f} {lanczos:8.2f} {crop:9.2f} {enc:7.2f}")
+    print("cheaper downscale filters on the API's crop path, over every product x size (PSNR vs one Lanczos pass):")
+    for name, (lo, mean, ms) in alternatives["filters"].items():
+        print(f"  {name:18s} PSNR min {lo:.1f} dB, mean {mean:.1f} dB; crops {ms:.0f} ms in all")
+    print(f"1080x1080 JPEG encode q{jpeg_quality()}: Pillow's defaults {alternatives['jpeg_default']:.2f} ms, "
+          f"4:2:0 stated explicitly {alternatives['jpeg_420']:.2f} ms")
     big = max(sizes, key=lambda r: r[0][0] * r[0][1])[0]
     print(f"{big[0]}x{big[1]} crop + encode, Pillow block pool off / on: {pool[0]:.2f} / {pool[1]:.2f} ms")
     print(f"PNG decode of a canvas ({decode['px']:,} px) to RGB, in-process over {decode['n']} canvases: "
