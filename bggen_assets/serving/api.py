@@ -127,10 +127,20 @@ def app_from_env(config_path: Optional[str] = None, env: Optional[dict] = None, 
     if config.click_journal is None:  # a deployed API never keeps unapplied clicks in memory only
         config.click_journal = (os.environ if env is None else env).get(
             "BGGEN_CLICK_JOURNAL", "bggen_data/serving/clicks.journal")
-    bandit_store = res.get("bandit_store") or BanditStore(metadata_db=res["metadata_db"])
-    return create_app(res["store"], res["miss_queue"], bandit_store,
+    # The API's own DB client: reads and writes bounded, so a DB that hangs (rather than refusing)
+    # is seen as down by the flusher after API_DB_IO_TIMEOUT_S instead of blocking it for good.
+    db = res["metadata_db"]
+    if not db.io_timeout:
+        db = db.model_copy(update={"io_timeout": API_DB_IO_TIMEOUT_S})
+    miss_queue = DbMissQueue(metadata_db=db) if isinstance(res["miss_queue"], DbMissQueue) else res["miss_queue"]
+    bandit_store = res.get("bandit_store")
+    bandit_store = bandit_store.model_copy(update={"metadata_db": db}) if bandit_store else BanditStore(metadata_db=db)
+    return create_app(res["store"], miss_queue, bandit_store,
                       res["creative_config"], config, **kwargs)
 
+
+#: seconds a DB read or write of the API may wait (MetadataDB.io_timeout) unless configured
+API_DB_IO_TIMEOUT_S = 5
 
 #: the options of `bggen-serve --workers N` for its worker processes (JSON; each builds its own app)
 WORKER_ARGS_ENV = "BGGEN_SERVE_WORKER_ARGS"

@@ -231,8 +231,10 @@ class ImpressionLog:
         if not batch:
             return 0
         try:
+            # idempotent: a batch whose commit went unacknowledged (the DB hung past its timeout,
+            # or died after committing) is sent again, and its stored rows must not fail it
             for i in range(0, len(batch), 2000):
-                self.bandit_store.log_impressions(batch[i:i + 2000])
+                self.bandit_store.insert_new_impressions(batch[i:i + 2000])
         except Exception:
             self.errors += 1
             with self._lock:

@@ -1,5 +1,6 @@
 """The API while its metadata DB is down: a mariadbd of its own (the session one stays up) is
-SIGKILLed under a live server with its flusher running, then restarted on the same datadir and port.
+SIGKILLed under a live server with its flusher running, then restarted on the same datadir and
+port; or SIGSTOPped (a DB that hangs: connections accepted, never answered), then continued.
 
 Services pass only. During the outage every request is answered at once and none 5xx: hits stay
 hits, misses get the fallback, a click is buffered (202), impressions and misses stay buffered;
@@ -14,6 +15,8 @@ import uuid
 
 import httpx
 import sqlalchemy as sa
+
+import pytest
 
 from services import MariaDBServer, create_database, services_only, start_or_fail
 from test_api import LiveServer, copy_world, find_miss_size, golden_world, make_app
@@ -49,14 +52,16 @@ def rows(db, sql: str, **params) -> list:
         return list(conn.execute(sa.text(sql), params))
 
 
-def test_serving_degrades_and_recovers_when_the_db_is_killed(tmp_path, tmp_path_factory, sample_dir, store,
-                                                             creative_config):
+@pytest.mark.parametrize("fault", ["killed", "hung"])
+def test_serving_degrades_and_recovers_when_the_db_is_down(fault, tmp_path, tmp_path_factory, sample_dir, store,
+                                                           creative_config):
     from resources.metadata_db import MetadataDB
 
     server = start_or_fail(MariaDBServer(tmp_path / "mariadb"), "a private mariadbd for the outage test")
     try:
         url = create_database(server.url, f"outage_{uuid.uuid4().hex[:8]}")
-        db = MetadataDB(url=url, retry_seconds=2.0, connect_timeout=2)
+        # bounded reads and writes (what the API's app_from_env sets): a hung DB times out
+        db = MetadataDB(url=url, retry_seconds=2.0, connect_timeout=2, io_timeout=2)
         golden = golden_world(tmp_path_factory, sample_dir)
         copy_world(golden, store)
         doc = golden["doc"]
@@ -79,7 +84,10 @@ def test_serving_degrades_and_recovers_when_the_db_is_killed(tmp_path, tmp_path_
             wait_until(lambda: len(state.impressions) == 0, 10, "the impressions before the outage were not written")
             assert client.get("/health/ready").status_code == 200
 
-            server.kill()  # SIGKILL: the DB is gone mid-traffic
+            if fault == "killed":
+                server.kill()  # SIGKILL: the DB is gone mid-traffic
+            else:
+                server.pause()  # SIGSTOP: every DB call now waits (until its io_timeout)
             served = []
             for _ in range(2):
                 for pid, w, h in sorted(hits):
@@ -92,6 +100,8 @@ def test_serving_degrades_and_recovers_when_the_db_is_killed(tmp_path, tmp_path_
             miss, took = get(client, pids[0], mw, mh, **unplanned)
             assert miss.headers["X-Cache"] == "miss" and took < MAX_OUTAGE_REQUEST_S
             served.append(miss.headers["X-Impression-Id"])
+            if fault == "hung":  # a hung DB is known down once a flush (or probe) timed out
+                wait_until(lambda: state.db.degraded, 15, "the flusher did not notice the hung DB")
             t0 = time.perf_counter()
             click = client.post("/events", json={"impression_id": served[0], "event": "click"})
             assert click.status_code == 202 and click.json()["buffered"], click.text
@@ -113,7 +123,10 @@ def test_serving_degrades_and_recovers_when_the_db_is_killed(tmp_path, tmp_path_
             metrics = client.get("/metrics").text
             assert "bggen_db_degraded 1.0" in metrics, metrics[-2000:]
 
-            server.start()  # the same datadir and port; the API is not restarted
+            if fault == "killed":
+                server.start()  # the same datadir and port; the API is not restarted
+            else:
+                server.resume()
             wait_until(lambda: client.get("/health/ready").status_code == 200, 30, "serving did not recover")
             assert client.get("/health").json()["status"] == "ok"
             wait_until(lambda: len(state.impressions) == 0 and len(state.clicks) == 0 and len(state.misses) == 0, 30,
