@@ -114,8 +114,9 @@ misses = sa.Table(
 log = logging.getLogger(__name__)
 
 # MySQL/MariaDB error numbers worth retrying: lock wait timeout, deadlock, too many connections,
-# server shutdown / gone away / lost connection / cannot connect, connection killed.
-TRANSIENT_MYSQL_ERRNOS = {1205, 1213, 1040, 1053, 2002, 2003, 2006, 2013, 2055, 1927, 4031}
+# server shutdown / gone away / lost connection / cannot connect, connection killed, a read or
+# write that timed out (mysql-connector's 3024: the server hangs).
+TRANSIENT_MYSQL_ERRNOS = {1205, 1213, 1040, 1053, 2002, 2003, 2006, 2013, 2055, 1927, 4031, 3024}
 
 
 class TransientDBError(RuntimeError):
@@ -219,6 +220,10 @@ class MetadataDB(ConfigurableResource):
     retry_seconds: float = 60.0  # how long transient errors (restart, failover, deadlock) are retried
     claim_lease_s: float = 900.0  # a claimed miss not marked done within this returns to the queue
     connect_timeout: int = 10
+    #: seconds a MySQL read or write may wait on an open connection (0: no limit). A server that
+    #: hangs (stopped, partitioned) instead of refusing would otherwise block the caller for good;
+    #: the serving API sets it so its flusher notices the outage (mysql-connector only)
+    io_timeout: int = 0
     sqlite_busy_timeout_s: float = 30.0  # how long a SQLite write waits for another writer's lock
 
     _engine = PrivateAttr(default=None)
@@ -239,6 +244,8 @@ class MetadataDB(ConfigurableResource):
                               pool_recycle=3600, pool_use_lifo=True)
                 if url.get_driver_name() == "mysqlconnector":
                     kwargs["connect_args"] = {"connection_timeout": self.connect_timeout}
+                    if self.io_timeout > 0:
+                        kwargs["connect_args"].update(read_timeout=self.io_timeout, write_timeout=self.io_timeout)
             engine = sa.create_engine(url, **kwargs)
             if url.get_backend_name() == "sqlite":
 

@@ -327,6 +327,13 @@ class MariaDBServer:
             stop_process(self.proc, grace=15)
             self.proc = None
 
+    def pause(self) -> None:
+        """SIGSTOP: a server that hangs (connections accepted by the kernel, never answered)."""
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.kill(self.proc.pid, signal.SIGCONT)
+
 
 @pytest.fixture
 def private_mariadb(tmp_path):

@@ -24,7 +24,7 @@ from typing import Optional
 import numpy as np
 from PIL import Image
 
-from resources.metadata_db import Miss
+from resources.metadata_db import Miss, TransientDBError, is_transient
 
 from ..core import serving_index
 from ..core.compositing import (FALLBACK_BACKGROUND, PYRAMID_LEVELS, CanvasPyramid, canvas_pyramid, crop_placement,
@@ -38,6 +38,8 @@ from ..core.store import ObjectNotFound, ObjectStore, StoreUnavailable
 log = logging.getLogger(__name__)
 FORMATS = {"jpeg": "image/jpeg", "webp": "image/webp", "png": "image/png"}
 JPEG_QUALITY = 85
+#: encoded hits kept by default: ~400 1080x1080 JPEGs at q85, or thousands of banner sizes
+CREATIVE_CACHE_BYTES = 64 * 2**20
 
 
 def keep_pillow_blocks(blocks: int = 8) -> None:
@@ -73,7 +75,7 @@ class Creative:
 
 
 class LRUBytes:
-    """An LRU of decoded images bounded by their total size in bytes."""
+    """An LRU of decoded images (or encoded bodies) bounded by their total size in bytes."""
 
     def __init__(self, max_bytes: int):
         self.max_bytes = max_bytes
@@ -81,13 +83,30 @@ class LRUBytes:
         self._items: OrderedDict[str, object] = OrderedDict()
         self._sizes: dict[str, int] = {}
         self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
 
     def get(self, key: str):
         with self._lock:
             value = self._items.get(key)
             if value is not None:
                 self._items.move_to_end(key)
+                self.hits += 1
+            else:
+                self.misses += 1
             return value
+
+    def drop(self, predicate) -> int:
+        """Remove every entry whose key satisfies `predicate`; returns how many."""
+        with self._lock:
+            gone = [k for k in self._items if predicate(k)]
+            for k in gone:
+                del self._items[k]
+                self.size -= self._sizes.pop(k)
+            return len(gone)
+
+    def __len__(self) -> int:
+        return len(self._items)
 
     def __contains__(self, key: str) -> bool:  # without touching its recency
         with self._lock:
@@ -110,31 +129,37 @@ def placeholder(width: int, height: int) -> Image.Image:
     return Image.new("RGB", (width, height), FALLBACK_BACKGROUND)
 
 
+class DBUnavailable(ConnectionError):
+    """The metadata DB is known to be down: refused at once, not after a connect timeout."""
+
+
 class StoreHealth:
-    """Whether the object store answers, as serving last saw it.
+    """Whether a backing service (the object store, the metadata DB) answers, as serving last saw it.
 
-    The first failure marks it degraded and starts one background thread that probes the store
-    (`probe`: any cheap call that raises StoreUnavailable while it is down) after `backoff_s`,
-    doubling up to `max_backoff_s`; the first probe that succeeds clears the state and calls
-    `on_recover`. While degraded, :meth:`check` refuses at once, so requests never wait on a dead
-    store."""
+    The first failure marks it degraded and starts one background thread that probes the service
+    (`probe`: any cheap call that raises while it is down) after `backoff_s`, doubling up to
+    `max_backoff_s`; the first probe that succeeds clears the state and calls `on_recover`. While
+    degraded, :meth:`check` raises `error` at once, so requests never wait on a dead service."""
 
-    def __init__(self, probe, on_recover=lambda: None, backoff_s: float = 0.25, max_backoff_s: float = 5.0):
+    def __init__(self, probe, on_recover=lambda: None, backoff_s: float = 0.25, max_backoff_s: float = 5.0,
+                 name: str = "object store", error: type[Exception] = StoreUnavailable):
         self._probe = probe
         self._on_recover = on_recover
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
+        self.name = name
+        self.error = error
         self.degraded = False
         self.since: Optional[float] = None
-        self.errors = 0  # store calls that failed, the background probes' included
+        self.errors = 0  # calls that failed, the background probes' included
         self.outages = 0
         self.last_error = ""
         self._lock = threading.Lock()
 
     def check(self) -> None:
-        """Raise StoreUnavailable while the store is known to be down."""
+        """Raise `error` while the service is known to be down."""
         if self.degraded:
-            raise StoreUnavailable(f"object store unavailable since {self.since:.0f} ({self.last_error})")
+            raise self.error(f"{self.name} unavailable since {self.since:.0f} ({self.last_error})")
 
     def failed(self, exc: BaseException) -> None:
         with self._lock:
@@ -144,8 +169,8 @@ class StoreHealth:
                 return
             self.degraded, self.since = True, time.time()
             self.outages += 1
-        log.warning("object store unavailable, serving from memory: %s", self.last_error)
-        threading.Thread(target=self._retry, name="store-retry", daemon=True).start()
+        log.warning("%s unavailable, serving from memory: %s", self.name, self.last_error)
+        threading.Thread(target=self._retry, name=f"{self.name.replace(' ', '-')}-retry", daemon=True).start()
 
     def _retry(self) -> None:
         delay = self.backoff_s
@@ -161,13 +186,24 @@ class StoreHealth:
                 continue
             with self._lock:
                 self.degraded, self.since = False, None
-            log.warning("object store answers again: serving recovered")
+            log.warning("%s answers again: serving recovered", self.name)
             self._on_recover()
             return
 
     def snapshot(self) -> dict:
         return {"degraded": self.degraded, "since": self.since, "errors": self.errors, "outages": self.outages,
                 "last_error": self.last_error}
+
+
+def db_down(exc: BaseException) -> bool:
+    """An error that means the DB is unreachable (not a bug or a bad row): serving degrades on it."""
+    return isinstance(exc, (DBUnavailable, TransientDBError)) or is_transient(exc)
+
+
+def note_db_error(health: Optional[StoreHealth], exc: BaseException) -> None:
+    """Mark the DB down if `exc` says it is (the health's background probe then waits for it)."""
+    if health is not None and db_down(exc):
+        health.failed(exc)
 
 
 @dataclass
@@ -181,14 +217,21 @@ class _Index:
 class CreativeService:
     """``prefetch``: when a new index version is read, decode its canvases into the cache in a
     background thread (until the cache is 90% full), so the first impressions after a publish do
-    not each pay a PNG decode (~20-30 ms for a production-size canvas)."""
+    not each pay a PNG decode (~20-30 ms for a production-size canvas); then encode the hits of
+    the merchant's configured placements into the encoded-creative LRU (:meth:`_prerender`)."""
 
     def __init__(self, store: ObjectStore, miss_queue, creative_config=None, cache_bytes: int = 512 * 2**20,
-                 index_ttl_s: float = 5.0, jpeg_quality: int = JPEG_QUALITY, prefetch: bool = False):
+                 index_ttl_s: float = 5.0, jpeg_quality: int = JPEG_QUALITY, prefetch: bool = False,
+                 creative_cache_bytes: int = CREATIVE_CACHE_BYTES):
         self.store = store
         self.miss_queue = miss_queue
         self.creative_config = creative_config
         self.cache = LRUBytes(cache_bytes)
+        # Encoded hits: the same (canvas, placed box, format, quality) is the same bytes, and ad
+        # traffic repeats them, so a repeat skips the crop and the encode (most of a large hit).
+        # Keyed by the index version too, and the old version's entries are dropped when a new one
+        # is read: a republished canvas key can never serve stale bytes.
+        self.creatives = LRUBytes(creative_cache_bytes) if creative_cache_bytes > 0 else None
         self.index_ttl_s = index_ttl_s
         self.jpeg_quality = jpeg_quality
         self._indexes: dict[tuple[str, str], _Index] = {}
@@ -198,6 +241,7 @@ class CreativeService:
         self._lock = threading.Lock()
         self.prefetch = prefetch
         self.prefetched = 0  # canvases decoded ahead of their first request
+        self.prerendered = 0  # hits of configured placements encoded ahead of their first request
         self.prefetching = 0  # index loads and prefetch threads under way
         self.fallbacks = 0  # misses answered with the fallback (placeholders included)
         self.placeholders = 0  # answered with a plain placeholder: not even the cutout could be read
@@ -233,7 +277,11 @@ class CreativeService:
         try:
             cats = self._read(serving_index.categories, self.store, merchant)
         except StoreUnavailable:
-            return cached[1] if cached else []
+            if cached:
+                return cached[1]
+            # never listed, but its indexes may be held (read at start-up): those still serve
+            with self._lock:
+                return sorted({c for m, c in self._indexes if m == merchant})
         self._categories[merchant] = (time.monotonic(), cats)
         return cats
 
@@ -255,6 +303,8 @@ class CreativeService:
             return current.doc if current else None  # keep serving the version held
         with self._lock:
             self._indexes[key] = _Index(pointer.key, pointer.version, doc, now)
+        if self.creatives is not None and current is not None:
+            self.creatives.drop(lambda k: k[:2] == key and k[2] != pointer.version)
         if self.prefetch:
             self._prefetch_started()
             threading.Thread(target=self._prefetch, args=(doc,), name=f"prefetch-{merchant}-{category}",
@@ -291,8 +341,50 @@ class CreativeService:
     def _prefetch(self, doc: IndexDocument) -> None:
         try:
             self._prefetch_entries(doc)
+            self._prerender(doc)
         finally:
             self._prefetch_done()
+
+    def _prerender(self, doc: IndexDocument) -> None:
+        """Encode the hits of the merchant's configured placements (every product x theme, JPEG,
+        the placement as configured) into the encoded-creative LRU, so even the first impression
+        of a declared placement skips the crop and the encode. Stops at 90% of the LRU, like the
+        canvas prefetch, and when the index is no longer the version held."""
+        if self.creatives is None or self.creative_config is None:
+            return
+        try:
+            placements = self.creative_config.placements(doc.merchant)
+        except Exception as exc:  # a config problem must not break serving
+            log.warning("prerender of %s/%s skipped: %s", doc.merchant, doc.category, exc)
+            return
+        lookup = self.lookup(doc.merchant, doc.category, doc)
+        for product_id, product in doc.products.items():
+            _, _, bw, bh = product.bbox
+            for placement in placements:
+                placed = place_product(bw, bh, placement)
+                for prompt_id in doc.prompts:
+                    if self.creatives.size >= 0.9 * self.creatives.max_bytes:
+                        return
+                    found = lookup.find(product_id, prompt_id, placement)
+                    if found is None:
+                        continue  # not generated yet: a miss, nothing to render
+                    key = self._creative_key(doc.merchant, doc.category, doc, found.entry, placed, "jpeg")
+                    if key is None:
+                        return  # a newer version is held: its own prefetch renders it
+                    if key in self.creatives:
+                        continue
+                    try:
+                        canvas = self._pyramid(found.entry.image_key)
+                    except StoreUnavailable:
+                        return
+                    except Exception as exc:  # a missing or broken canvas is served as a miss later
+                        log.warning("prerender of %s failed: %s", found.entry.image_key, exc)
+                        continue
+                    body = self.encode(crop_placement(canvas, found.entry.layout, placed), "jpeg",
+                                       serving_xmp(doc.generator_id))
+                    self.creatives.put(key, body, len(body))
+                    with self._lock:
+                        self.prerendered += 1
 
     def _prefetch_entries(self, doc: IndexDocument) -> None:
         for entry in doc.entries.values():
@@ -314,6 +406,9 @@ class CreativeService:
             if doc is not None and product_id in doc.products:
                 return category, doc
         if not self.categories(merchant):
+            if self.health.degraded:  # what it holds is all it can know: an unknown merchant is a 404
+                raise NotFound(f"unknown merchant {merchant!r}: no index held for it, and the object store is "
+                               f"unavailable (an index published since cannot be read yet)")
             raise NotFound(f"unknown merchant {merchant!r} (no published index)")
         raise NotFound(f"unknown product {product_id!r} for merchant {merchant!r}")
 
@@ -379,6 +474,13 @@ class CreativeService:
             raise ValueError(f"unsupported format {fmt!r}; use one of {', '.join(FORMATS)}")
         return buf.getvalue()
 
+    def _creative_key(self, merchant: str, category: str, doc: IndexDocument, entry, placed, fmt: str):
+        """The encoded-creative LRU's key of a hit (None: no cache, or doc is not the version held)."""
+        held = self._indexes.get((merchant, category))
+        if self.creatives is None or held is None or held.doc is not doc:
+            return None
+        return (merchant, category, held.version, entry.image_key, tuple(placed), fmt, self.jpeg_quality)
+
     # -- serving ---------------------------------------------------------------------------------
     def serve(self, merchant: str, product_id: str, placement: Placement, prompt_id: Optional[str] = None,
               fmt: str = "jpeg", record_miss: bool = True, user: str = "") -> Creative:
@@ -402,16 +504,23 @@ class CreativeService:
         lookup = self.lookup(merchant, category, doc)
         found = lookup.find(product_id, prompt_id, placement)  # own canvas, else any that covers it
         if found is not None:
-            try:
-                canvas = self._pyramid(found.entry.image_key)
-            except ObjectNotFound:
-                found = None  # index ahead of the store (should not happen): treat as a miss
-            except StoreUnavailable:
-                found = None  # a canvas not held while the store is down: the fallback, queued as a miss
+            key = self._creative_key(merchant, category, doc, found.entry, placed, fmt)
+            body = self.creatives.get(key) if key is not None else None
+            if body is None:
+                try:
+                    canvas = self._pyramid(found.entry.image_key)
+                except ObjectNotFound:
+                    found = None  # index ahead of the store (should not happen): treat as a miss
+                except StoreUnavailable:
+                    found = None  # a canvas not held while the store is down: the fallback, queued as a miss
+                else:
+                    body = self.encode(crop_placement(canvas, found.entry.layout, placed), fmt,
+                                       serving_xmp(doc.generator_id))
+                    if key is not None:
+                        self.creatives.put(key, body, len(body))
         if found is not None:
-            img = crop_placement(canvas, found.entry.layout, placed)
-            return Creative(self.encode(img, fmt, serving_xmp(doc.generator_id)), FORMATS[fmt], True, merchant, category, product_id,
-                            found.canvas_id, prompt_id, width, height, found.entry.image_key)
+            return Creative(body, FORMATS[fmt], True, merchant, category, product_id, found.canvas_id, prompt_id,
+                            width, height, found.entry.image_key)
         requested = lookup.requested_id(product_id, placement)
         if record_miss:
             themed = [Miss(merchant, category, product_id, requested, p) for p in doc.prompts]

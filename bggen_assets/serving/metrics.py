@@ -7,9 +7,10 @@ Per app, its own registry (two apps in one process, as in tests, do not share co
   a pure ASGI middleware around the routers, 500s included;
 - read from the serving state at scrape time, so the request path pays nothing more for them:
   ``bggen_served_total{result="hit"|"miss"}``, ``bggen_fallbacks_total``, ``bggen_placeholders_total``,
-  ``bggen_cache_bytes{cache="canvases"|"responses"}``, ``bggen_store_errors_total``,
-  ``bggen_store_degraded``, ``bggen_buffered_events{kind="impressions"|"misses"|"clicks"}``,
-  ``bggen_prefetched_canvases_total``.
+  ``bggen_cache_bytes{cache="canvases"|"responses"|"creatives"}``,
+  ``bggen_creative_cache_lookups_total{result="hit"|"miss"}`` (the encoded-hit LRU), ``bggen_store_errors_total``,
+  ``bggen_store_degraded``, ``bggen_db_errors_total``, ``bggen_db_degraded``, ``bggen_buffered_events{kind="impressions"|"misses"|"clicks"}``,
+  ``bggen_prefetched_canvases_total``, ``bggen_prerendered_creatives_total``.
 """
 from __future__ import annotations
 
@@ -39,14 +40,27 @@ class ServingCollector:
                                   value=service.placeholders)
         yield CounterMetricFamily("bggen_prefetched_canvases", "Canvases decoded ahead of their first request",
                                   value=service.prefetched)
+        yield CounterMetricFamily("bggen_prerendered_creatives", "Hits of configured placements encoded ahead of "
+                                  "their first request", value=service.prerendered)
         cache = GaugeMetricFamily("bggen_cache_bytes", "Bytes held by the in-memory caches", labels=["cache"])
         cache.add_metric(["canvases"], service.cache.size)
         cache.add_metric(["responses"], s.responses.size if s.responses is not None else 0)
+        cache.add_metric(["creatives"], service.creatives.size if service.creatives is not None else 0)
         yield cache
+        lookups = CounterMetricFamily("bggen_creative_cache_lookups", "Encoded-hit LRU look-ups, by result",
+                                      labels=["result"])
+        creatives = service.creatives
+        lookups.add_metric(["hit"], creatives.hits if creatives is not None else 0)
+        lookups.add_metric(["miss"], creatives.misses if creatives is not None else 0)
+        yield lookups
         yield CounterMetricFamily("bggen_store_errors", "Object store calls that failed (background retries included)",
                                   value=service.health.errors)
         yield GaugeMetricFamily("bggen_store_degraded", "1 while the object store is down and serving degraded",
                                 value=1 if service.health.degraded else 0)
+        yield CounterMetricFamily("bggen_db_errors", "Metadata DB calls that failed (background retries included)",
+                                  value=s.db.errors)
+        yield GaugeMetricFamily("bggen_db_degraded", "1 while the metadata DB is down (events buffered)",
+                                value=1 if s.db.degraded else 0)
         buffered = GaugeMetricFamily("bggen_buffered_events", "Events buffered in memory, not yet written",
                                      labels=["kind"])
         buffered.add_metric(["impressions"], len(s.impressions))

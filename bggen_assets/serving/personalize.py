@@ -47,6 +47,7 @@ from ..core.bandit import (
     size_class,
     sum_deltas,
 )
+from .creative import db_down, note_db_error
 
 VARIANTS = ("control", "positioned", "random", "bandit")
 #: variants whose theme comes from a policy (the others show no generated background)
@@ -282,9 +283,13 @@ class Personalizer:
     Thread-safe: one lock per policy; DB I/O happens outside the locks.
     """
 
-    def __init__(self, config: Optional[ServingConfig] = None, bandit_store=None):
+    def __init__(self, config: Optional[ServingConfig] = None, bandit_store=None, health=None):
         self.config = config or ServingConfig()
         self.bandit_store = bandit_store
+        #: the DB's health (serving.creative.StoreHealth): while it is down a new slot starts from
+        #: its prior on a schema made here, and is reconciled with the stored one on the first flush
+        self.health = health
+        self._offline: set[tuple[str, str]] = set()  # (merchant, category) schemas not from the store
         self._slots: dict[tuple[str, str, str], _Slot] = {}
         self._schemas: dict[tuple[str, str], tuple[ContextSchema, Any]] = {}  # schema, products it saw
         self._lock = threading.RLock()  # slot() may flush a slot, which may migrate every slot
@@ -302,8 +307,19 @@ class Personalizer:
         wanted = schema_for(products)
         s = cached[0] if cached is not None else None
         if s is None or extend_schema(s, wanted) is not s:
+            stored = None
             if self.bandit_store is not None:
-                s = ContextSchema(self.bandit_store.ensure_schema(merchant, category, wanted))
+                try:
+                    if self.health is not None:
+                        self.health.check()
+                    stored = self.bandit_store.ensure_schema(merchant, category, wanted)
+                except Exception as exc:
+                    if not db_down(exc):
+                        raise
+                    note_db_error(self.health, exc)
+                    self._offline.add(key)  # the request goes on; the flush stores the schema
+            if stored is not None:
+                s = ContextSchema(stored)
             else:
                 s = ContextSchema(wanted) if s is None else extend_schema(s, wanted)
         self._schemas[key] = (s, products)
@@ -361,8 +377,18 @@ class Personalizer:
             sums = {a: (int(round(n)), s) for a, (n, s) in sums.items()}
         return merge_states(prior, sums)
 
-    def _load(self, slot: _Slot) -> None:
-        state = self._global_state(slot)
+    def _load(self, slot: _Slot, strict: bool = False) -> None:
+        """The merged global state into the slot's policy; with the DB down (and not ``strict``,
+        as on the request path) the slot keeps what it has and the next flush loads it."""
+        try:
+            if self.health is not None and self.bandit_store is not None:
+                self.health.check()
+            state = self._global_state(slot)
+        except Exception as exc:
+            if strict or not db_down(exc):
+                raise
+            note_db_error(self.health, exc)
+            return
         with slot.lock:
             slot.policy.load_state(state)
 
@@ -417,6 +443,10 @@ class Personalizer:
 
     # -- sync ------------------------------------------------------------------------------------
     def _flush_slot(self, slot: _Slot) -> None:
+        key = (slot.merchant, slot.category)
+        if self.bandit_store is not None and key in self._offline:  # made while the DB was down
+            self.bandit_store.ensure_schema(slot.merchant, slot.category, slot.schema.features)
+            self._offline.discard(key)
         if self.bandit_store is not None:  # another replica may have extended the schema
             stored = self.bandit_store.load_schema(slot.merchant, slot.category)
             if stored is not None and ContextSchema(stored) != slot.schema:
@@ -435,7 +465,7 @@ class Personalizer:
             total = sum_deltas(*slot.unflushed)
             self.bandit_store.add_deltas(slot.merchant, slot.category, slot.kind, total)
             slot.unflushed.clear()
-        self._load(slot)
+        self._load(slot, strict=True)
 
     def flush(self) -> int:
         """Publish every policy's deltas and load the merged global state. Returns slots failed."""
@@ -443,9 +473,10 @@ class Personalizer:
         for slot in list(self._slots.values()):
             try:
                 self._flush_slot(slot)
-            except Exception:  # the DB is down: keep the deltas, try again next time
+            except Exception as exc:  # the DB is down: keep the deltas, try again next time
                 failed += 1
                 self.flush_errors += 1
+                note_db_error(self.health, exc)
         return failed
 
     def snapshot(self) -> list[dict]:

@@ -28,11 +28,22 @@ from ..core.keys import source_key
 from ..core.manifests import IndexDocument
 from ..core.miss_policy import QUEUED, MissGate, MissPolicy
 from ..core.store import StoreUnavailable
-from .creative import CreativeService, LRUBytes, placeholder
+from .creative import CreativeService, DBUnavailable, LRUBytes, StoreHealth, note_db_error, placeholder
 from .ingest import EventIngest
 from .personalize import Personalizer
 
 log = logging.getLogger("bggen.serving")
+
+
+def db_health(bandit_store) -> StoreHealth:
+    """The metadata DB's health as the API sees it; its probe is one ``SELECT 1`` (never degraded
+    without a bandit store: nothing is then written to a DB)."""
+    def probe() -> None:
+        if bandit_store is not None:
+            with bandit_store.metadata_db.engine.connect() as conn:
+                conn.exec_driver_sql("SELECT 1")
+
+    return StoreHealth(probe, name="metadata DB", error=DBUnavailable)
 
 
 def fit_photo(img: Image.Image, width: int, height: int, background=(255, 255, 255)) -> Image.Image:
@@ -60,6 +71,9 @@ class BufferedMissQueue:
         self._lock = threading.Lock()
         self.dropped = 0
         self.errors = 0
+        #: the DB's health when the miss queue is the DB (set by the app): once a write finds it
+        #: down, the rest of the round stays buffered instead of each write waiting for it
+        self.health: Optional[StoreHealth] = None
 
     def record(self, miss: Miss, now: Optional[float] = None, user: str = "") -> None:
         """One themed miss that passed the gate (or bypasses it: the caller decided)."""
@@ -108,9 +122,13 @@ class BufferedMissQueue:
             by_merchant.setdefault(item[0].merchant, []).append((key, item))
         failed, written = {}, 0
         for merchant, items in by_merchant.items():
+            if self.health is not None and self.health.degraded:
+                failed.update(items)
+                continue
             try:
                 waiting = self._waiting(merchant)
-            except Exception:
+            except Exception as exc:
+                note_db_error(self.health, exc)
                 failed.update(items)
                 continue
             new = [(k, it) for k, it in items if k not in waiting]
@@ -120,10 +138,14 @@ class BufferedMissQueue:
             for key, (miss, now, count, users) in items:
                 if key in held:
                     continue
+                if self.health is not None and self.health.degraded:
+                    failed[key] = [miss, now, count, users]
+                    continue
                 try:
                     self.miss_queue.record(replace(miss, request_count=count, distinct_users=len(users)), now)
                     written += 1
-                except Exception:  # keep it for the next round
+                except Exception as exc:  # keep it for the next round
+                    note_db_error(self.health, exc)
                     failed[key] = [miss, now, count, users]
                     continue
                 if users:
@@ -157,8 +179,10 @@ class BufferedMissQueue:
 class ImpressionLog:
     """Impressions buffered in memory, written in batches; recent ones kept for click look-ups."""
 
-    def __init__(self, bandit_store=None, recent: int = 50_000, max_pending: int = 200_000):
+    def __init__(self, bandit_store=None, recent: int = 50_000, max_pending: int = 200_000,
+                 health: Optional[StoreHealth] = None):
         self.bandit_store = bandit_store
+        self.health = health  # the DB's: a look-up while it is down is refused at once
         self._pending: list[dict] = []
         self._lock = threading.Lock()
         self._recent: OrderedDict[str, dict] = OrderedDict()
@@ -183,7 +207,13 @@ class ImpressionLog:
     def get(self, impression_id: str) -> Optional[dict]:
         row = self._recent.get(impression_id)
         if row is None and self.bandit_store is not None:
-            row = self.bandit_store.get_impression(impression_id)
+            if self.health is not None:
+                self.health.check()
+            try:
+                row = self.bandit_store.get_impression(impression_id)
+            except Exception as exc:
+                note_db_error(self.health, exc)
+                raise
         return row
 
     def first_click(self, impression_id: str) -> bool:
@@ -201,8 +231,10 @@ class ImpressionLog:
         if not batch:
             return 0
         try:
+            # idempotent: a batch whose commit went unacknowledged (the DB hung past its timeout,
+            # or died after committing) is sent again, and its stored rows must not fail it
             for i in range(0, len(batch), 2000):
-                self.bandit_store.log_impressions(batch[i:i + 2000])
+                self.bandit_store.insert_new_impressions(batch[i:i + 2000])
         except Exception:
             self.errors += 1
             with self._lock:
@@ -339,8 +371,11 @@ class ServingState:
 
     def __init__(self, service: CreativeService, personalizer: Personalizer, misses: BufferedMissQueue,
                  impressions: ImpressionLog, creative_config=None, response_cache_bytes: int = 0,
-                 clicks: Optional[ClickLog] = None):
+                 clicks: Optional[ClickLog] = None, db: Optional[StoreHealth] = None):
         self.service = service
+        #: the metadata DB's health: while it is down the flusher leaves everything buffered and
+        #: the request path never calls the DB; its probe retries in the background
+        self.db = db if db is not None else db_health(impressions.bandit_store)
         self.personalizer = personalizer
         self.misses = misses
         self.impressions = impressions
@@ -353,13 +388,26 @@ class ServingState:
         self.served = {"hit": 0, "miss": 0}
         self._flush_lock = threading.Lock()
 
+    @property
+    def degraded(self) -> bool:
+        """Serving from memory: the object store or the metadata DB is down."""
+        return self.service.health.degraded or self.db.degraded
+
     def flush(self) -> None:
+        """Write what is buffered. While the DB is down nothing here calls it (the misses only when
+        they go to the DB too): the health's probe finds it back and the next round writes all."""
         with self._flush_lock:
-            for name, fn in (("impressions", self.impressions.flush), ("clicks", self.flush_clicks),
-                             ("misses", self.misses.flush), ("bandit", self.personalizer.flush)):
+            for name, fn, uses_db in (("impressions", self.impressions.flush, True),
+                                      ("clicks", self.flush_clicks, True),
+                                      ("misses", self.misses.flush, self.misses.health is not None),
+                                      ("bandit", self.personalizer.flush, True)):
+                if uses_db and self.db.degraded:
+                    continue
                 try:
                     fn()
                 except Exception as exc:  # logged; the data stays buffered for the next round
+                    if uses_db:
+                        note_db_error(self.db, exc)
                     log.warning("flush of %s failed: %s", name, exc)
 
     def flush_clicks(self) -> int:

@@ -45,6 +45,12 @@ def test_metrics_count_requests_results_latency_caches_and_buffers(world, bandit
     assert m[("bggen_fallbacks_total", ())] == 2 and m[("bggen_placeholders_total", ())] == 0
     assert m[("bggen_cache_bytes", (("cache", "canvases"),))] == app.state.serving.service.cache.size > 0
     assert m[("bggen_store_errors_total", ())] == 0 and m[("bggen_store_degraded", ())] == 0
+    assert m[("bggen_db_errors_total", ())] == 0 and m[("bggen_db_degraded", ())] == 0
+    # the 3 hits looked up the encoded-hit LRU (a theme seen before is a cache hit)
+    creatives = app.state.serving.service.creatives
+    assert m[("bggen_creative_cache_lookups_total", (("result", "hit"),))] == creatives.hits
+    assert creatives.hits + m[("bggen_creative_cache_lookups_total", (("result", "miss"),))] == 3
+    assert m[("bggen_cache_bytes", (("cache", "creatives"),))] == creatives.size > 0
     # no flusher runs (background=False): the 5 impressions and the misses are still buffered
     assert m[("bggen_buffered_events", (("kind", "impressions"),))] == 5
     assert m[("bggen_buffered_events", (("kind", "misses"),))] == len(app.state.serving.misses)  # held by the miss gate or buffered

@@ -288,3 +288,75 @@ def test_served_creatives_carry_their_digital_source_type(served, fmt):
     assert Image.open(io.BytesIO(generated.body)).format == fmt.upper()
     png = service.serve("northwind", pid, placement, "beach-sunset", fmt="png")
     assert "xmp" not in Image.open(io.BytesIO(png.body)).info  # PNG: the issue asks JPEG/WebP only
+
+
+def test_repeated_hits_come_from_the_encoded_creative_cache_byte_for_byte(served):
+    service, res = served
+    doc = service.index("northwind", "footwear")
+    pid = sorted(doc.products)[0]
+    uncached = CreativeService(res["store"], res["miss_queue"], res["creative_config"], index_ttl_s=0.0,
+                               creative_cache_bytes=0)
+    placements = res["creative_config"].placements("northwind")
+    first = [service.serve("northwind", pid, p, "beach-sunset").body for p in placements]
+    assert service.creatives.misses == len(placements) and service.creatives.hits == 0
+    again = [service.serve("northwind", pid, p, "beach-sunset").body for p in placements]
+    assert service.creatives.hits == len(placements)
+    assert again == first == [uncached.serve("northwind", pid, p, "beach-sunset").body for p in placements]
+    assert uncached.creatives is None
+    # another format or theme is another key, never the cached bytes
+    webp = service.serve("northwind", pid, placements[0], "beach-sunset", fmt="webp").body
+    other = service.serve("northwind", pid, placements[0], "urban-concrete").body
+    assert webp[8:12] == b"WEBP" and other != first[0]
+
+
+def test_the_creative_cache_is_bounded_in_bytes(served):
+    service, res = served
+    pid = sorted(service.index("northwind", "footwear").products)[0]
+    placements = res["creative_config"].placements("northwind")
+    sizes = [len(service.serve("northwind", pid, p, "beach-sunset").body) for p in placements]
+    small = CreativeService(res["store"], res["miss_queue"], res["creative_config"], index_ttl_s=0.0,
+                            creative_cache_bytes=max(sizes) + 1)
+    for p in placements:
+        small.serve("northwind", pid, p, "beach-sunset")
+        assert small.creatives.size <= max(sizes) + 1
+    assert len(small.creatives) == 1  # only the latest fits beside nothing else of its size
+
+
+def test_a_new_index_version_drops_the_cached_creatives_of_the_old_one(served):
+    from bggen_assets.core import serving_index
+
+    service, res = served
+    doc = service.index("northwind", "footwear")
+    pid = sorted(doc.products)[0]
+    placement = res["creative_config"].placements("northwind")[0]
+    before = service.serve("northwind", pid, placement, "beach-sunset").body
+    old_version = service._indexes[("northwind", "footwear")].version
+    newer = serving_index.publish(res["store"], doc.model_copy(update={"generator_id": "diffusion-republished"}))
+    after = service.serve("northwind", pid, placement, "beach-sunset").body
+    assert service._indexes[("northwind", "footwear")].version == newer.version != old_version
+    assert after != before  # the new version's XMP (trained algorithmic media), not the cached bytes
+    assert len(service.creatives) == 1 and service.creatives.drop(lambda k: k[2] == old_version) == 0
+
+
+def test_prefetch_prerenders_the_configured_placements_into_the_creative_cache(served):
+    import time
+
+    _, res = served
+    service = CreativeService(res["store"], res["miss_queue"], res["creative_config"], index_ttl_s=0.0, prefetch=True)
+    doc = service.index("northwind", "footwear")  # a new version read: canvases decoded, then hits encoded
+    deadline = time.monotonic() + 60
+    while service.prefetching:
+        assert time.monotonic() < deadline, "the prefetch did not finish"
+        time.sleep(0.05)
+    placements = res["creative_config"].placements("northwind")
+    assert service.prerendered == len(service.creatives) > 0
+    uncached = CreativeService(res["store"], res["miss_queue"], res["creative_config"], index_ttl_s=0.0,
+                               creative_cache_bytes=0)
+    pid = sorted(doc.products)[0]
+    hits = [p for p in placements if uncached.serve("northwind", pid, p, "beach-sunset").hit]
+    assert hits
+    for p in hits:  # the first request of each configured placement is already a cache hit, byte for byte
+        before = service.creatives.hits
+        assert service.serve("northwind", pid, p, "beach-sunset").body == uncached.serve("northwind", pid, p,
+                                                                                         "beach-sunset").body
+        assert service.creatives.hits == before + 1

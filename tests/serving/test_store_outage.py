@@ -3,7 +3,7 @@ SIGKILLed under a live server, then restarted on the same data and ports.
 
 Services pass only. During the outage every request is answered, none 5xx: hits stay hits (the
 canvases are in memory), misses get the fallback (a plain placeholder when not even the product's
-cutout is held), `/health` says degraded, `/health/ready` is 503, `/health/live` 200. After the
+cutout is held), a merchant it holds no index for is a 404, `/health` says degraded, `/health/ready` is 503, `/health/live` 200. After the
 restart the background retry finds the store and serving recovers by itself: ready again, and a
 version published after the restart is picked up.
 """
@@ -78,6 +78,15 @@ def test_serving_degrades_and_recovers_when_s3_is_killed(tmp_path, tmp_path_fact
             assert health.json()["store"]["degraded"] and "S3" in health.json()["store"]["last_error"]
             assert client.get("/health/ready").status_code == 503
             assert client.get("/health/live").status_code == 200
+            # a merchant it holds no index for: 404, neither a 500 nor a fallback image
+            unknown = client.get("/creative", params={"merchant": "nobody", "product": pids[0], "width": 300,
+                                                      "height": 250})
+            assert unknown.status_code == 404 and "unavailable" in unknown.json()["error"], unknown.text
+            # a merchant whose index was read at start-up but never listed: its hits still serve
+            with service._lock:
+                service._categories.pop(MERCHANT, None)
+            pid, w, h = sorted(hits)[0]
+            assert get(client, world, pid, w, h).headers["X-Cache"] == "hit"
             # a canvas never generated: the fallback; the cutout is not held either, so a placeholder
             mw, mh = find_miss_size(doc, pids[0])
             unplanned = {"fill": 0.35, "anchor": "0.1,0.9"}

@@ -25,7 +25,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from ...core.events import EventError, split_body
-from ..creative import NotFound
+from ..creative import NotFound, note_db_error
 from ..http import IMPRESSION_RE, BadRequest, error_response
 from ..state import ServingState, serving_state
 
@@ -48,8 +48,10 @@ def _one_click(state: ServingState, body: dict) -> JSONResponse:
         raise BadRequest(f"unknown fields {sorted(extra)}; a batch of events needs a 'type' per event")
     now = time.time()
     try:
+        state.db.check()  # known down: buffered at once, no wait for a connect timeout
         out = state.ingest.apply_click(imp, now)
     except Exception as exc:  # the DB is unreachable: keep the click, apply it when it is back
+        note_db_error(state.db, exc)
         log.warning("click on %s buffered: %s", imp, exc)
         state.clicks.add(imp, now)
         return JSONResponse({"recorded": True, "buffered": True, "impression_id": imp}, status_code=202)
@@ -67,8 +69,10 @@ def _batch(state: ServingState, events: list) -> JSONResponse:
     if state.impressions.bandit_store is None:
         return error_response(503, "no event store configured (the API runs without a bandit store)")
     try:
+        state.db.check()
         res = state.ingest.ingest(events, source="posted", buffer_click=state.clicks.add)
     except Exception as exc:
+        note_db_error(state.db, exc)
         log.warning("event batch not taken: %s", exc)
         return error_response(503, "the event store is unreachable: the batch was not taken; send it again "
                                    "(events are idempotent by id)")
