@@ -297,6 +297,61 @@ def _add_enclosed(mask: np.ndarray, edge: np.ndarray, ev: np.ndarray, residual: 
     return added | rim
 
 
+def _light_parts(resid: np.ndarray, bg: "_Background", edge: np.ndarray, mask: np.ndarray, *,
+                 min_area: int, noise: np.ndarray, max_open: float = 0.4,
+                 max_open_textured: float = 0.1) -> np.ndarray:
+    """Light on light: product parts whose colour is only a few levels off the background (a
+    white sneaker on white, silver on light grey), found by a contrast model plus edge support.
+
+    Contrast: the Lab distance to the fitted background above max(3, 3.5 x ``noise``), far below
+    the evidence map's tolerance.  A soft shadow has that contrast too; what tells the two apart
+    is the outline.  The candidate pixels are split by crisp step edges (the walls) into regions;
+    a region is a light part when at most ``max_open`` (``max_open_textured`` on a textured
+    background) of its rim runs out into plain background
+    (the rest is a crisp edge or the mask): a shadow fades out over most of its rim, a product
+    ends in a step all round.  Also: at least ``min_area``, a mean distance of 1.5x the
+    threshold, not on the image border, and next to the mask unless it is large (1% of the image:
+    a wholly white product has no mask to touch); on a textured background next to the mask
+    always (paper and brick have crisp cells of their own).  The crisp edge pixels around an
+    added region are added with it.  Returns the added pixels (bool), possibly empty."""
+    h, w = mask.shape
+    dist = np.sqrt((resid * resid).sum(axis=2))
+    dthr = max(3.0, 3.5 * float(np.sqrt((noise.astype(np.float64) ** 2).sum())))
+    walls = cv2.dilate(edge.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    cand = (dist > dthr) & ~walls & ~mask
+    none = np.zeros(mask.shape, bool)
+    if not cand.any():
+        return none
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(cand.astype(np.uint8), connectivity=4)
+    area = stats[:, cv2.CC_STAT_AREA]
+    x, y = stats[:, cv2.CC_STAT_LEFT], stats[:, cv2.CC_STAT_TOP]
+    bw, bh = stats[:, cv2.CC_STAT_WIDTH], stats[:, cv2.CC_STAT_HEIGHT]
+    ok = (area >= min_area) & (x > 0) & (y > 0) & (x + bw < w) & (y + bh < h)
+    ok[0] = False
+    if not ok.any():
+        return none
+    k3 = np.ones((3, 3), np.uint8)
+    plain = ~cand & ~walls & ~mask
+    rim = cand & cv2.dilate((~cand).astype(np.uint8), k3).astype(bool)
+    open_ = rim & cv2.dilate(plain.astype(np.uint8), k3).astype(bool)
+    n_rim = np.bincount(labels[rim], minlength=n)
+    n_open = np.bincount(labels[open_], minlength=n)
+    mean_d = np.bincount(labels.ravel(), weights=dist.ravel().astype(np.float64), minlength=n) / np.maximum(area, 1)
+    near = cv2.dilate(mask.astype(np.uint8), _disk(3)).astype(bool)
+    touch = np.bincount(labels[near], minlength=n) > 0
+    big = area >= 0.01 * h * w
+    # textured: the background has crisp edges of its own (brick, paper grain), away from the mask
+    far = ~cv2.dilate(mask.astype(np.uint8), _disk(15)).astype(bool) & ~cand
+    textured = bg.hp_noise > 0.8 or (far.any() and float(edge[far].mean()) > 0.003)
+    # (on a textured background the cells of the texture are closed off too: a stricter outline)
+    ok &= (n_open <= (max_open_textured if textured else max_open) * np.maximum(n_rim, 1)) & (mean_d >= 1.5 * dthr)
+    ok &= touch | (big & (not textured))
+    if not ok.any():
+        return none
+    added = ok[labels]
+    return added | (cv2.dilate(added.astype(np.uint8), _disk(2)).astype(bool) & walls)
+
+
 def _disk(r: int) -> np.ndarray:
     r = max(1, int(r))
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
@@ -769,6 +824,12 @@ def classical_mask(image: np.ndarray, *, refine: bool = True, work_side: int = W
     m8 = _drop_small(thr, max(8, int(2e-4 * ww * wh))).astype(np.uint8)
     m8 = cv2.morphologyEx(m8, cv2.MORPH_CLOSE, _disk(r + 1))
     coarse = m8.astype(bool)
+    # light on light: parts a few levels off the background, closed off by a crisp outline
+    edge = _step_edges(lab[:, :, 0], grad, max(12.0, 3.0 * bg.grad_noise))
+    # (the noise from the border fit: the second fit's residuals include a light product itself)
+    light = _light_parts(resid, bg, edge, coarse, min_area=max(16, int(1e-3 * ww * wh)),
+                         noise=np.minimum(bg.sigma, bg1.sigma))
+    coarse |= light
     if not coarse.any():
         empty = np.zeros((H, W), bool)
         return MaskResult(mask=empty, bbox=(0, 0, 0, 0), method="classical", score=0.0,
@@ -791,7 +852,6 @@ def classical_mask(image: np.ndarray, *, refine: bool = True, work_side: int = W
                  fine_texture=(fine, fine_lo, 2.0 * fine_bg + 1.0))
     coarse = fill_holes(_select_parts(coarse, crisp, ev), **holes)
     # light parts closed off by a crisp outline (a white sole under a red upper)
-    edge = _step_edges(lab[:, :, 0], grad, max(12.0, 3.0 * bg.grad_noise))
     opened = fill_holes(coarse) & ~coarse   # see-through holes, kept open
     if opened.any() and textured.any():
         # the product's shadow in an open hole, next to its edge, where the high-pass of that
@@ -805,7 +865,7 @@ def classical_mask(image: np.ndarray, *, refine: bool = True, work_side: int = W
     enclosed = _add_enclosed(coarse, edge, ev, resid, offset_tol, hp, hp_tol, hp_low, keep_out=opened)
     if enclosed.any():
         coarse = fill_holes(coarse | enclosed, **holes)
-    protected = enclosed | promoted
+    protected = enclosed | promoted | light
     # GrabCut's colour model calls a light part the background's (a white sole's toe): what a
     # crisp outline closes off from the image border is kept whatever GrabCut thinks
     protected = protected | (coarse & _inside_outline(edge))
