@@ -106,7 +106,8 @@ def fill_holes(mask: np.ndarray, *, evidence: np.ndarray | None = None,
                residual: np.ndarray | None = None, offset_tol: float = 3.0,
                texture: np.ndarray | None = None, texture_low: float = -np.inf,
                plain_evidence: np.ndarray | None = None,
-               fine_texture: tuple[np.ndarray, float, float] | None = None) -> np.ndarray:
+               fine_texture: tuple[np.ndarray, float, float] | None = None,
+               own_evidence: np.ndarray | None = None) -> np.ndarray:
     """Fill background regions not connected to the image border.
 
     With ``evidence`` (foreground evidence, >1 = product), a hole that is sizeable
@@ -124,7 +125,10 @@ def fill_holes(mask: np.ndarray, *, evidence: np.ndarray | None = None,
     ``residual``, a hole that fails that test still opens when it is the background *in shadow*
     (the product's drop shadow falls into its own ring or handle): see :func:`_shadowed_background`;
     ``fine_texture`` = (map, low, high) is its texture test (:func:`_fine_texture`: blind to the
-    smooth ramp of a shadow, which the high-pass ``texture`` is not).
+    smooth ramp of a shadow, which the high-pass ``texture`` is not).  With ``own_evidence``
+    (the pixels that are product by their own colour, not shadow-like darkening promoted by
+    texture or a crisp rim), only a hole that those pixels enclose can open so: a light sole
+    between a shoe's upper and the shadow under it is enclosed only with the shadow's help.
     """
     h, w = mask.shape
     m = np.zeros((h + 2, w + 2), np.uint8)
@@ -149,7 +153,12 @@ def fill_holes(mask: np.ndarray, *, evidence: np.ndarray | None = None,
                              core=None if texture is None else cv2.erode(holes, _disk(7)).astype(bool))
     if plain_evidence is not None and residual is not None:
         ft, lo, hi = fine_texture if fine_texture is not None else (None, -np.inf, np.inf)
-        open_ |= _shadowed_background(labels, n, plain_evidence, residual, offset_tol, texture=ft,
+        allowed = np.ones(n, bool)
+        if own_evidence is not None:
+            own = own_evidence & mask.astype(bool)
+            inside = fill_holes(own) & ~own
+            allowed = np.bincount(labels[inside & (labels > 0)], minlength=n) >= 0.95 * np.bincount(labels.ravel(), minlength=n)
+        open_ |= allowed & _shadowed_background(labels, n, plain_evidence, residual, offset_tol, texture=ft,
                                       texture_low=lo, texture_high=hi,
                                       core=None if ft is None else cv2.erode(holes, _disk(3)).astype(bool))
     for i in big:
@@ -825,11 +834,12 @@ def classical_mask(image: np.ndarray, *, refine: bool = True, work_side: int = W
     m8 = cv2.morphologyEx(m8, cv2.MORPH_CLOSE, _disk(r + 1))
     coarse = m8.astype(bool)
     # light on light: parts a few levels off the background, closed off by a crisp outline
-    edge = _step_edges(lab[:, :, 0], grad, max(12.0, 3.0 * bg.grad_noise))
     # (the noise from the border fit: the second fit's residuals include a light product itself)
-    light = _light_parts(resid, bg, edge, coarse, min_area=max(16, int(1e-3 * ww * wh)),
-                         noise=np.minimum(bg.sigma, bg1.sigma))
-    coarse |= light
+    edge = _step_edges(lab[:, :, 0], grad, max(12.0, 3.0 * bg.grad_noise))
+    light_kw = dict(min_area=max(16, int(1e-3 * ww * wh)), noise=np.minimum(bg.sigma, bg1.sigma))
+    light = np.zeros(coarse.shape, bool)
+    if not coarse.any():   # a wholly light product: its parts are all there is
+        light = coarse = _light_parts(resid, bg, edge, coarse, **light_kw)
     if not coarse.any():
         empty = np.zeros((H, W), bool)
         return MaskResult(mask=empty, bbox=(0, 0, 0, 0), method="classical", score=0.0,
@@ -849,10 +859,13 @@ def classical_mask(image: np.ndarray, *, refine: bool = True, work_side: int = W
     fine_lo = 0.75 * fine_bg if bg.hp_noise > 0.8 else -np.inf
     holes = dict(evidence=ev_hole, residual=resid, offset_tol=offset_tol, texture=hp, texture_low=hp_low,
                  plain_evidence=np.where(textured, 0.0, ev),
-                 fine_texture=(fine, fine_lo, 2.0 * fine_bg + 1.0))
+                 fine_texture=(fine, fine_lo, 2.0 * fine_bg + 1.0), own_evidence=~(textured | promoted))
     coarse = fill_holes(_select_parts(coarse, crisp, ev), **holes)
     # light parts closed off by a crisp outline (a white sole under a red upper)
-    opened = fill_holes(coarse) & ~coarse   # see-through holes, kept open
+    # the holes kept open only as background in shadow: _add_enclosed must not add them back
+    # (a hole the strict test opens may still be a light part closed off by its outline)
+    strict = {k: v for k, v in holes.items() if k not in ("plain_evidence", "fine_texture", "own_evidence")}
+    opened = fill_holes(coarse) & ~coarse & fill_holes(coarse, **strict)
     if opened.any() and textured.any():
         # the product's shadow in an open hole, next to its edge, where the high-pass of that
         # edge (a few px) makes it look textured: background too (a band inside a ring)
@@ -865,6 +878,11 @@ def classical_mask(image: np.ndarray, *, refine: bool = True, work_side: int = W
     enclosed = _add_enclosed(coarse, edge, ev, resid, offset_tol, hp, hp_tol, hp_low, keep_out=opened)
     if enclosed.any():
         coarse = fill_holes(coarse | enclosed, **holes)
+    # light parts next to the product (after the part selection: alone they have little evidence)
+    extra = _light_parts(resid, bg, edge, coarse, **light_kw)
+    if extra.any():
+        coarse = fill_holes(coarse | extra, **holes)
+        light = light | extra
     protected = enclosed | promoted | light
     # GrabCut's colour model calls a light part the background's (a white sole's toe): what a
     # crisp outline closes off from the image border is kept whatever GrabCut thinks
