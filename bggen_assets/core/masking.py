@@ -879,7 +879,7 @@ def classical_mask(image: np.ndarray, *, refine: bool = True, work_side: int = W
     if enclosed.any():
         coarse = fill_holes(coarse | enclosed, **holes)
     # light parts next to the product (after the part selection: alone they have little evidence)
-    extra = _light_parts(resid, bg, edge, coarse, **light_kw)
+    extra = _light_parts(resid, bg, edge, coarse | opened, **light_kw) & ~opened
     if extra.any():
         coarse = fill_holes(coarse | extra, **holes)
         light = light | extra
