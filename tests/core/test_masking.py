@@ -390,7 +390,7 @@ FAMILY_MISSES: dict[tuple[str, str], str] = {
                                    "outline test strict)",
     ("silver_headphones", "offwhite"): "IoU 0.103: the product merges with its drop shadow into one "
                                        "region with an open rim",
-    ("silver_headphones", "gradient"): "IoU 0.634: the area under the headband (and its shadow) kept",
+    ("silver_headphones", "gradient"): "IoU 0.634: the contact shadow under the ear cups kept",
     ("cream_cushion", "textured"): "IoU 0.884: texture kept below the cushion (its contact shadow)",
 }
 
