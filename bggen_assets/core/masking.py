@@ -307,8 +307,23 @@ def _add_enclosed(mask: np.ndarray, edge: np.ndarray, ev: np.ndarray, residual: 
 
 
 def _light_parts(resid: np.ndarray, bg: "_Background", edge: np.ndarray, mask: np.ndarray, *,
-                 min_area: int, noise: np.ndarray, max_open: float = 0.4,
-                 max_open_textured: float = 0.1) -> np.ndarray:
+                 min_area: int, noise: np.ndarray, levels: tuple[float, ...] = (1.0, 2.0, 4.0),
+                 **kw) -> np.ndarray:
+    """:func:`_light_parts_at` at rising contrast thresholds (``levels`` x the noise threshold):
+    a light product whose drop shadow touches it without a crisp edge between them is one region
+    with a half-open rim at the lowest threshold; at a higher one the shadow's fall-off drops out
+    and the product, closed off by its outline, stands alone."""
+    added = np.zeros(mask.shape, bool)
+    for f in levels:
+        got = _light_parts_at(resid, bg, edge, mask | added, min_area=min_area, noise=noise, scale=f, **kw)
+        added |= got
+    return added
+
+
+def _light_parts_at(resid: np.ndarray, bg: "_Background", edge: np.ndarray, mask: np.ndarray, *,
+                    min_area: int, noise: np.ndarray, scale: float = 1.0, max_open: float = 0.25,
+                    max_open_textured: float = 0.1, ramp: np.ndarray | None = None,
+                    ramp_px: int = 24) -> np.ndarray:
     """Light on light: product parts whose colour is only a few levels off the background (a
     white sneaker on white, silver on light grey), found by a contrast model plus edge support.
 
@@ -325,7 +340,7 @@ def _light_parts(resid: np.ndarray, bg: "_Background", edge: np.ndarray, mask: n
     added region are added with it.  Returns the added pixels (bool), possibly empty."""
     h, w = mask.shape
     dist = np.sqrt((resid * resid).sum(axis=2))
-    dthr = max(3.0, 3.5 * float(np.sqrt((noise.astype(np.float64) ** 2).sum())))
+    dthr = scale * max(3.0, 3.5 * float(np.sqrt((noise.astype(np.float64) ** 2).sum())))
     walls = cv2.dilate(edge.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
     cand = (dist > dthr) & ~walls & ~mask
     none = np.zeros(mask.shape, bool)
@@ -341,16 +356,43 @@ def _light_parts(resid: np.ndarray, bg: "_Background", edge: np.ndarray, mask: n
         return none
     k3 = np.ones((3, 3), np.uint8)
     plain = ~cand & ~walls & ~mask
+    if ramp is not None:
+        # a soft shadow's fall-off: a moderate, smooth gradient reached from the plain
+        # background without crossing a crisp edge; taken out, what it leaves of a shadow is a
+        # core ringed by fall-off, of a product the product ringed by its outline
+        reach = plain.astype(np.uint8)
+        through = (cand & ramp).astype(np.uint8)
+        for _ in range(ramp_px):
+            reach = cv2.dilate(reach, k3) & (through | plain.astype(np.uint8))
+        fall = reach.astype(bool) & cand
+        if fall.any():
+            cand = cand & ~fall
+            n, labels, stats, _ = cv2.connectedComponentsWithStats(cand.astype(np.uint8), connectivity=4)
+            area = stats[:, cv2.CC_STAT_AREA]
+            x, y = stats[:, cv2.CC_STAT_LEFT], stats[:, cv2.CC_STAT_TOP]
+            bw, bh = stats[:, cv2.CC_STAT_WIDTH], stats[:, cv2.CC_STAT_HEIGHT]
+            ok = (area >= min_area) & (x > 0) & (y > 0) & (x + bw < w) & (y + bh < h)
+            ok[0] = False
+    else:
+        fall = np.zeros(mask.shape, bool)
     rim = cand & cv2.dilate((~cand).astype(np.uint8), k3).astype(bool)
     open_ = rim & cv2.dilate(plain.astype(np.uint8), k3).astype(bool)
-    n_rim = np.bincount(labels[rim], minlength=n)
+    # (rim pixels next to the fall-off count as neither open nor closed, but a region whose rim
+    # is mostly fall-off is a shadow's core)
+    by_fall = rim & cv2.dilate(fall.astype(np.uint8), k3).astype(bool) & ~open_
+    n_rim = np.bincount(labels[rim], minlength=n) - np.bincount(labels[by_fall], minlength=n)
     n_open = np.bincount(labels[open_], minlength=n)
+    ok &= n_rim >= 0.5 * np.bincount(labels[rim], minlength=n)
     mean_d = np.bincount(labels.ravel(), weights=dist.ravel().astype(np.float64), minlength=n) / np.maximum(area, 1)
     near = cv2.dilate(mask.astype(np.uint8), _disk(3)).astype(bool)
     touch = np.bincount(labels[near], minlength=n) > 0
     big = area >= 0.01 * h * w
-    # textured: the background has crisp edges of its own (brick, paper grain), away from the mask
-    far = ~cv2.dilate(mask.astype(np.uint8), _disk(15)).astype(bool) & ~cand
+    # textured: the background has crisp edges of its own (brick, paper grain): measured on the
+    # border strip the background model comes from (a light product's own outline is not there)
+    bw_ = max(3, int(0.06 * min(h, w)))
+    far = np.zeros((h, w), bool)
+    far[:bw_], far[-bw_:], far[:, :bw_], far[:, -bw_:] = True, True, True, True
+    far &= ~cv2.dilate(mask.astype(np.uint8), _disk(15)).astype(bool)
     textured = bg.hp_noise > 0.8 or (far.any() and float(edge[far].mean()) > 0.003)
     # (on a textured background the cells of the texture are closed off too: a stricter outline)
     ok &= (n_open <= (max_open_textured if textured else max_open) * np.maximum(n_rim, 1)) & (mean_d >= 1.5 * dthr)
@@ -836,7 +878,8 @@ def classical_mask(image: np.ndarray, *, refine: bool = True, work_side: int = W
     # light on light: parts a few levels off the background, closed off by a crisp outline
     # (the noise from the border fit: the second fit's residuals include a light product itself)
     edge = _step_edges(lab[:, :, 0], grad, max(12.0, 3.0 * bg.grad_noise))
-    light_kw = dict(min_area=max(16, int(1e-3 * ww * wh)), noise=np.minimum(bg.sigma, bg1.sigma))
+    light_kw = dict(min_area=max(16, int(1e-3 * ww * wh)), noise=np.minimum(bg.sigma, bg1.sigma),
+                    ramp=grad > max(10.0, 3.0 * bg.grad_noise))
     light = np.zeros(coarse.shape, bool)
     if not coarse.any():   # a wholly light product: its parts are all there is
         light = coarse = _light_parts(resid, bg, edge, coarse, **light_kw)
