@@ -156,6 +156,9 @@ def fill_holes(mask: np.ndarray, *, evidence: np.ndarray | None = None,
         allowed = np.ones(n, bool)
         if own_evidence is not None:
             own = own_evidence & mask.astype(bool)
+            # (closed first: a thin grey part crossing the outline, a buckle over a strap, is all
+            # edge and looks textured; a sole between an upper and its shadow is wider)
+            own = cv2.morphologyEx(own.astype(np.uint8), cv2.MORPH_CLOSE, _disk(4)).astype(bool)
             inside = fill_holes(own) & ~own
             allowed = np.bincount(labels[inside & (labels > 0)], minlength=n) >= 0.95 * np.bincount(labels.ravel(), minlength=n)
         open_ |= allowed & _shadowed_background(labels, n, plain_evidence, residual, offset_tol, texture=ft,
@@ -902,7 +905,7 @@ def classical_mask(image: np.ndarray, *, refine: bool = True, work_side: int = W
     fine_lo = 0.75 * fine_bg if bg.hp_noise > 0.8 else -np.inf
     holes = dict(evidence=ev_hole, residual=resid, offset_tol=offset_tol, texture=hp, texture_low=hp_low,
                  plain_evidence=np.where(textured, 0.0, ev),
-                 fine_texture=(fine, fine_lo, 2.0 * fine_bg + 1.0), own_evidence=~(textured | promoted))
+                 fine_texture=(fine, fine_lo, 2.0 * fine_bg + 1.0), own_evidence=~textured)
     coarse = fill_holes(_select_parts(coarse, crisp, ev), **holes)
     # light parts closed off by a crisp outline (a white sole under a red upper)
     # the holes kept open only as background in shadow: _add_enclosed must not add them back
