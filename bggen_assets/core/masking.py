@@ -379,13 +379,11 @@ def _light_parts_at(resid: np.ndarray, bg: "_Background", edge: np.ndarray, mask
     else:
         fall = np.zeros(mask.shape, bool)
     rim = cand & cv2.dilate((~cand).astype(np.uint8), k3).astype(bool)
-    open_ = rim & cv2.dilate(plain.astype(np.uint8), k3).astype(bool)
-    # (rim pixels next to the fall-off count as neither open nor closed, but a region whose rim
-    # is mostly fall-off is a shadow's core)
-    by_fall = rim & cv2.dilate(fall.astype(np.uint8), k3).astype(bool) & ~open_
-    n_rim = np.bincount(labels[rim], minlength=n) - np.bincount(labels[by_fall], minlength=n)
+    # (next to the fall-off counts as open: a region that fades out there is a shadow's core,
+    # under a handbag as much as beside it)
+    open_ = rim & cv2.dilate((plain | fall).astype(np.uint8), k3).astype(bool)
+    n_rim = np.bincount(labels[rim], minlength=n)
     n_open = np.bincount(labels[open_], minlength=n)
-    ok &= n_rim >= 0.5 * np.bincount(labels[rim], minlength=n)
     mean_d = np.bincount(labels.ravel(), weights=dist.ravel().astype(np.float64), minlength=n) / np.maximum(area, 1)
     near = cv2.dilate(mask.astype(np.uint8), _disk(3)).astype(bool)
     touch = np.bincount(labels[near], minlength=n) > 0
