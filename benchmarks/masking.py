@@ -183,11 +183,11 @@ def _group_tables(name, images) -> None:
         if it.family != "silhouettes":
             groups["kind", it.shape].append((v, _name(seed, it)))
         groups["family x background", f"{it.family} / {it.background}"].append((v, _name(seed, it)))
+    families = ["silhouettes"] + list(dict.fromkeys(FAMILIES.values()))
     for what, keys in (("background", BACKGROUNDS),
-                       ("family", ["silhouettes"] + sorted(set(FAMILIES.values()), key=list(FAMILIES.values()).index)),
+                       ("family", families),
                        ("kind", list(FAMILIES)),
-                       ("family x background", [f"{f} / {b}" for f in ["silhouettes"] + list(dict.fromkeys(FAMILIES.values()))
-                                                for b in BACKGROUNDS])):
+                       ("family x background", [f"{f} / {b}" for f in families for b in BACKGROUNDS])):
         for k in keys:
             if (what, k) in groups:
                 print(f"  {what:19s} {k:22s} {_stats(groups[what, k])}")
@@ -327,7 +327,7 @@ def main(argv=None) -> int:
     if len(seeds) > 1:
         for b in BACKGROUNDS:
             print(f"  {b:9s} mean IoU per seed (silhouettes): " + ", ".join(
-                f"{s} {np.mean([v for s2, it, v, _, _ in images[classical] if s2 == s and it.background == b and it.family == 'silhouettes']):.3f}"
+                f"{s} {np.mean([v for s2, it, v, _, _ in images[classical] if s2 == s and it.background == b and it.family == 'silhouettes']):.3f}"  # noqa: E501
                 for s in seeds))
     low = [r for r in images[classical] if r[2] < TARGET_IMAGE_IOU]
     print(f"no image below {TARGET_IMAGE_IOU}: {'met' if not low else 'NOT met'} ({len(low)} of "

@@ -17,11 +17,14 @@ boundary taken from the upsampled evidence map):
    the region has texture/edges (local gradient above the background's own gradient noise).
 4. **Morphology** (open, close), **the product's parts** (the largest, crisp-outlined component
    and every other one that is product evidence too: see :func:`_select_parts`), **holes filled** (a hole
-   stays open only when it looks like plain background: see :func:`fill_holes`).
+   stays open when it looks like plain background, or like the background in the product's own
+   shadow: see :func:`fill_holes` and :func:`_shadowed_background`).
 5. **Light parts closed off by an outline** (a white sole on white): regions the background
    flood from the image border cannot reach, with the mask and crisp step edges as walls, are
-   added unless they look like plain background (see :func:`_add_enclosed`).  GrabCut below
-   may not remove them.
+   added unless they look like plain background (see :func:`_add_enclosed`); so are **light
+   parts** a few levels off the background that a crisp outline closes off once a shadow's
+   fall-off is taken out (a white sneaker on white: see :func:`_light_parts`).  GrabCut below
+   may not remove either.
 6. **GrabCut refinement** at reduced resolution on the object's bounding box: sure foreground =
    eroded mask, sure background = outside the dilated mask, the band between is "probable"
    (shadow-like pixels start as probable background).  GrabCut may flip pixels only where it is
@@ -160,7 +163,8 @@ def fill_holes(mask: np.ndarray, *, evidence: np.ndarray | None = None,
             # edge and looks textured; a sole between an upper and its shadow is wider)
             own = cv2.morphologyEx(own.astype(np.uint8), cv2.MORPH_CLOSE, _disk(4)).astype(bool)
             inside = fill_holes(own) & ~own
-            allowed = np.bincount(labels[inside & (labels > 0)], minlength=n) >= 0.95 * np.bincount(labels.ravel(), minlength=n)
+            enclosed_px = np.bincount(labels[inside & (labels > 0)], minlength=n)
+            allowed = enclosed_px >= 0.95 * np.bincount(labels.ravel(), minlength=n)
         open_ |= allowed & _shadowed_background(labels, n, plain_evidence, residual, offset_tol, texture=ft,
                                       texture_low=lo, texture_high=hi,
                                       core=None if ft is None else cv2.erode(holes, _disk(3)).astype(bool))
