@@ -321,8 +321,12 @@ def _light_parts(resid: np.ndarray, bg: "_Background", edge: np.ndarray, mask: n
     with a half-open rim at the lowest threshold; at a higher one the shadow's fall-off drops out
     and the product, closed off by its outline, stands alone."""
     added = np.zeros(mask.shape, bool)
+    # (the same at every level: computed once)
+    dist = np.sqrt((resid * resid).sum(axis=2))
+    walls = cv2.dilate(edge.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
     for f in levels:
-        got = _light_parts_at(resid, bg, edge, mask | added, min_area=min_area, noise=noise, scale=f, **kw)
+        got = _light_parts_at(resid, bg, edge, mask | added, min_area=min_area, noise=noise, scale=f,
+                              dist=dist, walls=walls, **kw)
         added |= got
     return added
 
@@ -330,7 +334,8 @@ def _light_parts(resid: np.ndarray, bg: "_Background", edge: np.ndarray, mask: n
 def _light_parts_at(resid: np.ndarray, bg: "_Background", edge: np.ndarray, mask: np.ndarray, *,
                     min_area: int, noise: np.ndarray, scale: float = 1.0, max_open: float = 0.25,
                     max_open_textured: float = 0.1, ramp: np.ndarray | None = None,
-                    ramp_px: int = 24) -> np.ndarray:
+                    ramp_px: int = 24, dist: np.ndarray | None = None,
+                    walls: np.ndarray | None = None) -> np.ndarray:
     """Light on light: product parts whose colour is only a few levels off the background (a
     white sneaker on white, silver on light grey), found by a contrast model plus edge support.
 
@@ -346,9 +351,11 @@ def _light_parts_at(resid: np.ndarray, bg: "_Background", edge: np.ndarray, mask
     always (paper and brick have crisp cells of their own).  The crisp edge pixels around an
     added region are added with it.  Returns the added pixels (bool), possibly empty."""
     h, w = mask.shape
-    dist = np.sqrt((resid * resid).sum(axis=2))
+    if dist is None:
+        dist = np.sqrt((resid * resid).sum(axis=2))
     dthr = scale * max(3.0, 3.5 * float(np.sqrt((noise.astype(np.float64) ** 2).sum())))
-    walls = cv2.dilate(edge.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    if walls is None:
+        walls = cv2.dilate(edge.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
     cand = (dist > dthr) & ~walls & ~mask
     none = np.zeros(mask.shape, bool)
     if not cand.any():
@@ -368,9 +375,14 @@ def _light_parts_at(resid: np.ndarray, bg: "_Background", edge: np.ndarray, mask
         # background without crossing a crisp edge; taken out, what it leaves of a shadow is a
         # core ringed by fall-off, of a product the product ringed by its outline
         reach = plain.astype(np.uint8)
-        through = (cand & ramp).astype(np.uint8)
+        allowed = ((cand & ramp) | plain).astype(np.uint8)
+        count = cv2.countNonZero(reach)
         for _ in range(ramp_px):
-            reach = cv2.dilate(reach, k3) & (through | plain.astype(np.uint8))
+            reach = cv2.dilate(reach, k3) & allowed
+            c = cv2.countNonZero(reach)
+            if c == count:   # (a fixed point: nothing more is reached)
+                break
+            count = c
         fall = reach.astype(bool) & cand
         if fall.any():
             cand = cand & ~fall
@@ -397,7 +409,9 @@ def _light_parts_at(resid: np.ndarray, bg: "_Background", edge: np.ndarray, mask
     bw_ = max(3, int(0.06 * min(h, w)))
     far = np.zeros((h, w), bool)
     far[:bw_], far[-bw_:], far[:, :bw_], far[:, -bw_:] = True, True, True, True
-    far &= ~cv2.dilate(mask.astype(np.uint8), _disk(15)).astype(bool)
+    mx, my, mw, mh = mask_bbox(mask)
+    if mask.any() and not (mx > bw_ + 15 and my > bw_ + 15 and mx + mw < w - bw_ - 15 and my + mh < h - bw_ - 15):
+        far &= ~cv2.dilate(mask.astype(np.uint8), _disk(15)).astype(bool)   # (the mask reaches the strip)
     textured = bg.hp_noise > 0.8 or (far.any() and float(edge[far].mean()) > 0.003)
     # (on a textured background the cells of the texture are closed off too: a stricter outline)
     ok &= (n_open <= (max_open_textured if textured else max_open) * np.maximum(n_rim, 1)) & (mean_d >= 1.5 * dthr)
