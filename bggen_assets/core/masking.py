@@ -155,7 +155,7 @@ def fill_holes(mask: np.ndarray, *, evidence: np.ndarray | None = None,
                              texture_low=texture_low,
                              core=None if texture is None else cv2.erode(holes, _disk(7)).astype(bool))
     if plain_evidence is not None and residual is not None:
-        ft, lo, hi = fine_texture if fine_texture is not None else (None, -np.inf, np.inf)
+        ft, lo, hi, smooth = fine_texture if fine_texture is not None else (None, -np.inf, np.inf, -np.inf)
         allowed = np.ones(n, bool)
         if own_evidence is not None:
             own = own_evidence & mask.astype(bool)
@@ -166,7 +166,7 @@ def fill_holes(mask: np.ndarray, *, evidence: np.ndarray | None = None,
             enclosed_px = np.bincount(labels[inside & (labels > 0)], minlength=n)
             allowed = enclosed_px >= 0.95 * np.bincount(labels.ravel(), minlength=n)
         open_ |= allowed & _shadowed_background(labels, n, plain_evidence, residual, offset_tol, texture=ft,
-                                      texture_low=lo, texture_high=hi,
+                                      texture_low=lo, texture_high=hi, smooth_low=smooth,
                                       core=None if ft is None else cv2.erode(holes, _disk(3)).astype(bool))
     for i in big:
         if open_[i]:
@@ -177,7 +177,8 @@ def fill_holes(mask: np.ndarray, *, evidence: np.ndarray | None = None,
 def _shadowed_background(labels: np.ndarray, n: int, ev: np.ndarray, residual: np.ndarray,
                          offset_tol: float, *, texture: np.ndarray | None = None,
                          texture_low: float = -np.inf, texture_high: float = np.inf,
-                         core: np.ndarray | None = None, lit_share: float = 0.2) -> np.ndarray:
+                         core: np.ndarray | None = None, lit_share: float = 0.2,
+                         smooth_low: float = -np.inf) -> np.ndarray:
     """Per labelled region (holes the product encloses): True when it is the background, parts of
     it in the product's own shadow.  A drop shadow darkens what shows through a ring or a handle
     without changing its chroma or adding texture, and it fades out: part of the hole still shows
@@ -189,7 +190,9 @@ def _shadowed_background(labels: np.ndarray, n: int, ev: np.ndarray, residual: n
     interpolated under a large product is a few levels off; a light surface of the product, a
     grey stripe on a white shoe, is darker all over); the texture within the background's
     (``texture_low`` .. ``texture_high``), measured on each region's ``core`` where it has one
-    (the product's edge and the shadow's blur reach a few px into a small hole)."""
+    (the product's edge and the shadow's blur reach a few px into a small hole); and, when no part
+    of it is in shadow (its darkest 20% within ``offset_tol``), a texture of at least
+    ``smooth_low`` (a plain label on a bottle, on paper, is smoother than the paper)."""
     flat = labels.ravel()
     cnt = np.maximum(np.bincount(flat, minlength=n), 1).astype(np.float64)
     e = ev.ravel()
@@ -209,8 +212,10 @@ def _shadowed_background(labels: np.ndarray, n: int, ev: np.ndarray, residual: n
         like &= (tex <= texture_high) & (tex >= texture_low)
     dL = r[:, 0]
     for i in np.nonzero(like)[0]:
-        lit = float(np.quantile(dL[flat == i], 1.0 - lit_share))
+        lit, dark = np.quantile(dL[flat == i], [1.0 - lit_share, lit_share])
         like[i] = -1.5 * offset_tol <= lit <= 1.5 * offset_tol
+        if dark >= -offset_tol and texture is not None:   # no shadow in it
+            like[i] &= tex[i] >= smooth_low
     return like
 
 
@@ -921,7 +926,7 @@ def classical_mask(image: np.ndarray, *, refine: bool = True, work_side: int = W
     fine_lo = 0.75 * fine_bg if bg.hp_noise > 0.8 else -np.inf
     holes = dict(evidence=ev_hole, residual=resid, offset_tol=offset_tol, texture=hp, texture_low=hp_low,
                  plain_evidence=np.where(textured, 0.0, ev),
-                 fine_texture=(fine, fine_lo, 2.0 * fine_bg + 1.0), own_evidence=~textured)
+                 fine_texture=(fine, fine_lo, 2.0 * fine_bg + 1.0, 0.9 * fine_bg), own_evidence=~textured)
     coarse = fill_holes(_select_parts(coarse, crisp, ev), **holes)
     # light parts closed off by a crisp outline (a white sole under a red upper)
     # the holes kept open only as background in shadow: _add_enclosed must not add them back
