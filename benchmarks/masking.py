@@ -7,6 +7,14 @@ to one thread).
     .venv/bin/python benchmarks/masking.py            # the tests' set: seeds 0-3, 12 per type
     .venv/bin/python benchmarks/masking.py --quick    # seed 0, 6 per type, fewer timing rounds
     .venv/bin/python benchmarks/masking.py --yolo-weights path/to/yolo-seg.pt
+    .venv/bin/python benchmarks/masking.py --onnx path/to/model.onnx --onnx-size 1024
+    .venv/bin/python benchmarks/masking.py --onnx tiny   # the tests' hand-weighted tiny model
+
+The labelled set is the silhouettes (seeds 0-3, 12 per background type) and the drawn case
+families (tests/masking_evalset.py FAMILIES: several parts, true holes, light on light; every kind
+on every background type, seeds 0-3).  Per masker it prints, per background type and per case
+family (and per drawn kind), the mean IoU, the 5th percentile and the worst image (name and IoU);
+the targets are checked on the whole set.
 
 It also prints the classical masker on every sample-catalog product kind x colour x opaque
 background (bggen_assets/sample_catalog.py) at 400 and 800 px, seeds 0 and 1: the red, seed-0
@@ -42,6 +50,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from masking_evalset import (  # noqa: E402
     BACKGROUNDS,
+    FAMILIES,
+    FAMILY_SEEDS,
+    family_set,
     CATALOG_BACKGROUNDS,
     CATALOG_IOU,
     CATALOG_SIZES,
@@ -147,6 +158,66 @@ def _catalog(sizes, seeds) -> None:
           f"{max(v[2] for v in soles.values()):.2%})")
 
 
+def _name(seed, it) -> str:
+    h, w = it.mask.shape
+    if it.family == "silhouettes":
+        return f"seed {seed} {it.background} #{it.index} {it.shape} filled with {it.texture}, {w}x{h}"
+    return f"seed {seed} {it.shape} on {it.background}"
+
+
+def _stats(vals) -> str:
+    """mean IoU, 5th percentile and the worst image of (IoU, name) pairs."""
+    v = np.array([x for x, _ in vals])
+    worst = min(vals, key=lambda t: t[0])
+    return (f"n {len(v):3d}  mean {v.mean():.4f}  p5 {np.percentile(v, 5):.3f}  "
+            f"worst {worst[0]:.3f} ({worst[1]})")
+
+
+def _group_tables(name, images) -> None:
+    """Per background type, per case family and per drawn kind: mean, p5, worst."""
+    print(f"{name}:")
+    groups = collections.defaultdict(list)
+    for seed, it, v, _, _ in images:
+        groups["background", it.background].append((v, _name(seed, it)))
+        groups["family", it.family].append((v, _name(seed, it)))
+        if it.family != "silhouettes":
+            groups["kind", it.shape].append((v, _name(seed, it)))
+        groups["family x background", f"{it.family} / {it.background}"].append((v, _name(seed, it)))
+    families = ["silhouettes"] + list(dict.fromkeys(FAMILIES.values()))
+    for what, keys in (("background", BACKGROUNDS),
+                       ("family", families),
+                       ("kind", list(FAMILIES)),
+                       ("family x background", [f"{f} / {b}" for f in families for b in BACKGROUNDS])):
+        for k in keys:
+            if (what, k) in groups:
+                print(f"  {what:19s} {k:22s} {_stats(groups[what, k])}")
+
+
+def _onnx_masker(args, method, tmp):
+    """The learned masker from --onnx (a path, or "tiny": the tests' hand-weighted model exported
+    here), its onnxruntime session limited to one intra-op thread."""
+    from resources.masker import MaskerResource
+
+    path, size, mean, std = args.onnx, args.onnx_size, args.onnx_mean, args.onnx_std
+    if path == "tiny":
+        sys.path.insert(0, str(ROOT / "tests" / "resources"))
+        from test_onnx_masker import SIZE, FarFromWhite, _export  # noqa: E402
+
+        path = _export(FarFromWhite(), Path(tmp) / "far_from_white.onnx")
+        size, mean, std = SIZE, [0.5] * 3, [0.5] * 3
+    res = MaskerResource(method=method, onnx_model=path, onnx_input_size=size, onnx_mean=mean, onnx_std=std,
+                         onnx_activation=args.onnx_activation, allow_border_touch=True)
+    res._load_onnx()
+    import onnxruntime as ort
+
+    # one core: the resource's session uses every core; the benchmark swaps in a one-thread one
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.inter_op_num_threads = 1
+    res._session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return res, Path(path).name
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true",
@@ -155,10 +226,19 @@ def main(argv=None) -> int:
                     help=f"images per background type and seed (default {EVAL_PER_BACKGROUND})")
     ap.add_argument("--seeds", type=int, nargs="+", default=None,
                     help=f"labelled-set seeds (default {' '.join(map(str, EVAL_SEEDS))})")
+    ap.add_argument("--family-seeds", type=int, nargs="+", default=None,
+                    help=f"drawn-family seeds (default {' '.join(map(str, FAMILY_SEEDS))})")
     ap.add_argument("--catalog-seeds", type=int, nargs="+", default=None,
                     help="sample-catalog seeds (default 0 1)")
+    ap.add_argument("--no-catalog", action="store_true", help="skip the sample-catalog tables")
     ap.add_argument("--yolo-weights", default=None, help="a local YOLO-seg .pt (default: random offline model)")
     ap.add_argument("--no-yolo", action="store_true")
+    ap.add_argument("--onnx", default=None,
+                    help='a salient-object .onnx model for the onnx and auto rows, or "tiny" (the tests\' model)')
+    ap.add_argument("--onnx-size", type=int, default=1024)
+    ap.add_argument("--onnx-mean", type=float, nargs=3, default=[0.485, 0.456, 0.406])
+    ap.add_argument("--onnx-std", type=float, nargs=3, default=[0.229, 0.224, 0.225])
+    ap.add_argument("--onnx-activation", default="none", choices=["none", "sigmoid", "minmax"])
     args = ap.parse_args(argv)
 
     cv2.setNumThreads(1)
@@ -170,16 +250,25 @@ def main(argv=None) -> int:
         pass
     n = args.n or (6 if args.quick else EVAL_PER_BACKGROUND)
     seeds = args.seeds or ([0] if args.quick else list(EVAL_SEEDS))
+    fseeds = tuple(args.family_seeds or ([0] if args.quick else list(FAMILY_SEEDS)))
     t0 = time.perf_counter()
     items = [(seed, it) for seed in seeds for it in make_evalset(n, seed=seed)]
-    print(f"evaluation set: {len(items)} images ({n} per background type: {', '.join(BACKGROUNDS)}; "
-          f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}), sizes 480-900 px wide; "
-          f"built in {time.perf_counter() - t0:.1f} s")
+    fam = [(it.seed, it) for it in family_set(seeds=fseeds)]
+    print(f"evaluation set: {len(items) + len(fam)} images: {len(items)} silhouettes ({n} per background "
+          f"type: {', '.join(BACKGROUNDS)}; seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}, "
+          f"480-900 px wide) and {len(fam)} drawn family cases ({len(FAMILIES)} kinds x {len(BACKGROUNDS)} "
+          f"backgrounds x seeds {', '.join(map(str, fseeds))}, 560x420); built in {time.perf_counter() - t0:.1f} s")
+    items += fam
 
     maskers = [
         ("classical (threshold + GrabCut)", lambda im: classical_mask(im)),
         ("classical, no GrabCut", lambda im: classical_mask(im, refine=False)),
     ]
+    tmp = tempfile.mkdtemp(prefix="bggen-masking-bench-")
+    import atexit
+    import shutil
+
+    atexit.register(shutil.rmtree, tmp, True)
     yolo_note = None
     if not args.no_yolo:
         from resources.masker import MaskerResource
@@ -188,16 +277,16 @@ def main(argv=None) -> int:
         if weights is None:
             from ultralytics import YOLO
 
-            import atexit
-            import shutil
-
-            tmp = tempfile.mkdtemp(prefix="bggen-yolo-")
-            atexit.register(shutil.rmtree, tmp, True)
             weights = str(Path(tmp) / "yolo11n-seg-random.pt")
             YOLO("yolo11n-seg.yaml").save(weights)
             yolo_note = "random-weight yolo11n-seg built offline: finds nothing, falls back to classical"
         res = MaskerResource(method="yolo", yolo_weights=weights, imgsz=640, allow_border_touch=True)
         maskers.append((f"yolo ({Path(weights).name}, imgsz 640)", res.mask))
+    if args.onnx:
+        onnx, oname = _onnx_masker(args, "onnx", tmp)
+        auto, _ = _onnx_masker(args, "auto", tmp)
+        maskers.append((f"onnx ({oname}, {onnx.onnx_input_size} px)", onnx.mask))
+        maskers.append((f"auto (classical, onnx below score {auto.auto_min_score:g})", auto.mask))
 
     print()
     hdr = f"{'masker':42s} " + " ".join(f"{b + ' IoU/F':>17s}" for b in BACKGROUNDS) + f" {'all IoU':>8s}"
@@ -222,28 +311,34 @@ def main(argv=None) -> int:
             f"{b} {t:.0%}" for b, t in zip(BACKGROUNDS, too_big)))
     if yolo_note:
         print(f"note: {yolo_note}")
+    print()
+    print("per background type, per case family, per drawn kind (IoU):")
+    for name, _ in maskers:
+        if name.startswith("classical, no") or name.startswith("yolo"):
+            continue   # (equal to classical's figures with random yolo weights; no-GrabCut: the table above)
+        _group_tables(name, images[name])
 
     # DESIGN.md's targets, which tests/core/test_masking.py holds the classical masker to
     classical = maskers[0][0]
     print()
-    print(f"targets (classical, DESIGN.md): mean IoU >= {TARGET_MEAN_IOU} on every type: " + ", ".join(
+    print(f"targets (classical, DESIGN.md, whole set): mean IoU >= {TARGET_MEAN_IOU} on every type: " + ", ".join(
         f"{b} {'met' if summary[classical][b] >= TARGET_MEAN_IOU else 'NOT met'} ({summary[classical][b]:.4f})"
         for b in BACKGROUNDS))
     if len(seeds) > 1:
         for b in BACKGROUNDS:
-            print(f"  {b:9s} mean IoU per seed: " + ", ".join(
-                f"{s} {np.mean([v for s2, it, v, _, _ in images[classical] if s2 == s and it.background == b]):.3f}"
+            print(f"  {b:9s} mean IoU per seed (silhouettes): " + ", ".join(
+                f"{s} {np.mean([v for s2, it, v, _, _ in images[classical] if s2 == s and it.background == b and it.family == 'silhouettes']):.3f}"  # noqa: E501
                 for s in seeds))
     low = [r for r in images[classical] if r[2] < TARGET_IMAGE_IOU]
     print(f"no image below {TARGET_IMAGE_IOU}: {'met' if not low else 'NOT met'} ({len(low)} of "
           f"{len(images[classical])} below; lowest {min(r[2] for r in images[classical]):.3f}):")
-    for seed, it, v, cut, kept in low:
-        h, w = it.mask.shape
-        print(f"  seed {seed} {it.background:9s} #{it.index:<2d} {it.shape} filled with {it.texture}, "
-              f"{w}x{h}: IoU {v:.3f} ({cut:.0%} of the product cut, background of {kept:.0%} of its area kept)")
+    for seed, it, v, cut, kept in sorted(low, key=lambda r: (r[1].family, r[2])):
+        print(f"  {it.family:11s} {_name(seed, it)}: IoU {v:.3f} ({cut:.0%} of the product cut, "
+              f"background of {kept:.0%} of its area kept)")
 
-    _catalog(sizes=(400,) if args.quick else CATALOG_SIZES,
-             seeds=args.catalog_seeds or ([0] if args.quick else [0, 1]))
+    if not args.no_catalog:
+        _catalog(sizes=(400,) if args.quick else CATALOG_SIZES,
+                 seeds=args.catalog_seeds or ([0] if args.quick else [0, 1]))
 
     # speed at 1024 px on one core
     speed_items = make_evalset(2 if args.quick else 4, seed=1, size=(1024, 768))
@@ -251,7 +346,7 @@ def main(argv=None) -> int:
     rounds = 2 if args.quick else 4
     print()
     print(f"speed at 1024x768 on one core ({len(images)} images x {rounds} rounds; "
-          f"cv2/torch/BLAS threads = 1):")
+          f"cv2/torch/BLAS/onnxruntime threads = 1):")
     for name, fn in maskers:
         r = 1 if name.startswith("yolo") else rounds
         ips, cps = _speed(fn, images, r)

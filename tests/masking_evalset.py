@@ -55,6 +55,8 @@ class EvalItem:
     shape: str
     texture: str
     index: int
+    family: str = "silhouettes"   # the case family (FAMILIES' groups for the drawn products)
+    seed: int = 0
 
 
 # ----------------------------------------------------------------------------- source material
@@ -231,7 +233,7 @@ def render_item(index: int, background: str, *, size: tuple[int, int] | None = N
     fill = np.zeros((h, w, 3), np.float32)
     fill[y0: y0 + ph, x0: x0 + pw] = _fill_texture(texture, ph, pw, rng)
     img = _photographed(alpha[:, :, None] * fill + (1 - alpha[:, :, None]) * bg, rng)
-    return EvalItem(image=img, mask=gt, background=background, shape=shape, texture=texture, index=index)
+    return EvalItem(image=img, mask=gt, background=background, shape=shape, texture=texture, index=index, seed=seed)
 
 
 def _shadowed(bg: np.ndarray, alpha: np.ndarray, box: tuple[int, int, int, int],
@@ -265,16 +267,37 @@ def _photographed(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- drawn families
-# Products the silhouettes above do not have, drawn (4x supersampled) so the true mask is exact:
-# several parts (a pair of shoes, a pair of earrings) and true holes (a ring: its inside shows the
-# background).  Each on every background type, with the same shadow, noise and JPEG as above.
-FAMILIES = {"pair_of_shoes": "parts", "earrings": "parts", "ring": "holes"}
+# Products the silhouettes above do not have, drawn (4x supersampled) so the true mask is exact,
+# each on every background type with the same shadow (drop or contact), noise and JPEG as above:
+# - "parts": several parts (a pair of shoes, a pair of earrings);
+# - "holes": true holes, whose inside shows the background (and, with a drop shadow, the
+#   product's own shadow): a ring, a handbag's handle gap, a mug's handle, the gap between a
+#   lamp's two rods under its shade, a strap's loop with its buckle;
+# - "light": light, low-saturation products on light backgrounds (light on light): a white
+#   sneaker with a white sole, silver headphones, a cream cushion, shaded as a rounded matte
+#   object is (lit from above, darker towards its outline) with a seam where parts meet.
+FAMILIES = {"pair_of_shoes": "parts", "earrings": "parts", "ring": "holes",
+            "handbag": "holes", "mug": "holes", "lamp": "holes", "strap_loop": "holes",
+            "white_sneaker": "light", "silver_headphones": "light", "cream_cushion": "light"}
+FAMILY_GROUPS = ("parts", "holes", "light")
 FAMILY_SIZE = (560, 420)
 FAMILY_IOU = 0.95
+# The tests hold seed 0 of every family x background; the benchmark runs these seeds.
+FAMILY_SEEDS = (0, 1, 2, 3)
+
+# The first families' look (one solid, shaded colour each): unchanged, so their images are too.
+_FAMILY_COLOUR = {"pair_of_shoes": "solid_red", "earrings": "solid_navy", "ring": "solid_green"}
+# light-on-light colours (RGB): low saturation, within 5-30 levels of the light backgrounds
+WHITE_UPPER, WHITE_SOLE, SEAM = (236, 236, 233), (248, 248, 246), (196, 196, 194)
+SILVER, CREAM = (196, 199, 204), (238, 229, 208)
 
 
 def _draw_family(kind: str, w: int, h: int, ss: int) -> np.ndarray:
-    """The product's alpha at ``ss``x the canvas, as uint8 0/255."""
+    """The product's alpha at ``ss``x the canvas, as uint8 0/255 (single-colour families)."""
+    return _draw_regions(kind, w, h, ss)[0][0] if kind not in _FAMILY_COLOUR else _draw_old(kind, w, h, ss)
+
+
+def _draw_old(kind: str, w: int, h: int, ss: int) -> np.ndarray:
     big = np.zeros((h * ss, w * ss), np.uint8)
     S = lambda *v: tuple(int(round(c * ss)) for c in v)   # noqa: E731 - canvas px to supersampled px
     if kind == "pair_of_shoes":
@@ -295,20 +318,119 @@ def _draw_family(kind: str, w: int, h: int, ss: int) -> np.ndarray:
     return big
 
 
+def _draw_regions(kind: str, w: int, h: int, ss: int) -> list[tuple[np.ndarray, tuple[int, int, int]]]:
+    """The product's parts at ``ss``x the canvas: (alpha uint8 0/255, RGB colour), later parts
+    drawn over earlier ones."""
+    S = lambda *v: tuple(int(round(c * ss)) for c in v)   # noqa: E731 - canvas px to supersampled px
+    T = lambda f: max(1, int(round(f * w * ss)))           # noqa: E731 - a line width, share of w
+    new = lambda: np.zeros((h * ss, w * ss), np.uint8)     # noqa: E731
+    poly = lambda m, pts: cv2.fillPoly(m, [np.array([S(x * w, y * h) for x, y in pts], np.int32)], 255)  # noqa: E731
+    if kind == "handbag":         # a body and a handle arc: the gap under the handle is background
+        body, handle = new(), new()
+        poly(body, [(0.30, 0.45), (0.70, 0.45), (0.77, 0.85), (0.23, 0.85)])
+        cv2.ellipse(handle, S(0.5 * w, 0.46 * h), S(0.14 * w, 0.27 * h), 0, 180, 360, 255, T(0.028))
+        return [(body, SOLID_COLOURS["solid_tan"]), (handle, (150, 110, 70))]
+    if kind == "mug":             # a body and a C handle with an open hole
+        body, handle = new(), new()
+        cv2.rectangle(body, S(0.30 * w, 0.25 * h), S(0.58 * w, 0.80 * h), 255, -1)
+        cv2.ellipse(body, S(0.44 * w, 0.80 * h), S(0.14 * w, 0.035 * h), 0, 0, 180, 255, -1)
+        cv2.ellipse(handle, S(0.58 * w, 0.52 * h), S(0.11 * w, 0.16 * h), 0, -90, 90, 255, T(0.035))
+        return [(body, (40, 90, 160)), (handle, (40, 90, 160))]
+    if kind == "lamp":            # a shade on two rods on a base: the gap between the rods
+        shade, metal = new(), new()
+        poly(shade, [(0.37, 0.10), (0.63, 0.10), (0.72, 0.40), (0.28, 0.40)])
+        for x in (0.40, 0.60):
+            cv2.line(metal, S(x * w, 0.40 * h), S(x * w, 0.83 * h), 255, T(0.02))
+        cv2.ellipse(metal, S(0.5 * w, 0.85 * h), S(0.17 * w, 0.04 * h), 0, 0, 360, 255, -1)
+        return [(metal, (45, 45, 50)), (shade, (214, 170, 110))]
+    if kind == "strap_loop":      # a strap closed in a loop, with a metal buckle
+        strap, buckle = new(), new()
+        cv2.ellipse(strap, S(0.48 * w, 0.5 * h), S(0.28 * w, 0.22 * h), 0, 0, 360, 255, T(0.045))
+        cv2.rectangle(buckle, S(0.72 * w, 0.38 * h), S(0.80 * w, 0.62 * h), 255, T(0.014))
+        return [(strap, (60, 40, 30)), (buckle, (150, 150, 155))]
+    if kind == "white_sneaker":   # white upper, whiter sole, a grey seam between them
+        upper, sole, seam = new(), new(), new()
+        cv2.ellipse(upper, S(0.54 * w, 0.56 * h), S(0.28 * w, 0.17 * h), 0, 180, 360, 255, -1)
+        cv2.ellipse(upper, S(0.36 * w, 0.43 * h), S(0.10 * w, 0.15 * h), -10, 0, 360, 255, -1)
+        cv2.rectangle(sole, S(0.25 * w, 0.555 * h), S(0.83 * w, 0.64 * h), 255, -1)
+        for x in (0.25, 0.83):
+            cv2.circle(sole, S(x * w, 0.5975 * h), int(0.0425 * h * ss), 255, -1)
+        cv2.line(seam, S(0.23 * w, 0.56 * h), S(0.85 * w, 0.56 * h), 255, T(0.004))
+        seam &= cv2.bitwise_or(upper, sole)
+        return [(upper, WHITE_UPPER), (sole, WHITE_SOLE), (seam, SEAM)]
+    if kind == "silver_headphones":   # a headband arc and two ear cups, brushed silver
+        band, cups = new(), new()
+        cv2.ellipse(band, S(0.5 * w, 0.56 * h), S(0.22 * w, 0.36 * h), 0, 180, 360, 255, T(0.035))
+        for x in (0.28, 0.72):
+            cv2.ellipse(cups, S(x * w, 0.62 * h), S(0.065 * w, 0.13 * h), 0, 0, 360, 255, -1)
+        return [(band, SILVER), (cups, tuple(int(c * 0.97) for c in SILVER))]
+    if kind == "cream_cushion":   # a square cushion, corners pulled out, woven fabric
+        body = new()
+        poly(body, [(0.30, 0.22), (0.50, 0.26), (0.70, 0.22), (0.67, 0.50), (0.70, 0.78), (0.50, 0.74),
+                    (0.30, 0.78), (0.33, 0.50)])
+        return [(body, CREAM)]
+    raise ValueError(kind)
+
+
+def _shade_light(alpha: np.ndarray, fill: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
+    """Shading of a drawn product: lit from above (darker towards the bottom), darker towards its
+    outline (a rounded surface turns away from the light), brushed metal's stripes, a fabric's
+    weave. Low-contrast on purpose for the light products: a few levels, as a studio shot gives."""
+    h, w = alpha.shape
+    inside = (alpha >= 0.5).astype(np.uint8)
+    dist = cv2.distanceTransform(inside, cv2.DIST_L2, 3)
+    ys = np.nonzero(inside.any(axis=1))[0]
+    y0, y1 = (int(ys.min()), int(ys.max()) + 1) if ys.size else (0, h)
+    v = np.clip((np.arange(h, dtype=np.float32) - y0) / max(1, y1 - y0), 0, 1)[:, None]
+    light = FAMILIES[kind] == "light"
+    depth = rng.uniform(0.04, 0.07) if light else rng.uniform(0.15, 0.25)
+    shade = 1.0 - depth * v - (0.5 * depth) * np.exp(-dist / rng.uniform(3.0, 6.0))
+    if kind == "silver_headphones":
+        xx = np.arange(w, dtype=np.float32)[None, :]
+        shade = shade + 0.04 * np.sin(xx / rng.uniform(5.0, 9.0)) * np.sin(np.arange(h)[:, None] / 23.0)
+    if kind == "cream_cushion":
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+        shade = shade + 0.012 * np.sin(xx * 1.3) * np.sin(yy * 1.3)
+    return np.clip(fill * shade[:, :, None], 0, 255)
+
+
 def render_family(kind: str, background: str, *, seed: int = 0) -> EvalItem:
     """One drawn product of ``FAMILIES`` on ``background``, with its exact mask."""
     rng = np.random.default_rng([seed, list(FAMILIES).index(kind), BACKGROUNDS.index(background), 7])
     w, h = FAMILY_SIZE
     ss = 4
-    big = _draw_family(kind, w, h, ss)
-    alpha = cv2.resize(big.astype(np.float32) / 255.0, (w, h), interpolation=cv2.INTER_AREA)
-    gt = alpha >= 0.5
-    x, y, bw, bh = cv2.boundingRect(gt.astype(np.uint8))
-    bg = _shadowed(_background(background, h, w, rng), alpha, (x, y, bw, bh), rng)
-    colour = {"pair_of_shoes": "solid_red", "earrings": "solid_navy", "ring": "solid_green"}[kind]
-    fill = _fill_texture(colour, h, w, rng)
+    if kind in _FAMILY_COLOUR:
+        big = _draw_old(kind, w, h, ss)
+        alpha = cv2.resize(big.astype(np.float32) / 255.0, (w, h), interpolation=cv2.INTER_AREA)
+        gt = alpha >= 0.5
+        x, y, bw, bh = cv2.boundingRect(gt.astype(np.uint8))
+        bg = _shadowed(_background(background, h, w, rng), alpha, (x, y, bw, bh), rng)
+        colour = _FAMILY_COLOUR[kind]
+        fill = _fill_texture(colour, h, w, rng)
+    else:
+        regions = _draw_regions(kind, w, h, ss)
+        union = np.zeros((h * ss, w * ss), np.uint8)
+        fill_big = np.zeros((h * ss, w * ss, 3), np.float32)
+        for m, c in regions:   # later parts over earlier ones
+            union |= m
+            fill_big[m > 0] = c
+        alpha = cv2.resize(union.astype(np.float32) / 255.0, (w, h), interpolation=cv2.INTER_AREA)
+        # the colour of the covered share of each pixel (not mixed with the black outside)
+        fill = cv2.resize(fill_big, (w, h), interpolation=cv2.INTER_AREA) / np.maximum(alpha, 1e-6)[:, :, None]
+        gt = alpha >= 0.5
+        x, y, bw, bh = cv2.boundingRect(gt.astype(np.uint8))
+        bg = _shadowed(_background(background, h, w, rng), alpha, (x, y, bw, bh), rng)
+        fill = _shade_light(alpha, fill, kind, rng)
+        colour = FAMILIES[kind]
     img = _photographed(alpha[:, :, None] * fill + (1 - alpha[:, :, None]) * bg, rng)
-    return EvalItem(image=img, mask=gt, background=background, shape=kind, texture=colour, index=-1)
+    return EvalItem(image=img, mask=gt, background=background, shape=kind, texture=colour, index=-1,
+                    family=FAMILIES[kind], seed=seed)
+
+
+def family_set(seeds: tuple[int, ...] = FAMILY_SEEDS, kinds: tuple[str, ...] | None = None,
+               backgrounds: tuple[str, ...] = BACKGROUNDS) -> list[EvalItem]:
+    """Every drawn family x background x seed."""
+    return [render_family(k, b, seed=s) for s in seeds for k in (kinds or tuple(FAMILIES)) for b in backgrounds]
 
 
 def parts_kept(mask: np.ndarray, true_mask: np.ndarray, min_cover: float = 0.9) -> int:

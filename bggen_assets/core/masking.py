@@ -17,11 +17,14 @@ boundary taken from the upsampled evidence map):
    the region has texture/edges (local gradient above the background's own gradient noise).
 4. **Morphology** (open, close), **the product's parts** (the largest, crisp-outlined component
    and every other one that is product evidence too: see :func:`_select_parts`), **holes filled** (a hole
-   stays open only when it looks like plain background: see :func:`fill_holes`).
+   stays open when it looks like plain background, or like the background in the product's own
+   shadow: see :func:`fill_holes` and :func:`_shadowed_background`).
 5. **Light parts closed off by an outline** (a white sole on white): regions the background
    flood from the image border cannot reach, with the mask and crisp step edges as walls, are
-   added unless they look like plain background (see :func:`_add_enclosed`).  GrabCut below
-   may not remove them.
+   added unless they look like plain background (see :func:`_add_enclosed`); so are **light
+   parts** a few levels off the background that a crisp outline closes off once a shadow's
+   fall-off is taken out (a white sneaker on white: see :func:`_light_parts`).  GrabCut below
+   may not remove either.
 6. **GrabCut refinement** at reduced resolution on the object's bounding box: sure foreground =
    eroded mask, sure background = outside the dilated mask, the band between is "probable"
    (shadow-like pixels start as probable background).  GrabCut may flip pixels only where it is
@@ -104,7 +107,10 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
 def fill_holes(mask: np.ndarray, *, evidence: np.ndarray | None = None,
                keep_open_min_frac: float = 0.004, keep_open_max_evidence: float = 0.5,
                residual: np.ndarray | None = None, offset_tol: float = 3.0,
-               texture: np.ndarray | None = None, texture_low: float = -np.inf) -> np.ndarray:
+               texture: np.ndarray | None = None, texture_low: float = -np.inf,
+               plain_evidence: np.ndarray | None = None,
+               fine_texture: tuple[np.ndarray, float, float] | None = None,
+               own_evidence: np.ndarray | None = None) -> np.ndarray:
     """Fill background regions not connected to the image border.
 
     With ``evidence`` (foreground evidence, >1 = product), a hole that is sizeable
@@ -117,6 +123,15 @@ def fill_holes(mask: np.ndarray, *, evidence: np.ndarray | None = None,
     off the background is a surface of the product, even when no single pixel is) and,
     with ``texture`` (local high-pass energy), a mean texture of at least ``texture_low``
     (a smooth patch in a textured background is a product surface).
+
+    With ``plain_evidence`` (the evidence map in which shadow-like darkening does not count) and
+    ``residual``, a hole that fails that test still opens when it is the background *in shadow*
+    (the product's drop shadow falls into its own ring or handle): see :func:`_shadowed_background`;
+    ``fine_texture`` = (map, low, high) is its texture test (:func:`_fine_texture`: blind to the
+    smooth ramp of a shadow, which the high-pass ``texture`` is not).  With ``own_evidence``
+    (the pixels that are product by their own colour, not shadow-like darkening promoted by
+    texture or a crisp rim), only a hole that those pixels enclose can open so: a light sole
+    between a shoe's upper and the shadow under it is enclosed only with the shadow's help.
     """
     h, w = mask.shape
     m = np.zeros((h + 2, w + 2), np.uint8)
@@ -139,10 +154,69 @@ def fill_holes(mask: np.ndarray, *, evidence: np.ndarray | None = None,
                              max_evidence=keep_open_max_evidence, texture=texture,
                              texture_low=texture_low,
                              core=None if texture is None else cv2.erode(holes, _disk(7)).astype(bool))
+    if plain_evidence is not None and residual is not None:
+        ft, lo, hi, smooth = fine_texture if fine_texture is not None else (None, -np.inf, np.inf, -np.inf)
+        allowed = np.ones(n, bool)
+        if own_evidence is not None:
+            own = own_evidence & mask.astype(bool)
+            # (closed first: a thin grey part crossing the outline, a buckle over a strap, is all
+            # edge and looks textured; a sole between an upper and its shadow is wider)
+            own = cv2.morphologyEx(own.astype(np.uint8), cv2.MORPH_CLOSE, _disk(4)).astype(bool)
+            inside = fill_holes(own) & ~own
+            enclosed_px = np.bincount(labels[inside & (labels > 0)], minlength=n)
+            allowed = enclosed_px >= 0.95 * np.bincount(labels.ravel(), minlength=n)
+        open_ |= allowed & _shadowed_background(labels, n, plain_evidence, residual, offset_tol, texture=ft,
+                                      texture_low=lo, texture_high=hi, smooth_low=smooth,
+                                      core=None if ft is None else cv2.erode(holes, _disk(3)).astype(bool))
     for i in big:
         if open_[i]:
             filled[labels == i] = False
     return filled
+
+
+def _shadowed_background(labels: np.ndarray, n: int, ev: np.ndarray, residual: np.ndarray,
+                         offset_tol: float, *, texture: np.ndarray | None = None,
+                         texture_low: float = -np.inf, texture_high: float = np.inf,
+                         core: np.ndarray | None = None, lit_share: float = 0.2,
+                         smooth_low: float = -np.inf) -> np.ndarray:
+    """Per labelled region (holes the product encloses): True when it is the background, parts of
+    it in the product's own shadow.  A drop shadow darkens what shows through a ring or a handle
+    without changing its chroma or adding texture, and it fades out: part of the hole still shows
+    the background as it is (or nearly: a small handle's hole may lie in the shadow's fall-off).
+    So: under 1.5% of pixels with evidence > 2 and a mean evidence below
+    0.5 where shadow-like darkening does not count (``ev``); the mean chroma residual within
+    ``offset_tol``; the lit part (the brightest ``lit_share`` of the hole) within 1.5x
+    ``offset_tol`` of the fitted background (a model of a gradient
+    interpolated under a large product is a few levels off; a light surface of the product, a
+    grey stripe on a white shoe, is darker all over); the texture within the background's
+    (``texture_low`` .. ``texture_high``), measured on each region's ``core`` where it has one
+    (the product's edge and the shadow's blur reach a few px into a small hole); and, when no part
+    of it is in shadow (its darkest 20% within ``offset_tol``), a texture of at least
+    ``smooth_low`` (a plain label on a bottle, on paper, is smoother than the paper)."""
+    flat = labels.ravel()
+    cnt = np.maximum(np.bincount(flat, minlength=n), 1).astype(np.float64)
+    e = ev.ravel()
+    mean_ev = np.bincount(flat, weights=np.minimum(e, 2.0), minlength=n) / cnt
+    detail = np.bincount(flat, weights=(e > 2.0).astype(np.float64), minlength=n) / cnt
+    r = residual.reshape(-1, residual.shape[-1])
+    chroma = np.sqrt(sum((np.bincount(flat, weights=r[:, c].astype(np.float64), minlength=n) / cnt) ** 2
+                         for c in (1, 2)))
+    like = (mean_ev < 0.5) & (detail < 0.015) & (chroma <= offset_tol)
+    like[0] = False
+    if texture is not None:
+        tflat = flat if core is None else np.where(core.ravel(), flat, 0)
+        if core is not None:
+            tflat = np.where(np.bincount(tflat, minlength=n)[flat] >= 8, tflat, flat)
+        tcnt = np.maximum(np.bincount(tflat, minlength=n), 1)
+        tex = np.bincount(tflat, weights=texture.ravel().astype(np.float64), minlength=n) / tcnt
+        like &= (tex <= texture_high) & (tex >= texture_low)
+    dL = r[:, 0]
+    for i in np.nonzero(like)[0]:
+        lit, dark = np.quantile(dL[flat == i], [1.0 - lit_share, lit_share])
+        like[i] = -1.5 * offset_tol <= lit <= 1.5 * offset_tol
+        if dark >= -offset_tol and texture is not None:   # no shadow in it
+            like[i] &= tex[i] >= smooth_low
+    return like
 
 
 def _background_like(labels: np.ndarray, n: int, evidence: np.ndarray,
@@ -189,7 +263,7 @@ def _inside_outline(edge: np.ndarray, rim_px: int = 1) -> np.ndarray:
 
 def _add_enclosed(mask: np.ndarray, edge: np.ndarray, ev: np.ndarray, residual: np.ndarray,
                   offset_tol: float, hp: np.ndarray, hp_tol: float,
-                  hp_low: float = -np.inf) -> np.ndarray:
+                  hp_low: float = -np.inf, keep_out: np.ndarray | None = None) -> np.ndarray:
     """Regions the product encloses together with crisp edges: light product parts.
 
     A light part of the product (a white sole, a pale handle) may differ from the background
@@ -199,7 +273,9 @@ def _add_enclosed(mask: np.ndarray, edge: np.ndarray, ev: np.ndarray, residual: 
     The background is flooded from the image border (4-connected) with the mask and the crisp
     edges as walls; a region it cannot reach, next to the mask and at most the mask's size,
     is added unless it looks like plain background (see :func:`fill_holes`: a see-through
-    hole).  The edge pixels around an added region are added with it.
+    hole).  A region mostly inside ``keep_out`` (the holes :func:`fill_holes` opened: the
+    background in the product's shadow) is not added.  The edge pixels around an added region
+    are added with it.
     Returns the added pixels (bool), possibly empty.
     """
     edge = cv2.dilate(edge.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)   # close 1-px gaps
@@ -215,6 +291,8 @@ def _add_enclosed(mask: np.ndarray, edge: np.ndarray, ev: np.ndarray, residual: 
     area = stats[:, cv2.CC_STAT_AREA]
     mask_area = int(mask.sum())
     cand &= (area >= 4) & (area <= mask_area)
+    if keep_out is not None and keep_out.any():
+        cand &= np.bincount(labels[keep_out], minlength=n) <= 0.5 * area
     if not cand.any():
         return added
     near = cv2.dilate(mask.astype(np.uint8), _disk(3)).astype(bool)
@@ -238,6 +316,115 @@ def _add_enclosed(mask: np.ndarray, edge: np.ndarray, ev: np.ndarray, residual: 
     added = acc[labels]
     rim = cv2.dilate(added.astype(np.uint8), _disk(2)).astype(bool) & edge & ~mask
     return added | rim
+
+
+def _light_parts(resid: np.ndarray, bg: "_Background", edge: np.ndarray, mask: np.ndarray, *,
+                 min_area: int, noise: np.ndarray, levels: tuple[float, ...] = (1.0, 2.0, 4.0),
+                 **kw) -> np.ndarray:
+    """:func:`_light_parts_at` at rising contrast thresholds (``levels`` x the noise threshold):
+    a light product whose drop shadow touches it without a crisp edge between them is one region
+    with a half-open rim at the lowest threshold; at a higher one the shadow's fall-off drops out
+    and the product, closed off by its outline, stands alone."""
+    added = np.zeros(mask.shape, bool)
+    # (the same at every level: computed once)
+    dist = np.sqrt((resid * resid).sum(axis=2))
+    walls = cv2.dilate(edge.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    for f in levels:
+        got = _light_parts_at(resid, bg, edge, mask | added, min_area=min_area, noise=noise, scale=f,
+                              dist=dist, walls=walls, **kw)
+        added |= got
+    return added
+
+
+def _light_parts_at(resid: np.ndarray, bg: "_Background", edge: np.ndarray, mask: np.ndarray, *,
+                    min_area: int, noise: np.ndarray, scale: float = 1.0, max_open: float = 0.25,
+                    max_open_textured: float = 0.1, ramp: np.ndarray | None = None,
+                    ramp_px: int = 24, dist: np.ndarray | None = None,
+                    walls: np.ndarray | None = None) -> np.ndarray:
+    """Light on light: product parts whose colour is only a few levels off the background (a
+    white sneaker on white, silver on light grey), found by a contrast model plus edge support.
+
+    Contrast: the Lab distance to the fitted background above max(3, 3.5 x ``noise``), far below
+    the evidence map's tolerance.  A soft shadow has that contrast too; what tells the two apart
+    is the outline.  The candidate pixels are split by crisp step edges (the walls) into regions;
+    a region is a light part when at most ``max_open`` (``max_open_textured`` on a textured
+    background) of its rim runs out into plain background
+    (the rest is a crisp edge or the mask): a shadow fades out over most of its rim, a product
+    ends in a step all round.  Also: at least ``min_area``, a mean distance of 1.5x the
+    threshold, not on the image border, and next to the mask unless it is large (1% of the image:
+    a wholly white product has no mask to touch); on a textured background next to the mask
+    always (paper and brick have crisp cells of their own).  The crisp edge pixels around an
+    added region are added with it.  Returns the added pixels (bool), possibly empty."""
+    h, w = mask.shape
+    if dist is None:
+        dist = np.sqrt((resid * resid).sum(axis=2))
+    dthr = scale * max(3.0, 3.5 * float(np.sqrt((noise.astype(np.float64) ** 2).sum())))
+    if walls is None:
+        walls = cv2.dilate(edge.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    cand = (dist > dthr) & ~walls & ~mask
+    none = np.zeros(mask.shape, bool)
+    if not cand.any():
+        return none
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(cand.astype(np.uint8), connectivity=4)
+    area = stats[:, cv2.CC_STAT_AREA]
+    x, y = stats[:, cv2.CC_STAT_LEFT], stats[:, cv2.CC_STAT_TOP]
+    bw, bh = stats[:, cv2.CC_STAT_WIDTH], stats[:, cv2.CC_STAT_HEIGHT]
+    ok = (area >= min_area) & (x > 0) & (y > 0) & (x + bw < w) & (y + bh < h)
+    ok[0] = False
+    if not ok.any():
+        return none
+    k3 = np.ones((3, 3), np.uint8)
+    plain = ~cand & ~walls & ~mask
+    if ramp is not None:
+        # a soft shadow's fall-off: a moderate, smooth gradient reached from the plain
+        # background without crossing a crisp edge; taken out, what it leaves of a shadow is a
+        # core ringed by fall-off, of a product the product ringed by its outline
+        reach = plain.astype(np.uint8)
+        allowed = ((cand & ramp) | plain).astype(np.uint8)
+        count = cv2.countNonZero(reach)
+        for _ in range(ramp_px):
+            reach = cv2.dilate(reach, k3) & allowed
+            c = cv2.countNonZero(reach)
+            if c == count:   # (a fixed point: nothing more is reached)
+                break
+            count = c
+        fall = reach.astype(bool) & cand
+        if fall.any():
+            cand = cand & ~fall
+            n, labels, stats, _ = cv2.connectedComponentsWithStats(cand.astype(np.uint8), connectivity=4)
+            area = stats[:, cv2.CC_STAT_AREA]
+            x, y = stats[:, cv2.CC_STAT_LEFT], stats[:, cv2.CC_STAT_TOP]
+            bw, bh = stats[:, cv2.CC_STAT_WIDTH], stats[:, cv2.CC_STAT_HEIGHT]
+            ok = (area >= min_area) & (x > 0) & (y > 0) & (x + bw < w) & (y + bh < h)
+            ok[0] = False
+    else:
+        fall = np.zeros(mask.shape, bool)
+    rim = cand & cv2.dilate((~cand).astype(np.uint8), k3).astype(bool)
+    # (next to the fall-off counts as open: a region that fades out there is a shadow's core,
+    # under a handbag as much as beside it)
+    open_ = rim & cv2.dilate((plain | fall).astype(np.uint8), k3).astype(bool)
+    n_rim = np.bincount(labels[rim], minlength=n)
+    n_open = np.bincount(labels[open_], minlength=n)
+    mean_d = np.bincount(labels.ravel(), weights=dist.ravel().astype(np.float64), minlength=n) / np.maximum(area, 1)
+    near = cv2.dilate(mask.astype(np.uint8), _disk(3)).astype(bool)
+    touch = np.bincount(labels[near], minlength=n) > 0
+    big = area >= 0.01 * h * w
+    # textured: the background has crisp edges of its own (brick, paper grain): measured on the
+    # border strip the background model comes from (a light product's own outline is not there)
+    bw_ = max(3, int(0.06 * min(h, w)))
+    far = np.zeros((h, w), bool)
+    far[:bw_], far[-bw_:], far[:, :bw_], far[:, -bw_:] = True, True, True, True
+    mx, my, mw, mh = mask_bbox(mask)
+    if mask.any() and not (mx > bw_ + 15 and my > bw_ + 15 and mx + mw < w - bw_ - 15 and my + mh < h - bw_ - 15):
+        far &= ~cv2.dilate(mask.astype(np.uint8), _disk(15)).astype(bool)   # (the mask reaches the strip)
+    textured = bg.hp_noise > 0.8 or (far.any() and float(edge[far].mean()) > 0.003)
+    # (on a textured background the cells of the texture are closed off too: a stricter outline)
+    ok &= (n_open <= (max_open_textured if textured else max_open) * np.maximum(n_rim, 1)) & (mean_d >= 1.5 * dthr)
+    ok &= touch | (big & (not textured))
+    if not ok.any():
+        return none
+    added = ok[labels]
+    return added | (cv2.dilate(added.astype(np.uint8), _disk(2)).astype(bool) & walls)
 
 
 def _disk(r: int) -> np.ndarray:
@@ -380,6 +567,14 @@ def _highpass(L: np.ndarray) -> np.ndarray:
     return cv2.blur(np.abs(L - cv2.GaussianBlur(L, (0, 0), 2.0)), (5, 5))
 
 
+def _fine_texture(L: np.ndarray) -> np.ndarray:
+    """Local fine-scale texture: distance to the 5x5 median, averaged over 5x5.  A median keeps
+    ramps and steps, so a soft shadow's fall-off (which a Gaussian high-pass sees as texture
+    where it curves) scores as low as flat background; paper, fabric and print do not."""
+    L8 = np.clip(L, 0, 255).astype(np.uint8)
+    return cv2.blur(cv2.absdiff(L8, cv2.medianBlur(L8, 5)).astype(np.float32), (5, 5))
+
+
 def _step_edges(L: np.ndarray, grad: np.ndarray, thr: float, ratio: float = 1.8) -> np.ndarray:
     """Crisp steps and thin lines, not ramps: the fine-scale gradient is above ``thr`` and
     ``ratio`` x the gradient at a coarser scale (equal on a smooth ramp such as a soft
@@ -402,8 +597,9 @@ def _tolerances(bg: _Background) -> tuple[float, float]:
 
 
 def _evidence(lab: np.ndarray, bg: _Background, hp: np.ndarray | None = None
-              ) -> tuple[np.ndarray, np.ndarray]:
-    """Foreground evidence (>1 means product) and a shadow-candidate map, on the working copy.
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Foreground evidence (>1 means product), a shadow-candidate map and the shadow-like pixels
+    that count as product only for their texture, on the working copy.
 
     Lab here is OpenCV's 8-bit scaling (L in 0..255, a/b offset by 128) as float32.
     """
@@ -416,14 +612,16 @@ def _evidence(lab: np.ndarray, bg: _Background, hp: np.ndarray | None = None
     shadow_depth = np.maximum(tl * 1.5, 0.42 * Lbg)
     ev = np.maximum(np.maximum(chroma / tc, dL / tl), -dL / shadow_depth)
     shadow = (dL < -tl) & (ev <= 1.0)
+    textured = np.zeros(shadow.shape, bool)
     if shadow.any() and hp is not None:
         # texture inside shadow-like darkening means a grey product, not a shadow
         tex = hp
         gt = max(3.0, 4.0 * bg.hp_noise)
         e_tex = np.where(shadow, tex / gt, 0.0).astype(np.float32)
         ev = np.maximum(ev, e_tex)
-        shadow &= e_tex <= 1.0
-    return ev.astype(np.float32), shadow
+        textured = shadow & (e_tex > 1.0)
+        shadow &= ~textured
+    return ev.astype(np.float32), shadow, textured
 
 
 def _crisp_fraction(labels: np.ndarray, n: int, region: np.ndarray, outside: np.ndarray,
@@ -684,12 +882,12 @@ def classical_mask(image: np.ndarray, *, refine: bool = True, work_side: int = W
     # pass 1: background from the border; pass 2: from every pixel pass 1 calls background
     hp = _highpass(lab[:, :, 0])
     bg1 = estimate_background(lab, grad=grad, hp=hp)
-    ev1, _ = _evidence(lab, bg1)
+    ev1, _, _ = _evidence(lab, bg1)
     r_ex = max(2, int(round(min(ww, wh) / 128)))
     exclude = cv2.dilate((ev1 > 0.6).astype(np.uint8), _disk(r_ex)).astype(bool)
     bg = (estimate_background(lab, grad=grad, hp=hp, exclude=exclude, order=3)
           if exclude.mean() < 0.85 else bg1)
-    ev, shadow = _evidence(lab, bg, hp)
+    ev, shadow, textured = _evidence(lab, bg, hp)
     crisp = grad > max(36.0, 4.0 * bg.grad_noise)
     resid = lab - bg.pred
     shadow, promoted = _promote_crisp_shadows(ev, shadow, grad, resid[:, :, 0])
@@ -701,6 +899,14 @@ def classical_mask(image: np.ndarray, *, refine: bool = True, work_side: int = W
     m8 = _drop_small(thr, max(8, int(2e-4 * ww * wh))).astype(np.uint8)
     m8 = cv2.morphologyEx(m8, cv2.MORPH_CLOSE, _disk(r + 1))
     coarse = m8.astype(bool)
+    # light on light: parts a few levels off the background, closed off by a crisp outline
+    # (the noise from the border fit: the second fit's residuals include a light product itself)
+    edge = _step_edges(lab[:, :, 0], grad, max(12.0, 3.0 * bg.grad_noise))
+    light_kw = dict(min_area=max(16, int(1e-3 * ww * wh)), noise=np.minimum(bg.sigma, bg1.sigma),
+                    ramp=grad > max(10.0, 3.0 * bg.grad_noise))
+    light = np.zeros(coarse.shape, bool)
+    if not coarse.any():   # a wholly light product: its parts are all there is
+        light = coarse = _light_parts(resid, bg, edge, coarse, **light_kw)
     if not coarse.any():
         empty = np.zeros((H, W), bool)
         return MaskResult(mask=empty, bbox=(0, 0, 0, 0), method="classical", score=0.0,
@@ -711,15 +917,40 @@ def classical_mask(image: np.ndarray, *, refine: bool = True, work_side: int = W
     offset_tol = max(3.0, 0.35 * tl)
     # (a smooth patch only stands out from a clearly textured background)
     hp_low = 0.75 * bg.hp_noise if bg.hp_noise > 0.8 else -np.inf
-    holes = dict(evidence=ev_hole, residual=resid, offset_tol=offset_tol, texture=hp, texture_low=hp_low)
+    hp_tol = 2.5 * bg.hp_noise + 1.0
+    # the shadow-tolerant hole test's texture: the background's own level from pixels well away
+    # from the mask (a plain white backdrop ~0.5, paper or brick 1-3)
+    fine = _fine_texture(lab[:, :, 0])
+    far_bg = ~cv2.dilate(coarse.astype(np.uint8), _disk(4 * r_ex)).astype(bool)
+    fine_bg = float(np.median(fine[far_bg])) if far_bg.any() else 0.0
+    fine_lo = 0.75 * fine_bg if bg.hp_noise > 0.8 else -np.inf
+    holes = dict(evidence=ev_hole, residual=resid, offset_tol=offset_tol, texture=hp, texture_low=hp_low,
+                 plain_evidence=np.where(textured, 0.0, ev),
+                 fine_texture=(fine, fine_lo, 2.0 * fine_bg + 1.0, 0.9 * fine_bg), own_evidence=~textured)
     coarse = fill_holes(_select_parts(coarse, crisp, ev), **holes)
     # light parts closed off by a crisp outline (a white sole under a red upper)
-    edge = _step_edges(lab[:, :, 0], grad, max(12.0, 3.0 * bg.grad_noise))
-    hp_tol = 2.5 * bg.hp_noise + 1.0
-    enclosed = _add_enclosed(coarse, edge, ev, resid, offset_tol, hp, hp_tol, hp_low)
+    # the holes kept open only as background in shadow: _add_enclosed must not add them back
+    # (a hole the strict test opens may still be a light part closed off by its outline)
+    strict = {k: v for k, v in holes.items() if k not in ("plain_evidence", "fine_texture", "own_evidence")}
+    opened = fill_holes(coarse) & ~coarse & fill_holes(coarse, **strict)
+    if opened.any() and textured.any():
+        # the product's shadow in an open hole, next to its edge, where the high-pass of that
+        # edge (a few px) makes it look textured: background too (a band inside a ring)
+        allowed = (textured & coarse).astype(np.uint8)
+        g = opened.astype(np.uint8)
+        for _ in range(2 * r_ex + 2):
+            g = cv2.dilate(g, np.ones((3, 3), np.uint8)) & (allowed | opened)
+        coarse &= ~g.astype(bool)
+        opened |= g.astype(bool)
+    enclosed = _add_enclosed(coarse, edge, ev, resid, offset_tol, hp, hp_tol, hp_low, keep_out=opened)
     if enclosed.any():
         coarse = fill_holes(coarse | enclosed, **holes)
-    protected = enclosed | promoted
+    # light parts next to the product (after the part selection: alone they have little evidence)
+    extra = _light_parts(resid, bg, edge, coarse | opened, **light_kw) & ~opened
+    if extra.any():
+        coarse = fill_holes(coarse | extra, **holes)
+        light = light | extra
+    protected = enclosed | promoted | light
     # GrabCut's colour model calls a light part the background's (a white sole's toe): what a
     # crisp outline closes off from the image border is kept whatever GrabCut thinks
     protected = protected | (coarse & _inside_outline(edge))
@@ -733,7 +964,7 @@ def classical_mask(image: np.ndarray, *, refine: bool = True, work_side: int = W
             # shadow-like (a grey product's colour model also fits its own shadow)
             # (not the parts decided by their crisp outline: their colour is the background's
             # or the shadow's, which is all GrabCut's colour model sees)
-            refined = (coarse & ~((gcmap < 0.05) & ~protected)) | ((gcmap > 0.95) & ~shadow)
+            refined = (coarse & ~((gcmap < 0.05) & ~protected)) | ((gcmap > 0.95) & ~shadow & ~opened)
             if refined.any():
                 refined = fill_holes(_parts_of(refined, coarse), **holes)
                 inter = float((refined & coarse).sum())

@@ -214,22 +214,16 @@ def test_reject_cut_off_product_unless_allowed():
 # entry is deleted.
 IMAGE_MISSES: dict[tuple[int, str, int], str] = {
     # the mug filled with the astronaut crop: part of the product is cut off
-    (0, "white", 5): "mug filled with astronaut, 772x815: IoU 0.810 (10% of the product cut, "
-                     "background of 11% of its area kept)",
-    (0, "textured", 5): "mug filled with astronaut, 481x521: IoU 0.584 (42% of the product cut)",
-    (2, "gradient", 5): "mug filled with astronaut, 764x938: IoU 0.664 (33% of the product cut)",
-    (3, "white", 5): "mug filled with astronaut, 490x624: IoU 0.582 (42% of the product cut)",
-    (3, "textured", 5): "mug filled with astronaut, 520x404: IoU 0.693 (30% of the product cut)",
+    (0, "textured", 5): "mug filled with astronaut, 481x521: IoU 0.612 (39% of the product cut)",
+    (3, "textured", 5): "mug filled with astronaut, 520x404: IoU 0.797 (19% of the product cut)",
     # on textured backgrounds: background kept around the product (as a share of its area)
     (1, "textured", 4): "logo filled with solid_green, 661x673: IoU 0.618 (62% kept)",
-    (1, "textured", 8): "box filled with camera_gray, 694x806: IoU 0.608 (64% kept)",
     (1, "textured", 10): "horse filled with solid_navy, 684x889: IoU 0.390 (156% kept)",
-    (2, "textured", 3): "horse filled with gravel_gray, 714x751: IoU 0.397 (152% kept)",
+    (2, "textured", 3): "horse filled with gravel_gray, 714x751: IoU 0.460 (background kept)",
     (2, "textured", 8): "box filled with camera_gray, 599x737: IoU 0.840 (11% cut, 5% kept)",
 }
 MEAN_MISSES: dict[str, str] = {
-    "gradient": "mean IoU 0.967 (seed 2: 0.949)",
-    "textured": "mean IoU 0.923 (seed 1: 0.873)",
+    "textured": "mean IoU 0.935 (seed 1: 0.903)",
 }
 # The boundary F-measure has no documented target; it is held where the IoU target puts it
 # (0.1 under), on the same images.
@@ -369,41 +363,73 @@ def test_sample_catalog_photo(size, seed, kind, colour, background):
 
 
 # ----------------------------------------------------------------------------- drawn families
-# Products in several parts and with true holes (tests/masking_evalset.py, FAMILIES), drawn so the
-# mask is exact, on every background type: every part kept (>= 90% of each), every ring's hole
-# open, the mask >= FAMILY_IOU (0.95).  Known misses are strict xfails, as above.
+# The drawn case families (tests/masking_evalset.py, FAMILIES), exact masks, every kind on every
+# background type at seed 0 (benchmarks/masking.py runs seeds 0-3): every mask >= FAMILY_IOU
+# (0.95); products in several parts keep every part (>= 90% of each); products with true holes
+# keep them open (under 5% of the hole filled).  Known misses are strict xfails with the measured
+# value, as above.
 FAMILY_MISSES: dict[tuple[str, str], str] = {
-    ("earrings", "textured"): "IoU 0.316: one earring merges with texture running off the top "
+    ("earrings", "textured"): "IoU 0.317: one earring merges with texture running off the top "
                               "border, the other is dropped",
-    ("ring", "white"): "IoU 0.598: the ring's drop shadow darkens its hole past the background "
-                       "tolerance (4.7 > 3.2), so the hole is filled",
+    ("handbag", "offwhite"): "IoU 0.955 but 11.6% of the handle's gap filled (its shadow side)",
+    ("strap_loop", "white"): "IoU 0.946: the buckle's inside and the strap's shadow band kept",
+    ("strap_loop", "offwhite"): "IoU 0.936: the buckle's inside and the strap's shadow band kept",
+    ("strap_loop", "gradient"): "IoU 0.938: the buckle's inside and the strap's shadow band kept",
+    ("strap_loop", "textured"): "IoU 0.585: the loop is 26% filled, texture kept around the strap",
+    ("white_sneaker", "offwhite"): "IoU 0.358: the upper (236 on ~230-246) is lost, its outline is "
+                                   "not crisp all round",
+    ("white_sneaker", "gradient"): "IoU 0.737: the upper's heel is lost",
+    ("white_sneaker", "textured"): "IoU 0.326: the upper is lost (the texture's own edges make the "
+                                   "outline test strict)",
+    ("silver_headphones", "offwhite"): "IoU 0.636: part of the drop shadow kept with the product",
+    ("cream_cushion", "textured"): "IoU 0.884: texture kept below the cushion (its contact shadow)",
 }
 
 
-def _family_cases(family: str):
+def _family_cases(families: tuple[str, ...]):
     for kind, fam in FAMILIES.items():
-        if fam == family:
+        if fam in families:
             for bg in BACKGROUNDS:
                 yield pytest.param(kind, bg, id=f"{kind}-{bg}", marks=_xfail_if_known(FAMILY_MISSES.get((kind, bg))))
 
 
-@pytest.mark.parametrize("kind,background", list(_family_cases("parts")))
-def test_a_product_in_several_parts_keeps_every_part(kind, background):
+@functools.lru_cache(maxsize=None)
+def _family_mask(kind: str, background: str):
     it = render_family(kind, background)
-    m = classical_mask(it.image).mask
+    return it, classical_mask(it.image).mask
+
+
+@pytest.mark.parametrize("kind,background", list(_family_cases(("parts",))))
+def test_a_product_in_several_parts_keeps_every_part(kind, background):
+    it, m = _family_mask(kind, background)
     n_true = int(cv2.connectedComponents(it.mask.astype(np.uint8))[0]) - 1
     assert n_true == 2
     assert parts_kept(m, it.mask) == n_true, f"{parts_kept(m, it.mask)} of {n_true} parts kept"
     assert iou(m, it.mask) >= FAMILY_IOU, round(iou(m, it.mask), 4)
 
 
-@pytest.mark.parametrize("kind,background", list(_family_cases("holes")))
-def test_a_ring_keeps_its_hole(kind, background):
-    it = render_family(kind, background)
-    m = classical_mask(it.image).mask
+@pytest.mark.parametrize("kind,background", list(_family_cases(("holes",))))
+def test_a_product_with_a_hole_keeps_it_open(kind, background):
+    # a ring, a handbag's handle gap, a mug's handle, a lamp's gap, a strap's loop
+    it, m = _family_mask(kind, background)
     hole = fill_holes(it.mask) & ~it.mask
-    assert hole.sum() > 0.1 * it.mask.sum()
-    assert m[hole].mean() < 0.05, f"{m[hole].mean():.0%} of the hole filled"
+    assert hole.sum() > 0.05 * it.mask.sum()
+    assert m[hole].mean() < 0.05, f"{m[hole].mean():.1%} of the hole filled (IoU {iou(m, it.mask):.3f})"
+    assert iou(m, it.mask) >= FAMILY_IOU, round(iou(m, it.mask), 4)
+
+
+@pytest.mark.parametrize("background", BACKGROUNDS)
+def test_a_ring_keeps_its_hole(background):
+    # (the hole in shadow: its drop shadow darkens part of it; held strictly, no xfail)
+    it, m = _family_mask("ring", background)
+    hole = fill_holes(it.mask) & ~it.mask
+    assert m[hole].mean() < 0.05, f"{m[hole].mean():.1%} of the hole filled"
+
+
+@pytest.mark.parametrize("kind,background", list(_family_cases(("light",))))
+def test_a_light_product_on_a_light_background(kind, background):
+    # white, silver and cream products of low saturation, a few levels off the background
+    it, m = _family_mask(kind, background)
     assert iou(m, it.mask) >= FAMILY_IOU, round(iou(m, it.mask), 4)
 
 
