@@ -164,6 +164,7 @@ class StackConfig:
 
 
 def free_ports(n: int) -> list[int]:
+    """n distinct free TCP ports on 127.0.0.1 (held open together so they differ)."""
     socks = []
     try:
         for _ in range(n):

@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,8 @@ from typing import Optional
 
 import pytest
 
+from bggen_assets.stack import free_ports, port_open  # one definition, shared with the stack launcher
+
 VENV_BIN = Path(sys.executable).parent
 MARIADB_URL = os.environ.get("BGGEN_TEST_MYSQL_URL", "mysql+mysqlconnector://root@127.0.0.1:3306")
 REDIS_URL = os.environ.get("BGGEN_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -34,26 +35,15 @@ RABBITMQ_URL = os.environ.get("BGGEN_TEST_AMQP_URL", "amqp://guest:guest@127.0.0
 S3_KEY, S3_SECRET = "bggen-test", "bggen-test-secret"
 
 
-def free_ports(n: int) -> list[int]:
-    """n distinct free TCP ports on 127.0.0.1 (held open together so they differ)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
+def wait_until(predicate, timeout: float, what: str):
+    """predicate()'s first truthy value, polled every 50 ms; AssertionError naming `what` after timeout s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = predicate()
+        if found:
+            return found
+        time.sleep(0.05)
+    raise AssertionError(f"{what} within {timeout:.0f}s")
 
 
 def stop_process(proc: subprocess.Popen, grace: float = 5.0) -> None:
@@ -125,7 +115,7 @@ class SeaweedServer:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"weed server exited with {self.proc.returncode}; log {self.log_path}:\n{self.tail()}")
-            if port_open("127.0.0.1", self.s3):
+            if port_open(self.s3):
                 try:
                     c = self.client()
                     c.create_bucket(Bucket=probe)
@@ -309,7 +299,7 @@ class MariaDBServer:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"mariadbd exited with {self.proc.returncode}: {self.log_path.read_text()[-2000:]}")
-            if port_open("127.0.0.1", self.port):
+            if port_open(self.port):
                 return self
             time.sleep(0.1)
         self.kill()
@@ -386,7 +376,7 @@ class RedisServer:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"redis-server exited with {self.proc.returncode}: {self.log_path}")
-            if port_open("127.0.0.1", self.port):
+            if port_open(self.port):
                 return self
             time.sleep(0.05)
         self.kill()

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 import pytest
 
-from services import MariaDBServer, create_database, services_only, start_or_fail
+from services import MariaDBServer, create_database, services_only, start_or_fail, wait_until
 from test_api import LiveServer, copy_world, find_miss_size, golden_world, make_app
 
 from bggen_assets.serving.personalize import ServingConfig
@@ -27,16 +27,6 @@ pytestmark = services_only
 MERCHANT, CATEGORY = "northwind", "footwear"
 #: a request during the outage must not wait for the dead DB (a hit takes milliseconds)
 MAX_OUTAGE_REQUEST_S = 1.0
-
-
-def wait_until(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = predicate()
-        if found:
-            return found
-        time.sleep(0.05)
-    raise AssertionError(f"{what} within {timeout:.0f}s")
 
 
 def get(client, pid, width, height, **extra):

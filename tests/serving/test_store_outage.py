@@ -17,7 +17,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from services import SeaweedServer, s3_resource, services_only, start_or_fail
+from services import SeaweedServer, s3_resource, services_only, start_or_fail, wait_until
 from test_api import LiveServer, bandit_only, copy_world, find_miss_size, golden_world, make_app  # noqa: F401 (a fixture)
 
 from bggen_assets.core import serving_index
@@ -31,16 +31,6 @@ def get(client, world, pid, width, height, **placement):
                                         **placement})
     assert r.status_code == 200, (r.status_code, r.text[:300])
     return r
-
-
-def wait_until(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = predicate()
-        if found:
-            return found
-        time.sleep(0.05)
-    raise AssertionError(f"{what} within {timeout:.0f}s")
 
 
 def test_serving_degrades_and_recovers_when_s3_is_killed(tmp_path, tmp_path_factory, sample_dir, metadata_db,
