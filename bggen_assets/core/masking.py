@@ -427,6 +427,69 @@ def _light_parts_at(resid: np.ndarray, bg: "_Background", edge: np.ndarray, mask
     return added | (cv2.dilate(added.astype(np.uint8), _disk(2)).astype(bool) & walls)
 
 
+def _brighter_parts(dL: np.ndarray, mask: np.ndarray, *, min_area: int, noise_L: float,
+                    strip_frac: float = 0.06, max_ring: float = 0.65, grow_px: int = 6) -> np.ndarray:
+    """Light on light, the other cue: parts clearly *brighter* than the fitted background (a white
+    sneaker's upper on off-white).  A shadow only ever darkens, so brightness above what the
+    background itself reaches cannot be the product's shadow; the threshold is taken from the
+    border strip the background model comes from (max(3, 4 x noise, 1.5 x its 99.5th percentile)),
+    and when more than 0.5% of that strip is above it (paper grain, brick mortar: a background
+    with bright texture of its own) nothing is added.  A part is a connected region of at least
+    ``min_area``, not on the image border, next to the mask or large (1% of the image), ending
+    in a step (2-4 px outside it the backdrop is back under ``max_ring`` x the threshold) and not
+    ringing the mask; it is then grown by hysteresis over ``grow_px`` into its less bright rim.
+    ``dL`` is the L residual against the fitted background (OpenCV's 8-bit Lab scale).
+    Returns the added pixels (bool), possibly empty."""
+    h, w = mask.shape
+    none = np.zeros(mask.shape, bool)
+    bw_ = max(3, int(strip_frac * min(h, w)))
+    strip = np.zeros((h, w), bool)
+    strip[:bw_], strip[-bw_:], strip[:, :bw_], strip[:, -bw_:] = True, True, True, True
+    strip &= ~cv2.dilate(mask.astype(np.uint8), _disk(15)).astype(bool)
+    if strip.sum() < 100:
+        return none
+    thr = max(3.0, 4.0 * noise_L, 1.5 * float(np.percentile(dL[strip], 99.5)))
+    cand = (dL > thr) & ~mask
+    if float(cand[strip].mean()) > 0.005 or not cand.any():
+        return none
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(cand.astype(np.uint8), connectivity=8)
+    area = stats[:, cv2.CC_STAT_AREA]
+    x, y = stats[:, cv2.CC_STAT_LEFT], stats[:, cv2.CC_STAT_TOP]
+    bw, bh = stats[:, cv2.CC_STAT_WIDTH], stats[:, cv2.CC_STAT_HEIGHT]
+    ok = (area >= min_area) & (x > 0) & (y > 0) & (x + bw < w) & (y + bh < h)
+    near = cv2.dilate(mask.astype(np.uint8), _disk(3)).astype(bool)
+    touch = np.bincount(labels[near], minlength=n) > 0
+    ok &= touch | (area >= 0.01 * h * w)
+    # a product ends in a step: 2-4 px outside it the backdrop is back at its level; a brighter
+    # patch of backdrop (the lit centre of a vignetted sweep) fades out, just outside it the
+    # backdrop is still nearly as bright
+    lab_d = cv2.dilate(labels.astype(np.float32), _disk(4)).astype(np.int32)
+    ring = (lab_d > 0) & ~cv2.dilate(cand.astype(np.uint8), _disk(1)).astype(bool) & ~mask
+    n_ring = np.bincount(lab_d[ring], minlength=n)
+    ring_d = np.bincount(lab_d[ring], weights=dL[ring].astype(np.float64), minlength=n) / np.maximum(n_ring, 1)
+    ok &= (n_ring > 0) & (ring_d <= max_ring * thr)
+    # nor does a product's part ring the product: a lit backdrop round a darker product does
+    m_area = max(1, int(np.count_nonzero(mask)))
+    for k in np.nonzero(ok)[0]:
+        comp = labels == k
+        if np.count_nonzero(fill_holes(comp) & mask) > 0.5 * m_area:
+            ok[k] = False
+    ok[0] = False
+    if not ok.any():
+        return none
+    added = ok[labels]
+    # hysteresis: a rounded product darkens towards its outline, so its rim is less bright than
+    # its middle; what is still above the strip's own brightest (and next to the part) joins it
+    low = max(2.0 * noise_L, float(np.percentile(dL[strip], 99.5)), 1.0)
+    near_part = cv2.dilate(added.astype(np.uint8), _disk(grow_px)).astype(bool)
+    weak = (dL > low) & ~mask & near_part
+    n2, lab2 = cv2.connectedComponents((weak | added).astype(np.uint8), connectivity=8)
+    hit = np.zeros(n2, bool)
+    hit[lab2[added]] = True
+    hit[0] = False
+    return hit[lab2]
+
+
 def _disk(r: int) -> np.ndarray:
     r = max(1, int(r))
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
@@ -950,6 +1013,11 @@ def classical_mask(image: np.ndarray, *, refine: bool = True, work_side: int = W
     if extra.any():
         coarse = fill_holes(coarse | extra, **holes)
         light = light | extra
+    bright = _brighter_parts(resid[:, :, 0], coarse | opened, min_area=light_kw["min_area"],
+                             noise_L=float(min(bg.sigma[0], bg1.sigma[0])))
+    if bright.any():
+        coarse = fill_holes(coarse | bright, **holes)
+        light = light | bright
     protected = enclosed | promoted | light
     # GrabCut's colour model calls a light part the background's (a white sole's toe): what a
     # crisp outline closes off from the image border is kept whatever GrabCut thinks
