@@ -318,6 +318,20 @@ def _add_enclosed(mask: np.ndarray, edge: np.ndarray, ev: np.ndarray, residual: 
     return added | rim
 
 
+def _inner_components(region: np.ndarray, min_area: int, connectivity: int):
+    """Connected components of ``region`` and which ones are candidates: at least ``min_area``
+    pixels and clear of the image border (what runs off the frame is backdrop or shadow).
+    Returns (n, labels, area, ok); ok[0] (the complement) is always False."""
+    h, w = region.shape
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(region.astype(np.uint8), connectivity=connectivity)
+    area = stats[:, cv2.CC_STAT_AREA]
+    x, y = stats[:, cv2.CC_STAT_LEFT], stats[:, cv2.CC_STAT_TOP]
+    bw, bh = stats[:, cv2.CC_STAT_WIDTH], stats[:, cv2.CC_STAT_HEIGHT]
+    ok = (area >= min_area) & (x > 0) & (y > 0) & (x + bw < w) & (y + bh < h)
+    ok[0] = False
+    return n, labels, area, ok
+
+
 def _light_parts(resid: np.ndarray, bg: "_Background", edge: np.ndarray, mask: np.ndarray, *,
                  min_area: int, noise: np.ndarray, levels: tuple[float, ...] = (1.0, 2.0, 4.0),
                  **kw) -> np.ndarray:
@@ -365,12 +379,7 @@ def _light_parts_at(resid: np.ndarray, bg: "_Background", edge: np.ndarray, mask
     none = np.zeros(mask.shape, bool)
     if not cand.any():
         return none
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(cand.astype(np.uint8), connectivity=4)
-    area = stats[:, cv2.CC_STAT_AREA]
-    x, y = stats[:, cv2.CC_STAT_LEFT], stats[:, cv2.CC_STAT_TOP]
-    bw, bh = stats[:, cv2.CC_STAT_WIDTH], stats[:, cv2.CC_STAT_HEIGHT]
-    ok = (area >= min_area) & (x > 0) & (y > 0) & (x + bw < w) & (y + bh < h)
-    ok[0] = False
+    n, labels, area, ok = _inner_components(cand, min_area, connectivity=4)
     if not ok.any():
         return none
     k3 = np.ones((3, 3), np.uint8)
@@ -391,12 +400,7 @@ def _light_parts_at(resid: np.ndarray, bg: "_Background", edge: np.ndarray, mask
         fall = reach.astype(bool) & cand
         if fall.any():
             cand = cand & ~fall
-            n, labels, stats, _ = cv2.connectedComponentsWithStats(cand.astype(np.uint8), connectivity=4)
-            area = stats[:, cv2.CC_STAT_AREA]
-            x, y = stats[:, cv2.CC_STAT_LEFT], stats[:, cv2.CC_STAT_TOP]
-            bw, bh = stats[:, cv2.CC_STAT_WIDTH], stats[:, cv2.CC_STAT_HEIGHT]
-            ok = (area >= min_area) & (x > 0) & (y > 0) & (x + bw < w) & (y + bh < h)
-            ok[0] = False
+            n, labels, area, ok = _inner_components(cand, min_area, connectivity=4)
     else:
         fall = np.zeros(mask.shape, bool)
     rim = cand & cv2.dilate((~cand).astype(np.uint8), k3).astype(bool)
@@ -452,11 +456,7 @@ def _brighter_parts(dL: np.ndarray, mask: np.ndarray, *, min_area: int, noise_L:
     cand = (dL > thr) & ~mask
     if float(cand[strip].mean()) > 0.005 or not cand.any():
         return none
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(cand.astype(np.uint8), connectivity=8)
-    area = stats[:, cv2.CC_STAT_AREA]
-    x, y = stats[:, cv2.CC_STAT_LEFT], stats[:, cv2.CC_STAT_TOP]
-    bw, bh = stats[:, cv2.CC_STAT_WIDTH], stats[:, cv2.CC_STAT_HEIGHT]
-    ok = (area >= min_area) & (x > 0) & (y > 0) & (x + bw < w) & (y + bh < h)
+    n, labels, area, ok = _inner_components(cand, min_area, connectivity=8)
     near = cv2.dilate(mask.astype(np.uint8), _disk(3)).astype(bool)
     touch = np.bincount(labels[near], minlength=n) > 0
     ok &= touch | (area >= 0.01 * h * w)
