@@ -32,7 +32,7 @@ boundary taken from the upsampled evidence map):
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -261,9 +261,24 @@ def _inside_outline(edge: np.ndarray, rim_px: int = 1) -> np.ndarray:
     return cv2.dilate(inside.astype(np.uint8), _disk(rim_px)).astype(bool)
 
 
+def _edged_backdrop(edge: np.ndarray, mask: np.ndarray, bg: "_Background") -> bool:
+    """Whether the background has crisp edges of its own (brick, paper grain, print): measured
+    on the border strip the background model comes from (a light product's own outline is not
+    there).  On such a backdrop every cell of the texture is closed off by crisp edges too."""
+    h, w = edge.shape
+    bw_ = max(3, int(0.06 * min(h, w)))
+    far = np.zeros((h, w), bool)
+    far[:bw_], far[-bw_:], far[:, :bw_], far[:, -bw_:] = True, True, True, True
+    mx, my, mw, mh = mask_bbox(mask)
+    if mask.any() and not (mx > bw_ + 15 and my > bw_ + 15 and mx + mw < w - bw_ - 15 and my + mh < h - bw_ - 15):
+        far &= ~cv2.dilate(mask.astype(np.uint8), _disk(15)).astype(bool)   # (the mask reaches the strip)
+    return bool(bg.hp_noise > 0.8 or (far.any() and float(edge[far].mean()) > 0.003))
+
+
 def _add_enclosed(mask: np.ndarray, edge: np.ndarray, ev: np.ndarray, residual: np.ndarray,
                   offset_tol: float, hp: np.ndarray, hp_tol: float,
-                  hp_low: float = -np.inf, keep_out: np.ndarray | None = None) -> np.ndarray:
+                  hp_low: float = -np.inf, keep_out: np.ndarray | None = None,
+                  shadowed: dict | None = None) -> np.ndarray:
     """Regions the product encloses together with crisp edges: light product parts.
 
     A light part of the product (a white sole, a pale handle) may differ from the background
@@ -276,6 +291,11 @@ def _add_enclosed(mask: np.ndarray, edge: np.ndarray, ev: np.ndarray, residual: 
     hole).  A region mostly inside ``keep_out`` (the holes :func:`fill_holes` opened: the
     background in the product's shadow) is not added.  The edge pixels around an added region
     are added with it.
+    With ``shadowed`` (keyword arguments of :func:`_shadowed_background`: the evidence without
+    shadow-like darkening, the fine texture and its bounds), a region that is the background in
+    the product's shadow is not added either: on a backdrop with crisp edges of its own (brick
+    mortar) every brick is closed off, and the ones under the product's shadow are darker than
+    the background model, but fade out, where a grey part is darker all over.
     Returns the added pixels (bool), possibly empty.
     """
     edge = cv2.dilate(edge.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)   # close 1-px gaps
@@ -310,6 +330,8 @@ def _add_enclosed(mask: np.ndarray, edge: np.ndarray, ev: np.ndarray, residual: 
     stat_labels[~far & (far_cnt[labels] >= 8)] = 0
     like = _background_like(stat_labels, n, ev, residual, offset_tol, texture=hp, texture_tol=hp_tol,
                             texture_low=hp_low)
+    if shadowed is not None:
+        like |= _shadowed_background(stat_labels, n, residual=residual, offset_tol=offset_tol, **shadowed)
     acc = cand & ~like
     if not acc.any():
         return added
@@ -413,15 +435,7 @@ def _light_parts_at(resid: np.ndarray, bg: "_Background", edge: np.ndarray, mask
     near = cv2.dilate(mask.astype(np.uint8), _disk(3)).astype(bool)
     touch = np.bincount(labels[near], minlength=n) > 0
     big = area >= 0.01 * h * w
-    # textured: the background has crisp edges of its own (brick, paper grain): measured on the
-    # border strip the background model comes from (a light product's own outline is not there)
-    bw_ = max(3, int(0.06 * min(h, w)))
-    far = np.zeros((h, w), bool)
-    far[:bw_], far[-bw_:], far[:, :bw_], far[:, -bw_:] = True, True, True, True
-    mx, my, mw, mh = mask_bbox(mask)
-    if mask.any() and not (mx > bw_ + 15 and my > bw_ + 15 and mx + mw < w - bw_ - 15 and my + mh < h - bw_ - 15):
-        far &= ~cv2.dilate(mask.astype(np.uint8), _disk(15)).astype(bool)   # (the mask reaches the strip)
-    textured = bg.hp_noise > 0.8 or (far.any() and float(edge[far].mean()) > 0.003)
+    textured = _edged_backdrop(edge, mask, bg)
     # (on a textured background the cells of the texture are closed off too: a stricter outline)
     ok &= (n_open <= (max_open_textured if textured else max_open) * np.maximum(n_rim, 1)) & (mean_d >= 1.5 * dthr)
     ok &= touch | (big & (not textured))
@@ -546,6 +560,9 @@ class _Background:
     outlier_frac: float     # share of border samples rejected as not-background
     grad_noise: float       # robust gradient magnitude of the background (texture level)
     hp_noise: float = 0.0   # median local high-pass energy of the background
+    # the backdrop's own structure (brick mortar, print, paper grain): the Lab residual levels
+    # (brighter, darker, chroma) that its texture reaches along the border; 0 on a plain backdrop
+    texture_tol: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
 
 def _robust_fit(A: np.ndarray, vals: np.ndarray, iters: int, min_keep: float = 0.3):
@@ -620,9 +637,38 @@ def estimate_background(lab: np.ndarray, *, grad: np.ndarray | None = None,
         if hp is None:
             hp = _highpass(lab[:, :, 0])
         hp_noise = float(np.median(hp[yy[keep], xx[keep]]))
+    texture_tol = (0.0, 0.0, 0.0)
+    if exclude is None:
+        texture_tol = _texture_tolerance(vals - A @ coef, keep, yy, xx, h, w)
     return _Background(pred=pred, sigma=sigma.astype(np.float32),
                        outlier_frac=float(1.0 - keep.mean()), grad_noise=grad_noise,
-                       hp_noise=hp_noise)
+                       hp_noise=hp_noise, texture_tol=texture_tol)
+
+
+def _texture_tolerance(res: np.ndarray, keep: np.ndarray, yy: np.ndarray, xx: np.ndarray,
+                       h: int, w: int, segments: int = 16) -> tuple[float, float, float]:
+    """The residual levels a structured backdrop reaches by itself (brighter, darker, chroma).
+
+    The robust noise (MAD) ignores a backdrop's sparse structure: brick mortar, the lines of a
+    printed page, paper grain are a few percent of the border and stand 10-20 levels out of it, so
+    they pass the evidence tolerance and, touching the product, join it (with the bricks they
+    enclose filled as holes).  Those outliers are spread along the whole border, where a product
+    or a shadow running off the frame is one run: when most border segments hold some, the
+    backdrop's texture reaches the 99th percentile of the border's residuals, and the evidence
+    tolerance is raised to it.  Zero (no change) otherwise."""
+    out = ~keep
+    if out.mean() < 0.01:
+        return (0.0, 0.0, 0.0)
+    # the border in equal angular segments around the image centre
+    ang = np.arctan2((yy + 0.5) / h - 0.5, (xx + 0.5) / w - 0.5)
+    seg = np.minimum(((ang + np.pi) / (2 * np.pi) * segments).astype(np.int64), segments - 1)
+    share = np.bincount(seg, weights=out.astype(np.float64), minlength=segments) / np.maximum(
+        np.bincount(seg, minlength=segments), 1)
+    if (share > 0.01).mean() < 0.75:
+        return (0.0, 0.0, 0.0)
+    dL, chroma = res[:, 0], np.hypot(res[:, 1], res[:, 2])
+    q = lambda a: float(1.1 * np.quantile(a, 0.99))   # noqa: E731
+    return (max(0.0, q(dL)), max(0.0, q(-dL)), q(chroma))
 
 
 def _highpass(L: np.ndarray) -> np.ndarray:
@@ -656,7 +702,7 @@ def _gradient(L: np.ndarray) -> np.ndarray:
 def _tolerances(bg: _Background) -> tuple[float, float]:
     sL = float(bg.sigma[0])
     sC = float(np.hypot(bg.sigma[1], bg.sigma[2]))
-    return max(9.0, 4.5 * sL), max(7.0, 4.5 * sC)
+    return max(9.0, 4.5 * sL), max(7.0, 4.5 * sC, bg.texture_tol[2])
 
 
 def _evidence(lab: np.ndarray, bg: _Background, hp: np.ndarray | None = None
@@ -670,11 +716,12 @@ def _evidence(lab: np.ndarray, bg: _Background, hp: np.ndarray | None = None
     dL = d[:, :, 0]
     chroma = np.sqrt(d[:, :, 1] ** 2 + d[:, :, 2] ** 2)
     tl, tc = _tolerances(bg)
+    tl_up, tl_down = max(tl, bg.texture_tol[0]), max(tl, bg.texture_tol[1])
     Lbg = np.maximum(bg.pred[:, :, 0], 1.0)
     # darkening up to this depth with low chroma may be a soft shadow
     shadow_depth = np.maximum(tl * 1.5, 0.42 * Lbg)
-    ev = np.maximum(np.maximum(chroma / tc, dL / tl), -dL / shadow_depth)
-    shadow = (dL < -tl) & (ev <= 1.0)
+    ev = np.maximum(np.maximum(chroma / tc, dL / tl_up), -dL / shadow_depth)
+    shadow = (dL < -tl_down) & (ev <= 1.0)
     textured = np.zeros(shadow.shape, bool)
     if shadow.any() and hp is not None:
         # texture inside shadow-like darkening means a grey product, not a shadow
@@ -736,7 +783,7 @@ def _promote_crisp_shadows(ev: np.ndarray, shadow: np.ndarray, grad: np.ndarray,
 
 
 def _select_parts(mask: np.ndarray, crisp: np.ndarray, ev: np.ndarray, *, min_rel_area: float = 0.05,
-                  min_rel_crisp: float = 0.6, min_crisp: float = 0.15, min_evidence: float = 1.5) -> np.ndarray:
+                  min_rel_crisp: float = 0.6, min_crisp: float = 0.1, min_evidence: float = 1.5) -> np.ndarray:
     """The product's parts: the best component (largest, weighted by how crisp its outline is:
     soft blobs are background residue) and every other one that is product evidence too (a
     pair of shoes, earrings): at least ``min_rel_area`` of the best one's area, an outline about
@@ -948,7 +995,8 @@ def classical_mask(image: np.ndarray, *, refine: bool = True, work_side: int = W
     ev1, _, _ = _evidence(lab, bg1)
     r_ex = max(2, int(round(min(ww, wh) / 128)))
     exclude = cv2.dilate((ev1 > 0.6).astype(np.uint8), _disk(r_ex)).astype(bool)
-    bg = (estimate_background(lab, grad=grad, hp=hp, exclude=exclude, order=3)
+    bg = (replace(estimate_background(lab, grad=grad, hp=hp, exclude=exclude, order=3),
+                  texture_tol=bg1.texture_tol)
           if exclude.mean() < 0.85 else bg1)
     ev, shadow, textured = _evidence(lab, bg, hp)
     crisp = grad > max(36.0, 4.0 * bg.grad_noise)
@@ -1005,7 +1053,12 @@ def classical_mask(image: np.ndarray, *, refine: bool = True, work_side: int = W
             g = cv2.dilate(g, np.ones((3, 3), np.uint8)) & (allowed | opened)
         coarse &= ~g.astype(bool)
         opened |= g.astype(bool)
-    enclosed = _add_enclosed(coarse, edge, ev, resid, offset_tol, hp, hp_tol, hp_low, keep_out=opened)
+    shadowed = None
+    if _edged_backdrop(edge, coarse, bg):
+        ft, ft_lo, ft_hi, _ = holes["fine_texture"]
+        shadowed = dict(ev=holes["plain_evidence"], texture=ft, texture_low=ft_lo, texture_high=ft_hi)
+    enclosed = _add_enclosed(coarse, edge, ev, resid, offset_tol, hp, hp_tol, hp_low, keep_out=opened,
+                             shadowed=shadowed)
     if enclosed.any():
         coarse = fill_holes(coarse | enclosed, **holes)
     # light parts next to the product (after the part selection: alone they have little evidence)
