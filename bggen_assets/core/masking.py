@@ -354,27 +354,58 @@ def _inner_components(region: np.ndarray, min_area: int, connectivity: int):
     return n, labels, area, ok
 
 
+def _fall_off(ramp: np.ndarray, plain: np.ndarray, max_px: int = 24) -> np.ndarray:
+    """The pixels of ``ramp`` (a region's pixels with a moderate, smooth gradient, crisp edges
+    left out) that ``plain`` background reaches through ``ramp`` within ``max_px`` steps: a soft
+    shadow's fall-off, which a product's outline (a crisp step) stops."""
+    out = np.zeros(ramp.shape, bool)
+    if not ramp.any():
+        return out
+    # (on the box around the ramp pixels, 1 px wider: nothing outside it can be reached)
+    x, y, bw, bh = cv2.boundingRect(ramp.astype(np.uint8))
+    y0, y1 = max(0, y - 1), min(ramp.shape[0], y + bh + 1)
+    x0, x1 = max(0, x - 1), min(ramp.shape[1], x + bw + 1)
+    ramp_c, plain_c = ramp[y0:y1, x0:x1], plain[y0:y1, x0:x1]
+    k3 = np.ones((3, 3), np.uint8)
+    reach = plain_c.astype(np.uint8)
+    allowed = (ramp_c | plain_c).astype(np.uint8)
+    count = cv2.countNonZero(reach)
+    for _ in range(max_px):
+        reach = cv2.dilate(reach, k3) & allowed
+        c = cv2.countNonZero(reach)
+        if c == count:   # (a fixed point: nothing more is reached)
+            break
+        count = c
+    out[y0:y1, x0:x1] = reach.astype(bool) & ramp_c
+    return out
+
+
 def _light_parts(resid: np.ndarray, bg: "_Background", edge: np.ndarray, mask: np.ndarray, *,
                  min_area: int, noise: np.ndarray, levels: tuple[float, ...] = (1.0, 2.0, 4.0),
                  **kw) -> np.ndarray:
     """:func:`_light_parts_at` at rising contrast thresholds (``levels`` x the noise threshold):
     a light product whose drop shadow touches it without a crisp edge between them is one region
     with a half-open rim at the lowest threshold; at a higher one the shadow's fall-off drops out
-    and the product, closed off by its outline, stands alone."""
+    and the product, closed off by its outline, stands alone.  The highest threshold goes first:
+    what it finds is the product alone, and at the lower ones the product's halo of shadow is
+    then a ring next to the mask, open all round its outer side, so it is not added.  Where the
+    product matches its own shadow the outline has gaps: a region whose rim is mostly crisp
+    edge (1.5x as much as open rim) may be open over ``max_open_walled`` of it."""
     added = np.zeros(mask.shape, bool)
     # (the same at every level: computed once)
     dist = np.sqrt((resid * resid).sum(axis=2))
     walls = cv2.dilate(edge.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
-    for f in levels:
+    for f in sorted(levels, reverse=True):
         got = _light_parts_at(resid, bg, edge, mask | added, min_area=min_area, noise=noise, scale=f,
-                              dist=dist, walls=walls, **kw)
+                              dist=dist, walls=walls, max_open_walled=0.4, **kw)
         added |= got
     return added
 
 
 def _light_parts_at(resid: np.ndarray, bg: "_Background", edge: np.ndarray, mask: np.ndarray, *,
                     min_area: int, noise: np.ndarray, scale: float = 1.0, max_open: float = 0.25,
-                    max_open_textured: float = 0.1, ramp: np.ndarray | None = None,
+                    max_open_textured: float = 0.1, max_open_walled: float | None = None,
+                    ramp: np.ndarray | None = None,
                     ramp_px: int = 24, dist: np.ndarray | None = None,
                     walls: np.ndarray | None = None) -> np.ndarray:
     """Light on light: product parts whose colour is only a few levels off the background (a
@@ -384,8 +415,8 @@ def _light_parts_at(resid: np.ndarray, bg: "_Background", edge: np.ndarray, mask
     the evidence map's tolerance.  A soft shadow has that contrast too; what tells the two apart
     is the outline.  The candidate pixels are split by crisp step edges (the walls) into regions;
     a region is a light part when at most ``max_open`` (``max_open_textured`` on a textured
-    background) of its rim runs out into plain background
-    (the rest is a crisp edge or the mask): a shadow fades out over most of its rim, a product
+    background; ``max_open_walled`` where the rim is mostly crisp edge, see :func:`_light_parts`)
+    of its rim runs out into plain background (the rest is a crisp edge or the mask): a shadow fades out over most of its rim, a product
     ends in a step all round.  Also: at least ``min_area``, a mean distance of 1.5x the
     threshold, not on the image border, and next to the mask unless it is large (1% of the image:
     a wholly white product has no mask to touch); on a textured background next to the mask
@@ -410,16 +441,7 @@ def _light_parts_at(resid: np.ndarray, bg: "_Background", edge: np.ndarray, mask
         # a soft shadow's fall-off: a moderate, smooth gradient reached from the plain
         # background without crossing a crisp edge; taken out, what it leaves of a shadow is a
         # core ringed by fall-off, of a product the product ringed by its outline
-        reach = plain.astype(np.uint8)
-        allowed = ((cand & ramp) | plain).astype(np.uint8)
-        count = cv2.countNonZero(reach)
-        for _ in range(ramp_px):
-            reach = cv2.dilate(reach, k3) & allowed
-            c = cv2.countNonZero(reach)
-            if c == count:   # (a fixed point: nothing more is reached)
-                break
-            count = c
-        fall = reach.astype(bool) & cand
+        fall = _fall_off(cand & ramp, plain, ramp_px)
         if fall.any():
             cand = cand & ~fall
             n, labels, area, ok = _inner_components(cand, min_area, connectivity=4)
@@ -436,8 +458,19 @@ def _light_parts_at(resid: np.ndarray, bg: "_Background", edge: np.ndarray, mask
     touch = np.bincount(labels[near], minlength=n) > 0
     big = area >= 0.01 * h * w
     textured = _edged_backdrop(edge, mask, bg)
-    # (on a textured background the cells of the texture are closed off too: a stricter outline)
-    ok &= (n_open <= (max_open_textured if textured else max_open) * np.maximum(n_rim, 1)) & (mean_d >= 1.5 * dthr)
+    # (on a textured background the cells of the texture are closed off too: a stricter outline,
+    # and no allowance for gaps in it, as brick mortar walls every brick)
+    limit = np.full(n, max_open_textured if textured else max_open)
+    if max_open_walled is not None:
+        n_wall = np.bincount(labels[rim & cv2.dilate(walls.astype(np.uint8), k3).astype(bool)], minlength=n)
+        # (a region mostly walled by the mask is a pocket of shadow between the product's legs)
+        n_by_mask = np.bincount(labels[rim & cv2.dilate(mask.astype(np.uint8), k3).astype(bool)], minlength=n)
+        n_wall = np.where(n_by_mask < 0.5 * n_rim, n_wall, 0)
+        if textured:
+            limit = np.where(n_wall >= 3 * n_open, 0.25, limit)
+        else:
+            limit = np.where(n_wall >= 1.5 * n_open, max(max_open_walled, max_open), limit)
+    ok &= (n_open <= limit * np.maximum(n_rim, 1)) & (mean_d >= 1.5 * dthr)
     ok &= touch | (big & (not textured))
     if not ok.any():
         return none
@@ -705,10 +738,18 @@ def _tolerances(bg: _Background) -> tuple[float, float]:
     return max(9.0, 4.5 * sL), max(7.0, 4.5 * sC, bg.texture_tol[2])
 
 
-def _evidence(lab: np.ndarray, bg: _Background, hp: np.ndarray | None = None
+def _evidence(lab: np.ndarray, bg: _Background, hp: np.ndarray | None = None, *,
+              edge: np.ndarray | None = None, fine: np.ndarray | None = None
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Foreground evidence (>1 means product), a shadow-candidate map and the shadow-like pixels
     that count as product only for their texture, on the working copy.
+
+    Texture is the high-pass ``hp``.  With ``edge`` (crisp step edges) and ``fine``
+    (:func:`_fine_texture`): 2-4 px from a step, on its lighter side, the fine texture instead.
+    A step inflates the high-pass a few px either side; on the darker side that is a grey part's
+    own rim (silver headphones: it is what tells the part from its shadow), on the lighter side
+    it is the shadow band along a dark strap or leg, which the fine texture (blind to steps and
+    ramps) leaves smooth.  (The first 1 px either side is the step's own blend: high-pass kept.)
 
     Lab here is OpenCV's 8-bit scaling (L in 0..255, a/b offset by 128) as float32.
     """
@@ -725,9 +766,17 @@ def _evidence(lab: np.ndarray, bg: _Background, hp: np.ndarray | None = None
     textured = np.zeros(shadow.shape, bool)
     if shadow.any() and hp is not None:
         # texture inside shadow-like darkening means a grey product, not a shadow
-        tex = hp
-        gt = max(3.0, 4.0 * bg.hp_noise)
-        e_tex = np.where(shadow, tex / gt, 0.0).astype(np.float32)
+        e_tex = hp / max(3.0, 4.0 * bg.hp_noise)
+        if edge is not None and fine is not None and edge.any():
+            e8 = edge.astype(np.uint8)
+            beside = cv2.dilate(e8, _disk(4)).astype(bool) & ~cv2.dilate(e8, _disk(1)).astype(bool)
+            L = lab[:, :, 0]
+            beside &= L > cv2.GaussianBlur(L, (0, 0), 3.0)
+            h, w = L.shape
+            yy, xx = _border_samples(h, w, max(3, int(0.04 * min(h, w))))
+            fine_gt = max(3.0, 4.0 * float(np.median(fine[yy, xx])))
+            e_tex = np.where(beside, fine / fine_gt, e_tex)
+        e_tex = np.where(shadow, e_tex, 0.0).astype(np.float32)
         ev = np.maximum(ev, e_tex)
         textured = shadow & (e_tex > 1.0)
         shadow &= ~textured
@@ -746,7 +795,7 @@ def _crisp_fraction(labels: np.ndarray, n: int, region: np.ndarray, outside: np.
 
 
 def _promote_crisp_shadows(ev: np.ndarray, shadow: np.ndarray, grad: np.ndarray,
-                           dL: np.ndarray, *, sharpness: float = 1.3
+                           dL: np.ndarray, *, sharpness: float = 1.3, soft: np.ndarray | None = None
                            ) -> tuple[np.ndarray, np.ndarray]:
     """Shadow-like regions whose outer rim is a sharp step are product (grey parts), not shadow.
 
@@ -755,7 +804,8 @@ def _promote_crisp_shadows(ev: np.ndarray, shadow: np.ndarray, grad: np.ndarray,
     of a step of height D after the 3×3 blur is ~3D).  Per connected shadow-like region, the
     rim pixels (next to plain background) are sharp when the strongest gradient within 1 px
     exceeds ``sharpness`` × the region's median depth; regions with most of the rim sharp
-    are promoted to product.  Returns (remaining shadow, promoted pixels).
+    are promoted to product, less the pixels in ``soft`` (the shadow's fall-off, when the region
+    is a grey product merged with its own drop shadow).  Returns (remaining shadow, promoted pixels).
     """
     none = np.zeros(shadow.shape, bool)
     if not shadow.any():
@@ -777,6 +827,8 @@ def _promote_crisp_shadows(ev: np.ndarray, shadow: np.ndarray, grad: np.ndarray,
     promote[0] = False
     if promote.any():
         sel = promote[labels]
+        if soft is not None:
+            sel &= ~soft
         ev[sel] = np.maximum(ev[sel], 1.01)
         return shadow & ~sel, sel
     return shadow, none
@@ -998,10 +1050,17 @@ def classical_mask(image: np.ndarray, *, refine: bool = True, work_side: int = W
     bg = (replace(estimate_background(lab, grad=grad, hp=hp, exclude=exclude, order=3),
                   texture_tol=bg1.texture_tol)
           if exclude.mean() < 0.85 else bg1)
-    ev, shadow, textured = _evidence(lab, bg, hp)
+    edge = _step_edges(lab[:, :, 0], grad, max(12.0, 3.0 * bg.grad_noise))
+    fine = _fine_texture(lab[:, :, 0])
+    ev, shadow, textured = _evidence(lab, bg, hp, edge=edge, fine=fine)
     crisp = grad > max(36.0, 4.0 * bg.grad_noise)
     resid = lab - bg.pred
-    shadow, promoted = _promote_crisp_shadows(ev, shadow, grad, resid[:, :, 0])
+    # a soft shadow's fall-off (see _fall_off): a grey product merged with its own drop shadow
+    # is promoted for its crisp rim, the shadow's fall-off around it is not
+    ramp = grad > max(10.0, 3.0 * bg.grad_noise)
+    walls = cv2.dilate(edge.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    soft = _fall_off(shadow & ramp & ~walls, ~shadow & (ev <= 1.0) & ~walls)
+    shadow, promoted = _promote_crisp_shadows(ev, shadow, grad, resid[:, :, 0], soft=soft)
 
     thr = ev > 1.0
     r = max(1, int(round(min(ww, wh) / 256)))
@@ -1012,9 +1071,7 @@ def classical_mask(image: np.ndarray, *, refine: bool = True, work_side: int = W
     coarse = m8.astype(bool)
     # light on light: parts a few levels off the background, closed off by a crisp outline
     # (the noise from the border fit: the second fit's residuals include a light product itself)
-    edge = _step_edges(lab[:, :, 0], grad, max(12.0, 3.0 * bg.grad_noise))
-    light_kw = dict(min_area=max(16, int(1e-3 * ww * wh)), noise=np.minimum(bg.sigma, bg1.sigma),
-                    ramp=grad > max(10.0, 3.0 * bg.grad_noise))
+    light_kw = dict(min_area=max(16, int(1e-3 * ww * wh)), noise=np.minimum(bg.sigma, bg1.sigma), ramp=ramp)
     light = np.zeros(coarse.shape, bool)
     if not coarse.any():   # a wholly light product: its parts are all there is
         light = coarse = _light_parts(resid, bg, edge, coarse, **light_kw)
@@ -1031,7 +1088,6 @@ def classical_mask(image: np.ndarray, *, refine: bool = True, work_side: int = W
     hp_tol = 2.5 * bg.hp_noise + 1.0
     # the shadow-tolerant hole test's texture: the background's own level from pixels well away
     # from the mask (a plain white backdrop ~0.5, paper or brick 1-3)
-    fine = _fine_texture(lab[:, :, 0])
     far_bg = ~cv2.dilate(coarse.astype(np.uint8), _disk(4 * r_ex)).astype(bool)
     fine_bg = float(np.median(fine[far_bg])) if far_bg.any() else 0.0
     fine_lo = 0.75 * fine_bg if bg.hp_noise > 0.8 else -np.inf

@@ -215,11 +215,9 @@ def test_reject_cut_off_product_unless_allowed():
 IMAGE_MISSES: dict[tuple[int, str, int], str] = {
     # the mug filled with the astronaut crop: part of the product is cut off
     (0, "textured", 5): "mug filled with astronaut, 481x521: IoU 0.612 (39% of the product cut)",
-    (3, "textured", 5): "mug filled with astronaut, 520x404: IoU 0.797 (19% of the product cut)",
+    (3, "textured", 5): "mug filled with astronaut, 520x404: IoU 0.835 (c8: 0.797; the product cut)",
 }
-MEAN_MISSES: dict[str, str] = {
-    "textured": "mean IoU 0.964 (c7: 0.935)",
-}
+MEAN_MISSES: dict[str, str] = {}
 # The boundary F-measure has no documented target; it is held where the IoU target puts it
 # (0.1 under), on the same images.
 TARGET_MEAN_F = TARGET_MEAN_IOU - 0.1
@@ -288,38 +286,32 @@ def test_known_misses_name_cases_that_exist():
 CATALOG_SEED = 0
 SOLE_SEEDS = (0, 1)
 CATALOG_MISSES: dict[tuple[int, int, str, str, str], str] = {
-    # at 400 px the light sole on off-white is cut off, in every colour
-    (400, 0, "sneaker", "red", "offwhite"): "sole 90.5% covered",
-    (400, 0, "sneaker", "navy", "offwhite"): "IoU 0.938, sole 83.4% covered",
-    (400, 0, "sneaker", "green", "offwhite"): "IoU 0.938, sole 83.4% covered",
-    (400, 0, "sneaker", "black", "offwhite"): "IoU 0.936, sole 82.8% covered",
-    (400, 0, "sneaker", "tan", "offwhite"): "sole 86.3% covered",
-    (400, 0, "sneaker", "teal", "offwhite"): "sole 90.5% covered",
-    (400, 0, "sneaker", "mustard", "offwhite"): "sole 86.3% covered",
-    (400, 0, "sneaker", "burgundy", "offwhite"): "IoU 0.938, sole 83.4% covered",
-    (400, 0, "sneaker", "sky", "offwhite"): "sole 86.3% covered",
-    (400, 0, "sneaker", "olive", "offwhite"): "IoU 0.937, sole 83.4% covered",
-    (400, 0, "sneaker", "coral", "offwhite"): "sole 86.2% covered",
-    (400, 0, "sneaker", "grey", "offwhite"): "sole 94.4% covered",
-    (400, 1, "sneaker", "tan", "offwhite"): "IoU 0.928, sole 84.7% covered",
-    (400, 1, "sneaker", "mustard", "offwhite"): "IoU 0.929, sole 84.5% covered",
-    (400, 1, "sneaker", "sky", "offwhite"): "IoU 0.928, sole 84.7% covered",
-    (400, 1, "sneaker", "coral", "offwhite"): "IoU 0.929, sole 84.7% covered",
+    # at 400 px the light sole on off-white is cut off (its toe end), in the darker colours
+    (400, 0, "sneaker", "red", "offwhite"): "IoU 0.924, sole 81.8% covered",
+    (400, 0, "sneaker", "navy", "offwhite"): "IoU 0.923, sole 81.3% covered",
+    (400, 0, "sneaker", "green", "offwhite"): "IoU 0.924, sole 81.8% covered",
+    (400, 0, "sneaker", "black", "offwhite"): "IoU 0.921, sole 81.1% covered",
+    (400, 0, "sneaker", "burgundy", "offwhite"): "IoU 0.923, sole 81.3% covered",
+    (400, 1, "sneaker", "tan", "offwhite"): "IoU 0.930, sole 83.1% covered",
+    (400, 1, "sneaker", "mustard", "offwhite"): "IoU 0.931, sole 83.1% covered",
+    (400, 1, "sneaker", "sky", "offwhite"): "IoU 0.931, sole 83.5% covered",
+    (400, 1, "sneaker", "coral", "offwhite"): "IoU 0.930, sole 83.1% covered",
+    # (c9: the grey upper's promoted rim no longer takes the shadow-like toe of the sole with it)
+    (400, 1, "sneaker", "grey", "offwhite"): "IoU 0.930, sole 83.1% covered (c8: 98.9%)",
     # at 800 px the boot's sole ends are as light and as textured as the paper, in every colour
-    (800, 0, "boot", "red", "texture"): "IoU 0.878",
-    (800, 0, "boot", "navy", "texture"): "IoU 0.877",
-    (800, 0, "boot", "green", "texture"): "IoU 0.873",
+    (800, 0, "boot", "red", "texture"): "IoU 0.882",
+    (800, 0, "boot", "navy", "texture"): "IoU 0.874",
+    (800, 0, "boot", "green", "texture"): "IoU 0.878",
     (800, 0, "boot", "black", "texture"): "IoU 0.878",
     (800, 0, "boot", "tan", "texture"): "IoU 0.875",
-    (800, 0, "boot", "teal", "texture"): "IoU 0.876",
-    (800, 0, "boot", "mustard", "texture"): "IoU 0.876",
-    (800, 0, "boot", "burgundy", "texture"): "IoU 0.878",
+    (800, 0, "boot", "teal", "texture"): "IoU 0.881",
+    (800, 0, "boot", "mustard", "texture"): "IoU 0.877",
+    (800, 0, "boot", "burgundy", "texture"): "IoU 0.874",
     (800, 0, "boot", "sky", "texture"): "IoU 0.880",
     (800, 0, "boot", "olive", "texture"): "IoU 0.877",
-    (800, 0, "boot", "coral", "texture"): "IoU 0.880",
+    (800, 0, "boot", "coral", "texture"): "IoU 0.881",
     (800, 0, "boot", "grey", "texture"): "IoU 0.875",
     # at 800 px, seed 1: the sole's toe end is cut again (96-99% covered at seed 0)
-    (800, 1, "sneaker", "red", "white"): "sole 93.2% covered",
     (800, 1, "sneaker", "red", "offwhite"): "sole 94.4% covered",
     (800, 1, "sneaker", "navy", "offwhite"): "sole 94.4% covered",
     (800, 1, "sneaker", "black", "offwhite"): "sole 91.4% covered",
@@ -364,19 +356,18 @@ def test_sample_catalog_photo(size, seed, kind, colour, background):
 # keep them open (under 5% of the hole filled).  Known misses are strict xfails with the measured
 # value, as above.
 FAMILY_MISSES: dict[tuple[str, str], str] = {
-    ("earrings", "textured"): "IoU 0.317: one earring merges with texture running off the top "
-                              "border, the other is dropped",
-    ("handbag", "offwhite"): "IoU 0.955 but 11.6% of the handle's gap filled (its shadow side)",
-    ("strap_loop", "white"): "IoU 0.946: the buckle's inside and the strap's shadow band kept",
-    ("strap_loop", "offwhite"): "IoU 0.936: the buckle's inside and the strap's shadow band kept",
-    ("strap_loop", "gradient"): "IoU 0.938: the buckle's inside and the strap's shadow band kept",
-    ("strap_loop", "textured"): "IoU 0.585: the loop is 26% filled, texture kept around the strap",
+    ("earrings", "textured"): "IoU 0.899 (c8: 0.754): both kept, with bits of brick mortar next to one",
+    ("strap_loop", "white"): "IoU 0.949: the buckle's inside kept (c8 also kept the strap's shadow band)",
+    ("strap_loop", "offwhite"): "IoU 0.947: the buckle's inside kept",
+    ("strap_loop", "gradient"): "IoU 0.947: the buckle's inside kept",
+    ("strap_loop", "textured"): "IoU 0.743 (c8: 0.681): bricks inside the loop and the buckle kept",
     ("white_sneaker", "offwhite"): "IoU 0.9498 (c6: 0.358): the upper, found as brighter than the "
                                    "backdrop, loses a 1-2 px rim where its shading meets the backdrop's level",
     ("white_sneaker", "gradient"): "IoU 0.845 (c6: 0.737): the upper's heel is lost",
-    ("white_sneaker", "textured"): "IoU 0.326: the upper is lost (the texture's own edges make the "
+    ("white_sneaker", "textured"): "IoU 0.333: the upper is lost (the texture's own edges make the "
                                    "outline test strict)",
-    ("silver_headphones", "offwhite"): "IoU 0.636: part of the drop shadow kept with the product",
+    ("silver_headphones", "offwhite"): "IoU 0.825 (c8: 0.636): the drop shadow beside the headband "
+                                       "kept with it",
 }
 
 
