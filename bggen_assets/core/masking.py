@@ -390,7 +390,8 @@ def _light_parts(resid: np.ndarray, bg: "_Background", edge: np.ndarray, mask: n
     what it finds is the product alone, and at the lower ones the product's halo of shadow is
     then a ring next to the mask, open all round its outer side, so it is not added.  Where the
     product matches its own shadow the outline has gaps: a region whose rim is mostly crisp
-    edge (1.5x as much as open rim) may be open over ``max_open_walled`` of it."""
+    edge (1.5x as much as open rim) may be open over ``max_open_walled`` of it (on a backdrop with
+    crisp edges of its own: 3x, and 25% open)."""
     added = np.zeros(mask.shape, bool)
     # (the same at every level: computed once)
     dist = np.sqrt((resid * resid).sum(axis=2))
@@ -416,8 +417,8 @@ def _light_parts_at(resid: np.ndarray, bg: "_Background", edge: np.ndarray, mask
     is the outline.  The candidate pixels are split by crisp step edges (the walls) into regions;
     a region is a light part when at most ``max_open`` (``max_open_textured`` on a textured
     background; ``max_open_walled`` where the rim is mostly crisp edge, see :func:`_light_parts`)
-    of its rim runs out into plain background (the rest is a crisp edge or the mask): a shadow fades out over most of its rim, a product
-    ends in a step all round.  Also: at least ``min_area``, a mean distance of 1.5x the
+    of its rim runs out into plain background (the rest is a crisp edge or the mask): a shadow
+    fades out over most of its rim, a product ends in a step all round.  Also: at least ``min_area``, a mean distance of 1.5x the
     threshold, not on the image border, and next to the mask unless it is large (1% of the image:
     a wholly white product has no mask to touch); on a textured background next to the mask
     always (paper and brick have crisp cells of their own).  The crisp edge pixels around an
@@ -459,7 +460,7 @@ def _light_parts_at(resid: np.ndarray, bg: "_Background", edge: np.ndarray, mask
     big = area >= 0.01 * h * w
     textured = _edged_backdrop(edge, mask, bg)
     # (on a textured background the cells of the texture are closed off too: a stricter outline,
-    # and no allowance for gaps in it, as brick mortar walls every brick)
+    # and a smaller allowance for gaps in it, as brick mortar walls every brick)
     limit = np.full(n, max_open_textured if textured else max_open)
     if max_open_walled is not None:
         n_wall = np.bincount(labels[rim & cv2.dilate(walls.astype(np.uint8), k3).astype(bool)], minlength=n)
