@@ -33,6 +33,7 @@ boundary taken from the upsampled evidence map):
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -150,10 +151,15 @@ def fill_holes(mask: np.ndarray, *, evidence: np.ndarray | None = None,
     big = [i for i in range(1, n) if stats[i, cv2.CC_STAT_AREA] >= min_area]
     if not big:
         return filled
-    open_ = _background_like(labels, n, evidence, residual, offset_tol,
-                             max_evidence=keep_open_max_evidence, texture=texture,
+    # the per-hole statistics on the holes' box (7 px wider, the erosions' reach): the same sums
+    # over the same pixels in the same order, without a pass over the whole image per statistic
+    box = _box_around(holes, 7)
+    labels_c, holes_c = labels[box], holes[box]
+    crop = lambda a: None if a is None else a[box]   # noqa: E731
+    open_ = _background_like(labels_c, n, evidence[box], crop(residual), offset_tol,
+                             max_evidence=keep_open_max_evidence, texture=crop(texture),
                              texture_low=texture_low,
-                             core=None if texture is None else cv2.erode(holes, _disk(7)).astype(bool))
+                             core=None if texture is None else cv2.erode(holes_c, _disk(7)).astype(bool))
     if plain_evidence is not None and residual is not None:
         ft, lo, hi, smooth = fine_texture if fine_texture is not None else (None, -np.inf, np.inf, -np.inf)
         allowed = np.ones(n, bool)
@@ -162,16 +168,23 @@ def fill_holes(mask: np.ndarray, *, evidence: np.ndarray | None = None,
             # (closed first: a thin grey part crossing the outline, a buckle over a strap, is all
             # edge and looks textured; a sole between an upper and its shadow is wider)
             own = cv2.morphologyEx(own.astype(np.uint8), cv2.MORPH_CLOSE, _disk(4)).astype(bool)
-            inside = fill_holes(own) & ~own
-            enclosed_px = np.bincount(labels[inside & (labels > 0)], minlength=n)
-            allowed = enclosed_px >= 0.95 * np.bincount(labels.ravel(), minlength=n)
-        open_ |= allowed & _shadowed_background(labels, n, plain_evidence, residual, offset_tol, texture=ft,
-                                      texture_low=lo, texture_high=hi, smooth_low=smooth,
-                                      core=None if ft is None else cv2.erode(holes, _disk(3)).astype(bool))
-    for i in big:
-        if open_[i]:
-            filled[labels == i] = False
+            inside = (fill_holes(own) & ~own)[box]
+            enclosed_px = np.bincount(labels_c[inside & (labels_c > 0)], minlength=n)
+            allowed = enclosed_px >= 0.95 * np.bincount(labels_c.ravel(), minlength=n)
+        open_ |= allowed & _shadowed_background(labels_c, n, plain_evidence[box], residual[box], offset_tol,
+                                                texture=crop(ft), texture_low=lo, texture_high=hi,
+                                                smooth_low=smooth,
+                                                core=None if ft is None else cv2.erode(holes_c, _disk(3)).astype(bool))
+    reopen = open_[labels_c] & (labels_c > 0) & np.isin(labels_c, big)
+    filled[box] &= ~reopen
     return filled
+
+
+def _box_around(region: np.ndarray, pad: int) -> tuple[slice, slice]:
+    """Slices of the bounding box of ``region``'s nonzero pixels, ``pad`` px wider (clipped)."""
+    x, y, bw, bh = cv2.boundingRect(region.astype(np.uint8))
+    h, w = region.shape[:2]
+    return slice(max(0, y - pad), min(h, y + bh + pad)), slice(max(0, x - pad), min(w, x + bw + pad))
 
 
 def _shadowed_background(labels: np.ndarray, n: int, ev: np.ndarray, residual: np.ndarray,
@@ -265,14 +278,30 @@ def _edged_backdrop(edge: np.ndarray, mask: np.ndarray, bg: "_Background") -> bo
     """Whether the background has crisp edges of its own (brick, paper grain, print): measured
     on the border strip the background model comes from (a light product's own outline is not
     there).  On such a backdrop every cell of the texture is closed off by crisp edges too."""
-    h, w = edge.shape
-    bw_ = max(3, int(0.06 * min(h, w)))
-    far = np.zeros((h, w), bool)
-    far[:bw_], far[-bw_:], far[:, :bw_], far[:, -bw_:] = True, True, True, True
-    mx, my, mw, mh = mask_bbox(mask)
-    if mask.any() and not (mx > bw_ + 15 and my > bw_ + 15 and mx + mw < w - bw_ - 15 and my + mh < h - bw_ - 15):
-        far &= ~cv2.dilate(mask.astype(np.uint8), _disk(15)).astype(bool)   # (the mask reaches the strip)
-    return bool(bg.hp_noise > 0.8 or (far.any() and float(edge[far].mean()) > 0.003))
+    if bg.hp_noise > 0.8:
+        return True
+    far = _border_strip(mask)
+    return bool(far.any() and float(edge[far].mean()) > 0.003)
+
+
+def _border_strip(mask: np.ndarray, frac: float = 0.06, clear_px: int = 15) -> np.ndarray:
+    """The image's border strip, ``frac`` of the short side wide, less what lies within
+    ``clear_px`` of ``mask`` (a product reaching the frame, and its outline's blur).
+    (The mask's dilation is computed on the four sides of the frame only, each as deep as the
+    strip plus the dilation's reach, round the mask pixels there: a whole-image dilation by a
+    31 px disk costs more than the rest of the test.)"""
+    h, w = mask.shape
+    bw_ = max(3, int(frac * min(h, w)))
+    strip = np.zeros((h, w), bool)
+    strip[:bw_], strip[-bw_:], strip[:, :bw_], strip[:, -bw_:] = True, True, True, True
+    m8, k, d = mask.astype(np.uint8), _disk(clear_px), bw_ + clear_px + 1
+    for side in ((slice(0, d), slice(None)), (slice(max(0, h - d), h), slice(None)),
+                 (slice(None), slice(0, d)), (slice(None), slice(max(0, w - d), w))):
+        sub = m8[side]
+        if sub.any():
+            box = _box_around(sub, clear_px)
+            strip[side][box] &= ~cv2.dilate(sub[box], k).astype(bool)
+    return strip
 
 
 def _add_enclosed(mask: np.ndarray, edge: np.ndarray, ev: np.ndarray, residual: np.ndarray,
@@ -394,7 +423,7 @@ def _light_parts(resid: np.ndarray, bg: "_Background", edge: np.ndarray, mask: n
     crisp edges of its own: 3x, and 25% open)."""
     added = np.zeros(mask.shape, bool)
     # (the same at every level: computed once)
-    dist = np.sqrt((resid * resid).sum(axis=2))
+    dist = _lab_distance(resid)
     walls = cv2.dilate(edge.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
     for f in sorted(levels, reverse=True):
         got = _light_parts_at(resid, bg, edge, mask | added, min_area=min_area, noise=noise, scale=f,
@@ -425,7 +454,7 @@ def _light_parts_at(resid: np.ndarray, bg: "_Background", edge: np.ndarray, mask
     added region are added with it.  Returns the added pixels (bool), possibly empty."""
     h, w = mask.shape
     if dist is None:
-        dist = np.sqrt((resid * resid).sum(axis=2))
+        dist = _lab_distance(resid)
     dthr = scale * max(3.0, 3.5 * float(np.sqrt((noise.astype(np.float64) ** 2).sum())))
     if walls is None:
         walls = cv2.dilate(edge.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
@@ -433,28 +462,25 @@ def _light_parts_at(resid: np.ndarray, bg: "_Background", edge: np.ndarray, mask
     none = np.zeros(mask.shape, bool)
     if not cand.any():
         return none
-    n, labels, area, ok = _inner_components(cand, min_area, connectivity=4)
-    if not ok.any():
-        return none
     k3 = np.ones((3, 3), np.uint8)
     plain = ~cand & ~walls & ~mask
+    fall = none
     if ramp is not None:
         # a soft shadow's fall-off: a moderate, smooth gradient reached from the plain
         # background without crossing a crisp edge; taken out, what it leaves of a shadow is a
         # core ringed by fall-off, of a product the product ringed by its outline
         fall = _fall_off(cand & ramp, plain, ramp_px)
-        if fall.any():
-            cand = cand & ~fall
-            n, labels, area, ok = _inner_components(cand, min_area, connectivity=4)
-    else:
-        fall = np.zeros(mask.shape, bool)
+        cand = cand & ~fall
+    n, labels, area, ok = _inner_components(cand, min_area, connectivity=4)
+    if not ok.any():
+        return none
     rim = cand & cv2.dilate((~cand).astype(np.uint8), k3).astype(bool)
     # (next to the fall-off counts as open: a region that fades out there is a shadow's core,
     # under a handbag as much as beside it)
     open_ = rim & cv2.dilate((plain | fall).astype(np.uint8), k3).astype(bool)
     n_rim = np.bincount(labels[rim], minlength=n)
     n_open = np.bincount(labels[open_], minlength=n)
-    mean_d = np.bincount(labels.ravel(), weights=dist.ravel().astype(np.float64), minlength=n) / np.maximum(area, 1)
+    mean_d = np.bincount(labels[cand], weights=dist[cand], minlength=n) / np.maximum(area, 1)
     near = cv2.dilate(mask.astype(np.uint8), _disk(3)).astype(bool)
     touch = np.bincount(labels[near], minlength=n) > 0
     big = area >= 0.01 * h * w
@@ -494,10 +520,7 @@ def _brighter_parts(dL: np.ndarray, mask: np.ndarray, *, min_area: int, noise_L:
     Returns the added pixels (bool), possibly empty."""
     h, w = mask.shape
     none = np.zeros(mask.shape, bool)
-    bw_ = max(3, int(strip_frac * min(h, w)))
-    strip = np.zeros((h, w), bool)
-    strip[:bw_], strip[-bw_:], strip[:, :bw_], strip[:, -bw_:] = True, True, True, True
-    strip &= ~cv2.dilate(mask.astype(np.uint8), _disk(15)).astype(bool)
+    strip = _border_strip(mask, strip_frac)
     if strip.sum() < 100:
         return none
     thr = max(3.0, 4.0 * noise_L, 1.5 * float(np.percentile(dL[strip], 99.5)))
@@ -536,6 +559,13 @@ def _brighter_parts(dL: np.ndarray, mask: np.ndarray, *, min_area: int, noise_L:
     hit[lab2[added]] = True
     hit[0] = False
     return hit[lab2]
+
+
+def _lab_distance(resid: np.ndarray) -> np.ndarray:
+    """Per-pixel Euclidean length of an H×W×3 residual (channel by channel: numpy's reduction
+    over a 3-long last axis is several times slower, and sums in the same order)."""
+    r0, r1, r2 = resid[:, :, 0], resid[:, :, 1], resid[:, :, 2]
+    return np.sqrt(r0 * r0 + r1 * r1 + r2 * r2)
 
 
 def _disk(r: int) -> np.ndarray:
@@ -577,13 +607,17 @@ def _poly_terms(u: np.ndarray, v: np.ndarray, order: int = 2) -> np.ndarray:
     return np.stack(cols, axis=1)
 
 
+@lru_cache(maxsize=32)
 def _border_samples(h: int, w: int, bw: int, max_n: int = 3000) -> tuple[np.ndarray, np.ndarray]:
-    ys, xs = np.mgrid[0:h, 0:w]
-    sel = (ys < bw) | (ys >= h - bw) | (xs < bw) | (xs >= w - bw)
-    yy, xx = ys[sel], xs[sel]
+    """Row-major coordinates of the ``bw``-wide border strip, thinned to about ``max_n``.
+    (Cached and read-only: every image of one size asks for the same strip twice.)"""
+    ys, xs = np.arange(h)[:, None], np.arange(w)[None, :]
+    yy, xx = np.nonzero((ys < bw) | (ys >= h - bw) | (xs < bw) | (xs >= w - bw))
     if yy.size > max_n:
         step = int(np.ceil(yy.size / max_n))
         yy, xx = yy[::step], xx[::step]
+    yy.flags.writeable = False
+    xx.flags.writeable = False
     return yy, xx
 
 
