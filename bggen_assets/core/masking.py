@@ -207,14 +207,16 @@ def _shadowed_background(labels: np.ndarray, n: int, ev: np.ndarray, residual: n
     of it is in shadow (its darkest 20% within ``offset_tol``), a texture of at least
     ``smooth_low`` (a plain label on a bottle, on paper, is smoother than the paper)."""
     flat = labels.ravel()
-    cnt = np.maximum(np.bincount(flat, minlength=n), 1).astype(np.float64)
+    px = np.bincount(flat, minlength=n)
+    cnt = np.maximum(px, 1).astype(np.float64)
     e = ev.ravel()
     mean_ev = np.bincount(flat, weights=np.minimum(e, 2.0), minlength=n) / cnt
     detail = np.bincount(flat, weights=(e > 2.0).astype(np.float64), minlength=n) / cnt
     r = residual.reshape(-1, residual.shape[-1])
     chroma = np.sqrt(sum((np.bincount(flat, weights=r[:, c].astype(np.float64), minlength=n) / cnt) ** 2
                          for c in (1, 2)))
-    like = (mean_ev < 0.5) & (detail < 0.015) & (chroma <= offset_tol)
+    # (a label with no pixels here, outside the crop a caller passes, is not asked)
+    like = (mean_ev < 0.5) & (detail < 0.015) & (chroma <= offset_tol) & (px > 0)
     like[0] = False
     if texture is not None:
         tflat = flat if core is None else np.where(core.ravel(), flat, 0)
@@ -357,10 +359,15 @@ def _add_enclosed(mask: np.ndarray, edge: np.ndarray, ev: np.ndarray, residual: 
     far_cnt = np.bincount(lab_far.ravel(), minlength=n)
     stat_labels = np.where(far_cnt[labels] >= 8, lab_far, labels)   # thin regions: all pixels
     stat_labels[~far & (far_cnt[labels] >= 8)] = 0
-    like = _background_like(stat_labels, n, ev, residual, offset_tol, texture=hp, texture_tol=hp_tol,
-                            texture_low=hp_low)
+    # (the statistics on the candidates' box only: the same sums for them, the others are not asked)
+    box = _box_around(cand[labels], 0)
+    stat_labels = stat_labels[box]
+    like = _background_like(stat_labels, n, ev[box], residual[box], offset_tol, texture=hp[box],
+                            texture_tol=hp_tol, texture_low=hp_low)
     if shadowed is not None:
-        like |= _shadowed_background(stat_labels, n, residual=residual, offset_tol=offset_tol, **shadowed)
+        like |= _shadowed_background(stat_labels, n, residual=residual[box], offset_tol=offset_tol,
+                                     **{k: v[box] if isinstance(v, np.ndarray) else v
+                                        for k, v in shadowed.items()})
     acc = cand & ~like
     if not acc.any():
         return added
