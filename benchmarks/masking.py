@@ -9,6 +9,8 @@ to one thread).
     .venv/bin/python benchmarks/masking.py --yolo-weights path/to/yolo-seg.pt
     .venv/bin/python benchmarks/masking.py --onnx path/to/model.onnx --onnx-size 1024
     .venv/bin/python benchmarks/masking.py --onnx tiny   # the tests' hand-weighted tiny model
+    .venv/bin/python benchmarks/masking.py --quick --no-catalog --no-yolo --speed-against b7a789c
+                                                  # time another version side by side (a ratio)
 
 The labelled set is the silhouettes (seeds 0-3, 12 per background type) and the drawn case
 families (tests/masking_evalset.py FAMILIES: several parts, true holes, light on light; every kind
@@ -111,6 +113,39 @@ def _speed(fn, images, rounds):
                 pass
             n += 1
     return n / (time.perf_counter() - t), n / (time.process_time() - c)
+
+
+def _speed_against(ref: str, images, rounds, tmp) -> None:
+    """CPU time per image of this classical masker and of another version of core/masking.py,
+    interleaved round by round (the shared machine's speed drifts over minutes: only a ratio
+    measured side by side says whether a change made the masker faster)."""
+    import importlib.util
+    import subprocess
+
+    path = Path(ref)
+    if not path.is_file():
+        src = subprocess.run(["git", "-C", str(ROOT), "show", f"{ref}:bggen_assets/core/masking.py"],
+                             check=True, capture_output=True, text=True).stdout
+        path = Path(tmp) / "masking_ref.py"
+        path.write_text(src)
+    spec = importlib.util.spec_from_file_location("bggen_masking_ref", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod   # (dataclasses look their module up there)
+    spec.loader.exec_module(mod)
+    pair = {"this": classical_mask, ref: mod.classical_mask}
+    for fn in pair.values():
+        fn(images[0])   # warm-up
+    cpu = {k: 0.0 for k in pair}
+    for _ in range(rounds):
+        for k, fn in pair.items():
+            c = time.process_time()
+            for im in images:
+                fn(im)
+            cpu[k] += time.process_time() - c
+    n = rounds * len(images)
+    print(f"  classical, this version {1000 * cpu['this'] / n:7.1f} ms/image CPU time; {ref}: "
+          f"{1000 * cpu[ref] / n:7.1f} ms; ratio this/{ref}: {cpu['this'] / cpu[ref]:.2f} "
+          f"(interleaved, {rounds} rounds x {len(images)} images)")
 
 
 def _catalog(sizes, seeds) -> None:
@@ -239,6 +274,9 @@ def main(argv=None) -> int:
     ap.add_argument("--onnx-mean", type=float, nargs=3, default=[0.485, 0.456, 0.406])
     ap.add_argument("--onnx-std", type=float, nargs=3, default=[0.229, 0.224, 0.225])
     ap.add_argument("--onnx-activation", default="none", choices=["none", "sigmoid", "minmax"])
+    ap.add_argument("--speed-against", default=None, metavar="REV_OR_FILE",
+                    help="also time another version of core/masking.py (a git revision, or a file), "
+                         "interleaved round by round with this one, and print the ratio")
     args = ap.parse_args(argv)
 
     cv2.setNumThreads(1)
@@ -347,6 +385,8 @@ def main(argv=None) -> int:
     print()
     print(f"speed at 1024x768 on one core ({len(images)} images x {rounds} rounds; "
           f"cv2/torch/BLAS/onnxruntime threads = 1):")
+    if args.speed_against:
+        _speed_against(args.speed_against, images, rounds, tmp)
     for name, fn in maskers:
         r = 1 if name.startswith("yolo") else rounds
         ips, cps = _speed(fn, images, r)

@@ -432,9 +432,11 @@ def _light_parts(resid: np.ndarray, bg: "_Background", edge: np.ndarray, mask: n
     # (the same at every level: computed once)
     dist = _lab_distance(resid)
     walls = cv2.dilate(edge.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    ab = cv2.GaussianBlur(np.ascontiguousarray(resid[:, :, 1:]), (0, 0), 1.5)
+    chroma = np.hypot(ab[:, :, 0], ab[:, :, 1])
     for f in sorted(levels, reverse=True):
         got = _light_parts_at(resid, bg, edge, mask | added, min_area=min_area, noise=noise, scale=f,
-                              dist=dist, walls=walls, max_open_walled=0.4, **kw)
+                              dist=dist, walls=walls, max_open_walled=0.4, chroma=chroma, **kw)
         added |= got
     return added
 
@@ -444,7 +446,7 @@ def _light_parts_at(resid: np.ndarray, bg: "_Background", edge: np.ndarray, mask
                     max_open_textured: float = 0.1, max_open_walled: float | None = None,
                     ramp: np.ndarray | None = None,
                     ramp_px: int = 24, dist: np.ndarray | None = None,
-                    walls: np.ndarray | None = None) -> np.ndarray:
+                    walls: np.ndarray | None = None, chroma: np.ndarray | None = None) -> np.ndarray:
     """Light on light: product parts whose colour is only a few levels off the background (a
     white sneaker on white, silver on light grey), found by a contrast model plus edge support.
 
@@ -509,7 +511,32 @@ def _light_parts_at(resid: np.ndarray, bg: "_Background", edge: np.ndarray, mask
     if not ok.any():
         return none
     added = ok[labels]
+    if chroma is not None:
+        added &= ~_shadow_coloured(labels, ok, area, open_, chroma)
     return added | (cv2.dilate(added.astype(np.uint8), _disk(2)).astype(bool) & walls)
+
+
+def _shadow_coloured(labels: np.ndarray, ok: np.ndarray, area: np.ndarray, open_: np.ndarray,
+                     chroma: np.ndarray, low: float = 1.2) -> np.ndarray:
+    """The part of each accepted light region that is its drop shadow: pixels of the
+    background's own chroma (``chroma``: the smoothed ab distance to the fitted background
+    below ``low``) reached from the region's open rim through such pixels.  A shadow darkens the
+    backdrop but keeps its colour; a grey product merged with its shadow (silver beside the
+    shadow under it) is a few levels of chroma off it.  Only where what is left is most of the
+    region (40%) and clearly off the background's chroma (2x ``low`` on average): a product of
+    the backdrop's own colour is not peeled away."""
+    shade = ok[labels] & (chroma < low)
+    n2, lab2 = cv2.connectedComponents(shade.astype(np.uint8), connectivity=4)
+    seeded = np.zeros(n2, bool)
+    seeded[np.unique(lab2[open_ & shade])] = True
+    seeded[0] = False
+    peel = seeded[lab2]
+    n = len(ok)
+    left = ok[labels] & ~peel
+    n_left = np.bincount(labels[left], minlength=n)
+    mean_left = np.bincount(labels[left], weights=chroma[left], minlength=n) / np.maximum(n_left, 1)
+    apply = ok & (n_left >= 0.4 * area) & (mean_left >= 2.0 * low)
+    return peel & apply[labels]
 
 
 def _brighter_parts(dL: np.ndarray, mask: np.ndarray, *, min_area: int, noise_L: float,
