@@ -50,7 +50,7 @@ from bggen_assets.core.yolo_masking import YOLO_VERSION, yolo_mask
 __all__ = ["MaskerResource", "MaskerConfigError", "CLASSICAL_VERSION"]
 
 # Bump when the algorithm changes in a way that changes masks: stored masks are re-made.
-CLASSICAL_VERSION = "c10"  # c10: a light part merged with its drop shadow leaves the shadow out where it keeps the backdrop's chroma; c9: light parts found from the highest contrast down, a mostly crisp outline may have gaps where the product meets its own shadow; c8: a structured backdrop (brick, print) is not product: its texture raises the tolerance, its shadowed cells are not enclosed parts; c7: light parts brighter than the backdrop (a white upper on off-white); c6: holes open in the product's shadow, light-on-light parts; c5: every part kept (pairs); c4: edge pixels unmixed
+CLASSICAL_VERSION = "c11"  # c11: light parts of a tint of their own (chromaticity, which a shadow keeps) are product; c10: a light part merged with its drop shadow leaves the shadow out where it keeps the backdrop's chroma; c9: light parts found from the highest contrast down, a mostly crisp outline may have gaps where the product meets its own shadow; c8: a structured backdrop (brick, print) is not product: its texture raises the tolerance, its shadowed cells are not enclosed parts; c7: light parts brighter than the backdrop (a white upper on off-white); c6: holes open in the product's shadow, light-on-light parts; c5: every part kept (pairs); c4: edge pixels unmixed
 
 
 def masking_code_version() -> str:

@@ -539,6 +539,35 @@ def _shadow_coloured(labels: np.ndarray, ok: np.ndarray, area: np.ndarray, open_
     return peel & apply[labels]
 
 
+def _parts_standing_out(value: np.ndarray, cand: np.ndarray, mask: np.ndarray, *, min_area: int,
+                        thr: float, max_ring: float, near_px: int = 3,
+                        ring_out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The components of ``cand`` (pixels where ``value`` is above ``thr``) that are parts of the
+    product: at least ``min_area``, not on the image border, next to the mask (within
+    ``near_px``) or large (1% of the image), ending in a step (2-4 px outside, where not
+    ``ring_out``, ``value`` is back under ``max_ring`` x ``thr``: a patch of the backdrop's own,
+    the lit centre of a vignette or a misfit of the background model, fades out) and not ringing
+    the mask (a lit backdrop round a darker product).  Returns (labels, ok per label)."""
+    h, w = mask.shape
+    n, labels, area, ok = _inner_components(cand, min_area, connectivity=8)
+    near = cv2.dilate(mask.astype(np.uint8), _disk(near_px)).astype(bool)
+    touch = np.bincount(labels[near], minlength=n) > 0
+    ok &= touch | (area >= 0.01 * h * w)
+    lab_d = cv2.dilate(labels.astype(np.float32), _disk(4)).astype(np.int32)
+    ring = (lab_d > 0) & ~cv2.dilate(cand.astype(np.uint8), _disk(1)).astype(bool) & ~mask
+    if ring_out is not None:
+        ring &= ~ring_out
+    n_ring = np.bincount(lab_d[ring], minlength=n)
+    ring_v = np.bincount(lab_d[ring], weights=value[ring].astype(np.float64), minlength=n) / np.maximum(n_ring, 1)
+    ok &= (n_ring > 0) & (ring_v <= max_ring * thr)
+    m_area = max(1, int(np.count_nonzero(mask)))
+    for k in np.nonzero(ok)[0]:
+        if np.count_nonzero(fill_holes(labels == k) & mask) > 0.5 * m_area:
+            ok[k] = False
+    ok[0] = False
+    return labels, ok
+
+
 def _brighter_parts(dL: np.ndarray, mask: np.ndarray, *, min_area: int, noise_L: float,
                     strip_frac: float = 0.06, max_ring: float = 0.65, grow_px: int = 6) -> np.ndarray:
     """Light on light, the other cue: parts clearly *brighter* than the fitted background (a white
@@ -546,13 +575,10 @@ def _brighter_parts(dL: np.ndarray, mask: np.ndarray, *, min_area: int, noise_L:
     background itself reaches cannot be the product's shadow; the threshold is taken from the
     border strip the background model comes from (max(3, 4 x noise, 1.5 x its 99.5th percentile)),
     and when more than 0.5% of that strip is above it (paper grain, brick mortar: a background
-    with bright texture of its own) nothing is added.  A part is a connected region of at least
-    ``min_area``, not on the image border, next to the mask or large (1% of the image), ending
-    in a step (2-4 px outside it the backdrop is back under ``max_ring`` x the threshold) and not
-    ringing the mask; it is then grown by hysteresis over ``grow_px`` into its less bright rim.
-    ``dL`` is the L residual against the fitted background (OpenCV's 8-bit Lab scale).
-    Returns the added pixels (bool), possibly empty."""
-    h, w = mask.shape
+    with bright texture of its own) nothing is added.  A part is a component that
+    :func:`_parts_standing_out` accepts; it is then grown by hysteresis over ``grow_px`` into its
+    less bright rim.  ``dL`` is the L residual against the fitted background (OpenCV's 8-bit Lab
+    scale).  Returns the added pixels (bool), possibly empty."""
     none = np.zeros(mask.shape, bool)
     strip = _border_strip(mask, strip_frac)
     if strip.sum() < 100:
@@ -561,25 +587,7 @@ def _brighter_parts(dL: np.ndarray, mask: np.ndarray, *, min_area: int, noise_L:
     cand = (dL > thr) & ~mask
     if float(cand[strip].mean()) > 0.005 or not cand.any():
         return none
-    n, labels, area, ok = _inner_components(cand, min_area, connectivity=8)
-    near = cv2.dilate(mask.astype(np.uint8), _disk(3)).astype(bool)
-    touch = np.bincount(labels[near], minlength=n) > 0
-    ok &= touch | (area >= 0.01 * h * w)
-    # a product ends in a step: 2-4 px outside it the backdrop is back at its level; a brighter
-    # patch of backdrop (the lit centre of a vignetted sweep) fades out, just outside it the
-    # backdrop is still nearly as bright
-    lab_d = cv2.dilate(labels.astype(np.float32), _disk(4)).astype(np.int32)
-    ring = (lab_d > 0) & ~cv2.dilate(cand.astype(np.uint8), _disk(1)).astype(bool) & ~mask
-    n_ring = np.bincount(lab_d[ring], minlength=n)
-    ring_d = np.bincount(lab_d[ring], weights=dL[ring].astype(np.float64), minlength=n) / np.maximum(n_ring, 1)
-    ok &= (n_ring > 0) & (ring_d <= max_ring * thr)
-    # nor does a product's part ring the product: a lit backdrop round a darker product does
-    m_area = max(1, int(np.count_nonzero(mask)))
-    for k in np.nonzero(ok)[0]:
-        comp = labels == k
-        if np.count_nonzero(fill_holes(comp) & mask) > 0.5 * m_area:
-            ok[k] = False
-    ok[0] = False
+    labels, ok = _parts_standing_out(dL, cand, mask, min_area=min_area, thr=thr, max_ring=max_ring)
     if not ok.any():
         return none
     added = ok[labels]
@@ -588,11 +596,72 @@ def _brighter_parts(dL: np.ndarray, mask: np.ndarray, *, min_area: int, noise_L:
     low = max(2.0 * noise_L, float(np.percentile(dL[strip], 99.5)), 1.0)
     near_part = cv2.dilate(added.astype(np.uint8), _disk(grow_px)).astype(bool)
     weak = (dL > low) & ~mask & near_part
-    n2, lab2 = cv2.connectedComponents((weak | added).astype(np.uint8), connectivity=8)
-    hit = np.zeros(n2, bool)
-    hit[lab2[added]] = True
+    return _joined(weak | added, added)
+
+
+def _joined(region: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+    """The 8-connected components of ``region`` that hold a pixel of ``seeds``."""
+    n, labels = cv2.connectedComponents(region.astype(np.uint8), connectivity=8)
+    hit = np.zeros(n, bool)
+    hit[labels[seeds & region]] = True
     hit[0] = False
-    return hit[lab2]
+    return hit[labels]
+
+
+def _tint_distance(rgb: np.ndarray, pred: np.ndarray, sigma: float = 2.0) -> np.ndarray:
+    """How far each pixel's colour is from the fitted background's, blind to shading: the
+    distance between their chromaticities (RGB over its mean), smoothed (Gaussian ``sigma``)
+    and scaled back to the background's level (RGB levels).  A shadow scales the backdrop's RGB
+    (linear light, and so its sRGB, by one factor for all three channels): its chromaticity is
+    the backdrop's, where Lab's a/b shrink with the lightness and turn (0.54-0.95 of the
+    backdrop's a/b in the drop shadows of the drawn set).  ``pred``: the background, Lab as
+    OpenCV's 8-bit scale."""
+    obs = cv2.GaussianBlur(rgb.astype(np.float32), (0, 0), sigma)
+    lab_f = np.dstack([pred[:, :, 0] * (100.0 / 255.0), pred[:, :, 1] - 128.0,
+                       pred[:, :, 2] - 128.0]).astype(np.float32)
+    back = cv2.cvtColor(lab_f, cv2.COLOR_LAB2RGB) * 255.0
+    s_back = back.mean(axis=2, keepdims=True) + 1.0
+    diff = (obs / (obs.mean(axis=2, keepdims=True) + 1.0) - back / s_back) * s_back
+    return np.sqrt((diff ** 2).sum(axis=2))
+
+
+def _tinted_parts(rgb: np.ndarray, pred: np.ndarray, mask: np.ndarray, *, min_area: int,
+                  floor: float = 1.5, strip_frac: float = 0.06, max_ring: float = 0.65,
+                  halo_px: int = 6, grow_px: int = 8) -> np.ndarray:
+    """Light on light, the third cue: parts of a colour of their own, a few levels off the
+    backdrop's tint and darker than it (a white upper on a green-tinted or brick backdrop, just
+    as light as the upper's own drop shadow: the outline has no contrast in L, and the L
+    evidence calls it shadow).  By the tint distance (:func:`_tint_distance`: a shadow keeps
+    the backdrop's chromaticity), above max(``floor``, 1.5 x the border strip's 99.5th
+    percentile), nothing when more than 0.5% of the strip is above (a backdrop with coloured
+    texture).  Pixels within ``halo_px`` of the mask are not candidates: the smoothing spreads a
+    coloured product's tint a few px out.  A part is a component :func:`_parts_standing_out`
+    accepts (next to the mask: within ``halo_px`` + 3) whose median is at least twice the
+    threshold (a clear tint: the shadows and JPEG's colour noise that pass the threshold stay
+    within 1.8x of it on the drawn set, the products' parts above 2.1x); its boundary is where
+    the tint falls to half that median (the middle of the step the smoothing made), within
+    ``grow_px``.  Returns the added pixels (bool), possibly empty."""
+    none = np.zeros(mask.shape, bool)
+    strip = _border_strip(mask, strip_frac)
+    if strip.sum() < 100:
+        return none
+    tint = _tint_distance(rgb, pred)
+    thr = max(floor, 1.5 * float(np.percentile(tint[strip], 99.5)))
+    halo = cv2.dilate(mask.astype(np.uint8), _disk(halo_px)).astype(bool)
+    cand = (tint > thr) & ~halo
+    if float(cand[strip].mean()) > 0.005 or not cand.any():
+        return none
+    labels, ok = _parts_standing_out(tint, cand, mask, min_area=min_area, thr=thr, max_ring=max_ring,
+                                     near_px=halo_px + 3, ring_out=halo)
+    added = none
+    for k in np.nonzero(ok)[0]:
+        part = labels == k
+        med = float(np.median(tint[part]))
+        if med < 2.0 * thr:
+            continue
+        zone = cv2.dilate(part.astype(np.uint8), _disk(grow_px)).astype(bool)
+        added = added | _joined((tint >= 0.5 * med) & zone & ~mask, part)
+    return added
 
 
 def _lab_distance(resid: np.ndarray) -> np.ndarray:
@@ -1196,6 +1265,10 @@ def classical_mask(image: np.ndarray, *, refine: bool = True, work_side: int = W
     if bright.any():
         coarse = fill_holes(coarse | bright, **holes)
         light = light | bright
+    tinted = _tinted_parts(work, bg.pred, coarse | opened, min_area=light_kw["min_area"])
+    if tinted.any():
+        coarse = fill_holes(coarse | tinted, **holes)
+        light = light | tinted
     protected = enclosed | promoted | light
     # GrabCut's colour model calls a light part the background's (a white sole's toe): what a
     # crisp outline closes off from the image border is kept whatever GrabCut thinks
