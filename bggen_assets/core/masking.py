@@ -617,12 +617,14 @@ def _tint_distance(rgb: np.ndarray, pred: np.ndarray, sigma: float = 2.0) -> np.
     backdrop's a/b in the drop shadows of the drawn set).  ``pred``: the background, Lab as
     OpenCV's 8-bit scale."""
     obs = cv2.GaussianBlur(rgb.astype(np.float32), (0, 0), sigma)
-    lab_f = np.dstack([pred[:, :, 0] * (100.0 / 255.0), pred[:, :, 1] - 128.0,
-                       pred[:, :, 2] - 128.0]).astype(np.float32)
-    back = cv2.cvtColor(lab_f, cv2.COLOR_LAB2RGB) * 255.0
-    s_back = back.mean(axis=2, keepdims=True) + 1.0
-    diff = (obs / (obs.mean(axis=2, keepdims=True) + 1.0) - back / s_back) * s_back
-    return np.sqrt((diff ** 2).sum(axis=2))
+    lab_f = pred.astype(np.float32) - np.float32([0.0, 128.0, 128.0])   # float Lab: L 0-100, a/b signed
+    lab_f[:, :, 0] = pred[:, :, 0] * np.float32(100.0 / 255.0)
+    back = cv2.cvtColor(lab_f, cv2.COLOR_LAB2RGB) * np.float32(255.0)
+    # (channel sums by cv2.transform: numpy's reductions over the last axis are several times slower)
+    third = np.full((1, 3), 1.0 / 3.0, np.float32)
+    k = (cv2.transform(back, third) + 1.0) / (cv2.transform(obs, third) + 1.0)
+    diff = obs * k[:, :, None] - back      # = (obs / its level - back / its level) x back's level
+    return np.sqrt(cv2.transform(diff * diff, np.ones((1, 3), np.float32)))
 
 
 def _tinted_parts(rgb: np.ndarray, pred: np.ndarray, mask: np.ndarray, *, min_area: int,
