@@ -23,8 +23,9 @@ boundary taken from the upsampled evidence map):
    flood from the image border cannot reach, with the mask and crisp step edges as walls, are
    added unless they look like plain background (see :func:`_add_enclosed`); so are **light
    parts** a few levels off the background that a crisp outline closes off once a shadow's
-   fall-off is taken out (a white sneaker on white: see :func:`_light_parts`).  GrabCut below
-   may not remove either.
+   fall-off is taken out (a white sneaker on white: see :func:`_light_parts`), parts clearly
+   brighter than the background (:func:`_brighter_parts`) and parts of a tint of their own,
+   which a shadow never has (:func:`_tinted_parts`).  GrabCut below may not remove any of them.
 6. **GrabCut refinement** at reduced resolution on the object's bounding box: sure foreground =
    eroded mask, sure background = outside the dilated mask, the band between is "probable"
    (shadow-like pixels start as probable background).  GrabCut may flip pixels only where it is
