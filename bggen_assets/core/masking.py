@@ -641,8 +641,8 @@ def _tinted_parts(rgb: np.ndarray, pred: np.ndarray, mask: np.ndarray, *, min_ar
     coloured product's tint a few px out.  A part is a component :func:`_parts_standing_out`
     accepts (next to the mask: within ``halo_px`` + 3) whose median is at least twice the
     threshold (a clear tint: the shadows and JPEG's colour noise that pass the threshold stay
-    within 1.8x of it on the drawn set, the products' parts above 2.1x); its boundary is where
-    the tint falls to half that median (the middle of the step the smoothing made), within
+    within 1.75x of it on the drawn set, the products' parts at 2.08x and more); its boundary is
+    where the tint falls to half that median (the middle of the step the smoothing made), within
     ``grow_px``.  Returns the added pixels (bool), possibly empty."""
     none = np.zeros(mask.shape, bool)
     strip = _border_strip(mask, strip_frac)
