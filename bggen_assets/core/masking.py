@@ -527,11 +527,7 @@ def _shadow_coloured(labels: np.ndarray, ok: np.ndarray, area: np.ndarray, open_
     region (40%) and clearly off the background's chroma (2x ``low`` on average): a product of
     the backdrop's own colour is not peeled away."""
     shade = ok[labels] & (chroma < low)
-    n2, lab2 = cv2.connectedComponents(shade.astype(np.uint8), connectivity=4)
-    seeded = np.zeros(n2, bool)
-    seeded[np.unique(lab2[open_ & shade])] = True
-    seeded[0] = False
-    peel = seeded[lab2]
+    peel = _joined(shade, open_, connectivity=4)
     n = len(ok)
     left = ok[labels] & ~peel
     n_left = np.bincount(labels[left], minlength=n)
@@ -600,9 +596,9 @@ def _brighter_parts(dL: np.ndarray, mask: np.ndarray, *, min_area: int, noise_L:
     return _joined(weak | added, added)
 
 
-def _joined(region: np.ndarray, seeds: np.ndarray) -> np.ndarray:
-    """The 8-connected components of ``region`` that hold a pixel of ``seeds``."""
-    n, labels = cv2.connectedComponents(region.astype(np.uint8), connectivity=8)
+def _joined(region: np.ndarray, seeds: np.ndarray, connectivity: int = 8) -> np.ndarray:
+    """The components of ``region`` that hold a pixel of ``seeds``."""
+    n, labels = cv2.connectedComponents(region.astype(np.uint8), connectivity=connectivity)
     hit = np.zeros(n, bool)
     hit[labels[seeds & region]] = True
     hit[0] = False
