@@ -25,7 +25,10 @@ boundary taken from the upsampled evidence map):
    parts** a few levels off the background that a crisp outline closes off once a shadow's
    fall-off is taken out (a white sneaker on white: see :func:`_light_parts`), parts clearly
    brighter than the background (:func:`_brighter_parts`) and parts of a tint of their own,
-   which a shadow never has (:func:`_tinted_parts`).  GrabCut below may not remove any of them.
+   which a shadow never has (:func:`_tinted_parts`, and :func:`_tint_plateau` for a product
+   whose tint is faint all over); on a backdrop textured all over, a smooth region next to the
+   mask much larger than the texture's own smooth cells (:func:`_smooth_parts`).  GrabCut below
+   may not remove any of them.
 6. **GrabCut refinement** at reduced resolution on the object's bounding box: sure foreground =
    eroded mask, sure background = outside the dilated mask, the band between is "probable"
    (shadow-like pixels start as probable background).  GrabCut may flip pixels only where it is
@@ -447,7 +450,8 @@ def _light_parts_at(resid: np.ndarray, bg: "_Background", edge: np.ndarray, mask
                     max_open_textured: float = 0.1, max_open_walled: float | None = None,
                     ramp: np.ndarray | None = None,
                     ramp_px: int = 24, dist: np.ndarray | None = None,
-                    walls: np.ndarray | None = None, chroma: np.ndarray | None = None) -> np.ndarray:
+                    walls: np.ndarray | None = None, chroma: np.ndarray | None = None,
+                    texture: tuple[np.ndarray, float] | None = None) -> np.ndarray:
     """Light on light: product parts whose colour is only a few levels off the background (a
     white sneaker on white, silver on light grey), found by a contrast model plus edge support.
 
@@ -460,8 +464,9 @@ def _light_parts_at(resid: np.ndarray, bg: "_Background", edge: np.ndarray, mask
     fades out over most of its rim, a product ends in a step all round.  Also: at least ``min_area``, a mean distance of 1.5x the
     threshold, not on the image border, and next to the mask unless it is large (1% of the image:
     a wholly white product has no mask to touch); on a textured background next to the mask
-    always (paper and brick have crisp cells of their own).  The crisp edge pixels around an
-    added region are added with it.  Returns the added pixels (bool), possibly empty."""
+    always (paper and brick have crisp cells of their own), and not a cell of a cellular backdrop
+    in the product's shadow (:func:`_shadowed_cells`).  The crisp edge pixels around an added
+    region are added with it.  Returns the added pixels (bool), possibly empty."""
     h, w = mask.shape
     if dist is None:
         dist = _lab_distance(resid)
@@ -509,12 +514,53 @@ def _light_parts_at(resid: np.ndarray, bg: "_Background", edge: np.ndarray, mask
             limit = np.where(n_wall >= 1.5 * n_open, max(max_open_walled, max_open), limit)
     ok &= (n_open <= limit * np.maximum(n_rim, 1)) & (mean_d >= 1.5 * dthr)
     ok &= touch | (big & (not textured))
+    if textured and chroma is not None:
+        ok &= ~_shadowed_cells(labels, n, cand, area, ok, resid[:, :, 0], chroma, walls, mask,
+                               min_area=min_area, texture=texture)
     if not ok.any():
         return none
     added = ok[labels]
     if chroma is not None:
         added &= ~_shadow_coloured(labels, ok, area, open_, chroma)
     return added | (cv2.dilate(added.astype(np.uint8), _disk(2)).astype(bool) & walls)
+
+
+def _shadowed_cells(labels: np.ndarray, n: int, cand: np.ndarray, area: np.ndarray, ok: np.ndarray,
+                    dL: np.ndarray, chroma: np.ndarray, walls: np.ndarray, mask: np.ndarray, *,
+                    min_area: int, low: float = 1.2, min_cells: int = 20, max_cells: float = 2.0,
+                    clear_px: int = 15, texture: tuple[np.ndarray, float] | None = None,
+                    printed_x: float = 1.6) -> np.ndarray:
+    """Per light region: True for a cell of a cellular backdrop (brick, tiles) in the product's
+    shadow, which its mortar lines close off as crisply as a product's outline.  Such a region
+    has the backdrop's chroma (mean smoothed ab distance under ``low``), is darker than the
+    backdrop, and is no larger than ``max_cells`` x the largest cell of the backdrop itself
+    (the regions between the walls more than ``clear_px`` from the mask, of at least
+    ``min_area``), on a backdrop of at least ``min_cells`` such cells.  A printed page or grass
+    is not cellular (a few large regions between the walls): there a region of the backdrop's
+    chroma, darker, is the backdrop in shadow when it carries the backdrop's print or blades,
+    a fine texture (``texture``: the map and the backdrop's median) of at least ``printed_x`` x
+    the backdrop's median (2.0-3.6 on the drawn set); a smooth grey part of the backdrop's colour
+    is kept (a mug's grey inside on a page: 1.16-1.27).  Returns a bool per label."""
+    none = np.zeros(n, bool)
+    cnt = np.maximum(area, 1)
+    mean_c = np.bincount(labels[cand], weights=chroma[cand], minlength=n) / cnt
+    mean_L = np.bincount(labels[cand], weights=dL[cand], minlength=n) / cnt
+    shaded = ok & (mean_c < low) & (mean_L < 0)
+    if not shaded.any():
+        return none
+    if texture is not None:
+        fine, fine_bg = texture
+        mean_t = np.bincount(labels[cand], weights=fine[cand], minlength=n) / cnt
+        printed = shaded & (mean_t >= printed_x * max(fine_bg, 0.1))
+    else:
+        printed = none
+    far = ~cv2.dilate(mask.astype(np.uint8), _disk(clear_px)).astype(bool)
+    _, _, stats, _ = cv2.connectedComponentsWithStats((~walls & far).astype(np.uint8), connectivity=4)
+    cells = stats[1:, cv2.CC_STAT_AREA]
+    cells = cells[cells >= min_area]
+    if len(cells) < min_cells:
+        return printed
+    return printed | (shaded & (area <= max_cells * int(cells.max())))
 
 
 def _shadow_coloured(labels: np.ndarray, ok: np.ndarray, area: np.ndarray, open_: np.ndarray,
@@ -566,16 +612,19 @@ def _parts_standing_out(value: np.ndarray, cand: np.ndarray, mask: np.ndarray, *
 
 
 def _brighter_parts(dL: np.ndarray, mask: np.ndarray, *, min_area: int, noise_L: float,
-                    strip_frac: float = 0.06, max_ring: float = 0.65, grow_px: int = 6) -> np.ndarray:
+                    strip_frac: float = 0.06, max_ring: float = 0.65, grow_px: int = 6,
+                    ring_frac: float = 0.1, halo_px: int = 6, min_over_ring: float = 1.4) -> np.ndarray:
     """Light on light, the other cue: parts clearly *brighter* than the fitted background (a white
     sneaker's upper on off-white).  A shadow only ever darkens, so brightness above what the
     background itself reaches cannot be the product's shadow; the threshold is taken from the
     border strip the background model comes from (max(3, 4 x noise, 1.5 x its 99.5th percentile)),
     and when more than 0.5% of that strip is above it (paper grain, brick mortar: a background
     with bright texture of its own) nothing is added.  A part is a component that
-    :func:`_parts_standing_out` accepts; it is then grown by hysteresis over ``grow_px`` into its
-    less bright rim.  ``dL`` is the L residual against the fitted background (OpenCV's 8-bit Lab
-    scale).  Returns the added pixels (bool), possibly empty."""
+    :func:`_parts_standing_out` accepts and whose median is above ``min_over_ring`` x the 99th
+    percentile of the backdrop round the mask (``ring_frac`` of the short side, off the
+    ``halo_px`` halo of the mask and of the parts); it is then grown by hysteresis over
+    ``grow_px`` into its less bright rim.  ``dL`` is the L residual against the fitted background
+    (OpenCV's 8-bit Lab scale).  Returns the added pixels (bool), possibly empty."""
     none = np.zeros(mask.shape, bool)
     strip = _border_strip(mask, strip_frac)
     if strip.sum() < 100:
@@ -587,6 +636,18 @@ def _brighter_parts(dL: np.ndarray, mask: np.ndarray, *, min_area: int, noise_L:
     labels, ok = _parts_standing_out(dL, cand, mask, min_area=min_area, thr=thr, max_ring=max_ring)
     if not ok.any():
         return none
+    # brighter than the backdrop round the product reaches too: a blank patch of a printed page,
+    # which the smooth fit puts below the paper's level, is about as bright as the page's other
+    # blanks (1.07x their 99th percentile on the drawn set, the parts of a product 1.8x and more)
+    h, w = mask.shape
+    ring = (cv2.dilate(mask.astype(np.uint8), _disk(max(8, int(ring_frac * min(h, w))))).astype(bool)
+            & ~cv2.dilate((mask | ok[labels]).astype(np.uint8), _disk(halo_px)).astype(bool))
+    if ring.sum() >= 100:
+        ceiling = max(float(np.percentile(dL[ring], 99)), 1.0)
+        for k in np.nonzero(ok)[0]:
+            ok[k] = float(np.median(dL[labels == k])) > min_over_ring * ceiling
+        if not ok.any():
+            return none
     added = ok[labels]
     # hysteresis: a rounded product darkens towards its outline, so its rim is less bright than
     # its middle; what is still above the strip's own brightest (and next to the part) joins it
@@ -624,6 +685,117 @@ def _tint_distance(rgb: np.ndarray, pred: np.ndarray, sigma: float = 2.0) -> np.
     return np.sqrt(cv2.transform(diff * diff, np.ones((1, 3), np.float32)))
 
 
+def _tint_plateau(rgb: np.ndarray, pred: np.ndarray, mask: np.ndarray, halo: np.ndarray, *,
+                  min_area: int, sigma: float = 4.0, ring_frac: float = 0.1, floor: float = 1.0,
+                  near_px: int = 9, min_parts_area: int = 10, open_px: int = 5, min_own: float = 0.5,
+                  min_contrast: float = 2.0, max_step: float = 0.45) -> np.ndarray:
+    """Light on light, where the whole product is of a faint tint (a white sneaker on a tinted
+    gradient, on off-white or on a printed page: the part found so far has a tint a few levels
+    off the backdrop's, and so has the part missed, but neither is above what the border strip
+    reaches in its corners, where the background model's fit is worst).  The tint distance at a
+    coarser scale (``sigma`` 4: JPEG's 8 px chroma blocks average out, a large part's plateau
+    stays) is split by Otsu's threshold (at least ``floor``) over the ring round the mask
+    (``ring_frac`` of the short side, off the halo): the backdrop next to the product is the
+    reference, not the frame.  A part is a component of what is above it, opened by ``open_px``
+    (the blur fringe round a coloured product's outline is thinner), that
+    - is next to the mask (within ``near_px``) and at least ``min_parts_area`` x ``min_area``,
+    - does not touch the frame (a corner of the backdrop's misfit),
+    - has a median of at least ``min_own`` x the mask's median tint: a part of a faintly tinted
+      product is about as tinted as the rest of it, where what passes beside a coloured product
+      is its blur or its shadow (5-100x fainter than the product on the drawn set),
+    - stands out from the ring's backdrop (median at least ``min_contrast`` x the median of the
+      ring's lower class),
+    - ends in a step: the median 4-10 px outside it is at most ``max_step`` x its own (a
+      drop shadow's tint, and a misfit's, ramp off slowly).
+    Returns the added pixels (bool), possibly empty."""
+    none = np.zeros(mask.shape, bool)
+    h, w = mask.shape
+    if not mask.any():
+        return none
+    # (one distance transform for the ring and the reach: dilating by a disk this large costs more)
+    dist = cv2.distanceTransform((~mask).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_5)
+    ring = (dist <= max(8, int(ring_frac * min(h, w)))) & ~halo
+    if ring.sum() < 100:
+        return none
+    # a map this smooth is as good from a half-size copy, at a quarter of the blur's cost
+    half = ((w + 1) // 2, (h + 1) // 2)
+    tint = cv2.resize(_tint_distance(cv2.resize(rgb, half, interpolation=cv2.INTER_AREA),
+                                     cv2.resize(pred, half, interpolation=cv2.INTER_AREA), sigma=sigma / 2),
+                      (w, h), interpolation=cv2.INTER_LINEAR)
+    around = tint[ring]
+    # (Otsu on 0.1-level bins: OpenCV's threshold takes 8-bit images)
+    otsu, _ = cv2.threshold(np.clip(around * 10.0, 0, 255).astype(np.uint8), 0, 255,
+                            cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    thr = max(floor, otsu / 10.0)
+    low = around[around <= thr]
+    backdrop = max(float(np.median(low)) if low.size else 0.0, 0.2)
+    own = float(np.median(tint[mask]))
+    cand = cv2.morphologyEx(((tint > thr) & ~halo).astype(np.uint8), cv2.MORPH_OPEN, _disk(open_px))
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(cand, connectivity=8)
+    near = dist <= near_px
+    added = none
+    for k in range(1, n):
+        x, y, bw, bh, area = stats[k]
+        if area < min_parts_area * min_area or x == 0 or y == 0 or x + bw == w or y + bh == h:
+            continue
+        part = labels == k
+        if not (part & near).any():
+            continue
+        med = float(np.median(tint[part]))
+        if med < min_own * own or med < min_contrast * backdrop:
+            continue
+        p8 = part.astype(np.uint8)
+        outside = cv2.dilate(p8, _disk(10)).astype(bool) & ~cv2.dilate(p8, _disk(4)).astype(bool) & ~halo
+        if outside.any() and float(np.median(tint[outside])) > max_step * med:
+            continue
+        added = added | part
+    return added
+
+
+def _smooth_parts(fine: np.ndarray, mask: np.ndarray, *, min_area: int, strip_frac: float = 0.06,
+                  halo_px: int = 6, rel: float = 0.5, near_px: int = 9, min_parts_area: int = 10,
+                  cell_x: float = 4.0, grow_px: int = 8, grow_rel: float = 0.5) -> np.ndarray:
+    """Light parts on a backdrop textured all over (grass, brick, a printed page), where neither
+    colour nor tint tells a white upper from the backdrop: a smooth region next to the mask, much
+    larger than any smooth cell of the backdrop's own texture, is product (a shadow darkens the
+    texture but keeps it).  Smooth is the fine texture (:func:`_fine_texture`, blurred over 9x9)
+    below ``rel`` x its median on the border strip; of its 4-connected components, those within
+    ``near_px`` of the mask are candidates and the others are the backdrop's own cells.  A
+    candidate is a part if it is at least ``min_parts_area`` x ``min_area`` and ``cell_x`` x the
+    largest backdrop cell and does not touch the frame.  The parts' boundary is where the texture
+    rises above ``grow_rel`` x the strip's median, within ``grow_px`` (the 9x9 blur pulled it
+    inwards).  Returns the added pixels (bool), possibly empty."""
+    none = np.zeros(mask.shape, bool)
+    strip = _border_strip(mask, strip_frac)
+    if strip.sum() < 100:
+        return none
+    blurred = cv2.blur(fine, (9, 9))
+    backdrop = float(np.median(blurred[strip]))
+    halo = cv2.dilate(mask.astype(np.uint8), _disk(halo_px)).astype(bool)
+    cand = ((blurred < rel * backdrop) & ~halo).astype(np.uint8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(cand, connectivity=4)
+    near = cv2.dilate(mask.astype(np.uint8), _disk(near_px)).astype(bool)
+    touching = np.zeros(n, bool)
+    touching[labels[near & (cand > 0)]] = True
+    touching[0] = False
+    own_cells = ~touching
+    own_cells[0] = False
+    largest_cell = int(stats[own_cells, cv2.CC_STAT_AREA].max()) if own_cells.any() else 0
+    h, w = mask.shape
+    added = none
+    for k in np.nonzero(touching)[0]:
+        x, y, bw, bh, area = stats[k]
+        if area < max(min_parts_area * min_area, cell_x * largest_cell):
+            continue
+        if x == 0 or y == 0 or x + bw == w or y + bh == h:
+            continue
+        added = added | fill_holes(labels == k)
+    if added.any():
+        zone = cv2.dilate(added.astype(np.uint8), _disk(grow_px)).astype(bool)
+        added = fill_holes(_joined(((fine < grow_rel * backdrop) & zone & ~mask) | added, added))
+    return added
+
+
 def _tinted_parts(rgb: np.ndarray, pred: np.ndarray, mask: np.ndarray, *, min_area: int,
                   floor: float = 1.5, strip_frac: float = 0.06, max_ring: float = 0.65,
                   halo_px: int = 6, grow_px: int = 8) -> np.ndarray:
@@ -639,7 +811,9 @@ def _tinted_parts(rgb: np.ndarray, pred: np.ndarray, mask: np.ndarray, *, min_ar
     threshold (a clear tint: the shadows and JPEG's colour noise that pass the threshold stay
     within 1.75x of it on the drawn set, the products' parts at 2.08x and more); its boundary is
     where the tint falls to half that median (the middle of the step the smoothing made), within
-    ``grow_px``.  Returns the added pixels (bool), possibly empty."""
+    ``grow_px``.  A product whose tint is faint all over is found by :func:`_tint_plateau`,
+    which takes the backdrop round the mask as its reference, not the strip.  Returns the added
+    pixels (bool), possibly empty."""
     none = np.zeros(mask.shape, bool)
     strip = _border_strip(mask, strip_frac)
     if strip.sum() < 100:
@@ -647,9 +821,10 @@ def _tinted_parts(rgb: np.ndarray, pred: np.ndarray, mask: np.ndarray, *, min_ar
     tint = _tint_distance(rgb, pred)
     thr = max(floor, 1.5 * float(np.percentile(tint[strip], 99.5)))
     halo = cv2.dilate(mask.astype(np.uint8), _disk(halo_px)).astype(bool)
+    faint = _tint_plateau(rgb, pred, mask, halo, min_area=min_area)
     cand = (tint > thr) & ~halo
     if float(cand[strip].mean()) > 0.005 or not cand.any():
-        return none
+        return faint
     labels, ok = _parts_standing_out(tint, cand, mask, min_area=min_area, thr=thr, max_ring=max_ring,
                                      near_px=halo_px + 3, ring_out=halo)
     added = none
@@ -660,7 +835,7 @@ def _tinted_parts(rgb: np.ndarray, pred: np.ndarray, mask: np.ndarray, *, min_ar
             continue
         zone = cv2.dilate(part.astype(np.uint8), _disk(grow_px)).astype(bool)
         added = added | _joined((tint >= 0.5 * med) & zone & ~mask, part)
-    return added
+    return added | faint
 
 
 def _lab_distance(resid: np.ndarray) -> np.ndarray:
@@ -932,8 +1107,8 @@ def _crisp_fraction(labels: np.ndarray, n: int, region: np.ndarray, outside: np.
 
 
 def _promote_crisp_shadows(ev: np.ndarray, shadow: np.ndarray, grad: np.ndarray,
-                           dL: np.ndarray, *, sharpness: float = 1.3, soft: np.ndarray | None = None
-                           ) -> tuple[np.ndarray, np.ndarray]:
+                           dL: np.ndarray, *, sharpness: float = 1.3, soft: np.ndarray | None = None,
+                           backdrop_step: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Shadow-like regions whose outer rim is a sharp step are product (grey parts), not shadow.
 
     A soft shadow fades out: at its rim the gradient is a small part of its depth.  A grey
@@ -942,7 +1117,10 @@ def _promote_crisp_shadows(ev: np.ndarray, shadow: np.ndarray, grad: np.ndarray,
     rim pixels (next to plain background) are sharp when the strongest gradient within 1 px
     exceeds ``sharpness`` × the region's median depth; regions with most of the rim sharp
     are promoted to product, less the pixels in ``soft`` (the shadow's fall-off, when the region
-    is a grey product merged with its own drop shadow).  Returns (remaining shadow, promoted pixels).
+    is a grey product merged with its own drop shadow).  On a backdrop of crisp lines (brick
+    mortar, print) a shadowed cell's rim is such a line: a sharp rim must also be above
+    ``backdrop_step``, the backdrop's own steps (the 90th percentile of the gradient on the
+    border strip's step edges).  Returns (remaining shadow, promoted pixels).
     """
     none = np.zeros(shadow.shape, bool)
     if not shadow.any():
@@ -957,7 +1135,7 @@ def _promote_crisp_shadows(ev: np.ndarray, shadow: np.ndarray, grad: np.ndarray,
     # a mean is cheaper than a median per component and close enough for a smooth region
     depth = np.bincount(lab_s, weights=-dL[shadow], minlength=n) / np.maximum(cnt_s, 1)
     gmax = cv2.dilate(grad, np.ones((3, 3), np.uint8))
-    crisp = gmax > sharpness * depth[labels]
+    crisp = gmax > np.maximum(sharpness * depth[labels], backdrop_step)
     near_fg = cv2.dilate(fg.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
     cnt, frac = _crisp_fraction(labels, n, shadow, ~shadow & ~near_fg, crisp)
     promote = (frac >= 0.5) & (cnt >= 8)
@@ -1197,7 +1375,12 @@ def classical_mask(image: np.ndarray, *, refine: bool = True, work_side: int = W
     ramp = grad > max(10.0, 3.0 * bg.grad_noise)
     walls = cv2.dilate(edge.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
     soft = _fall_off(shadow & ramp & ~walls, ~shadow & (ev <= 1.0) & ~walls)
-    shadow, promoted = _promote_crisp_shadows(ev, shadow, grad, resid[:, :, 0], soft=soft)
+    # a backdrop of crisp lines (brick mortar): a shadowed cell's rim is as sharp as the lines are
+    yy, xx = _border_samples(wh, ww, max(3, int(0.04 * min(ww, wh))))
+    on_edge = edge[yy, xx]
+    step_bg = float(np.percentile(grad[yy, xx][on_edge], 90)) if on_edge.sum() >= 50 else 0.0
+    shadow, promoted = _promote_crisp_shadows(ev, shadow, grad, resid[:, :, 0], soft=soft,
+                                              backdrop_step=step_bg)
 
     thr = ev > 1.0
     r = max(1, int(round(min(ww, wh) / 256)))
@@ -1247,7 +1430,8 @@ def classical_mask(image: np.ndarray, *, refine: bool = True, work_side: int = W
         coarse &= ~g.astype(bool)
         opened |= g.astype(bool)
     shadowed = None
-    if _edged_backdrop(edge, coarse, bg):
+    edged = _edged_backdrop(edge, coarse, bg)
+    if edged:
         ft, ft_lo, ft_hi, _ = holes["fine_texture"]
         shadowed = dict(ev=holes["plain_evidence"], texture=ft, texture_low=ft_lo, texture_high=ft_hi)
     enclosed = _add_enclosed(coarse, edge, ev, resid, offset_tol, hp, hp_tol, hp_low, keep_out=opened,
@@ -1255,7 +1439,7 @@ def classical_mask(image: np.ndarray, *, refine: bool = True, work_side: int = W
     if enclosed.any():
         coarse = fill_holes(coarse | enclosed, **holes)
     # light parts next to the product (after the part selection: alone they have little evidence)
-    extra = _light_parts(resid, bg, edge, coarse | opened, **light_kw) & ~opened
+    extra = _light_parts(resid, bg, edge, coarse | opened, texture=(fine, fine_bg), **light_kw) & ~opened
     if extra.any():
         coarse = fill_holes(coarse | extra, **holes)
         light = light | extra
@@ -1268,6 +1452,11 @@ def classical_mask(image: np.ndarray, *, refine: bool = True, work_side: int = W
     if tinted.any():
         coarse = fill_holes(coarse | tinted, **holes)
         light = light | tinted
+    if edged:   # (on a plain backdrop every shadow is smooth too)
+        smooth = _smooth_parts(fine, coarse | opened, min_area=light_kw["min_area"])
+        if smooth.any():
+            coarse = fill_holes(coarse | smooth, **holes)
+            light = light | smooth
     protected = enclosed | promoted | light
     # GrabCut's colour model calls a light part the background's (a white sole's toe): what a
     # crisp outline closes off from the image border is kept whatever GrabCut thinks

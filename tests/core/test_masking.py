@@ -23,6 +23,7 @@ from masking_evalset import (  # noqa: E402
     EVAL_PER_BACKGROUND,
     FAMILIES,
     FAMILY_IOU,
+    FAMILY_SEEDS,
     EVAL_SEEDS,
     SHADOW_KEPT,
     SOLE_COVERED,
@@ -352,11 +353,11 @@ def test_sample_catalog_photo(size, seed, kind, colour, background):
 # keep them open (under 5% of the hole filled).  Known misses are strict xfails with the measured
 # value, as above.
 FAMILY_MISSES: dict[tuple[str, str], str] = {
-    ("earrings", "textured"): "IoU 0.899 (c8: 0.754): both kept, with bits of brick mortar next to one",
+    ("earrings", "textured"): "IoU 0.920 (c8: 0.754): both kept, with bits of brick mortar next to one",
     ("strap_loop", "white"): "IoU 0.949: the buckle's inside kept (c8 also kept the strap's shadow band)",
     ("strap_loop", "offwhite"): "IoU 0.947: the buckle's inside kept",
     ("strap_loop", "gradient"): "IoU 0.947: the buckle's inside kept",
-    ("strap_loop", "textured"): "IoU 0.743 (c8: 0.681): bricks inside the loop and the buckle kept",
+    ("strap_loop", "textured"): "IoU 0.909 (c11: 0.743): the buckle's inside and bits of shadowed brick kept",
     ("white_sneaker", "offwhite"): "IoU 0.9498 (c6: 0.358): the upper, found as brighter than the "
                                    "backdrop, loses a 1-2 px rim where its shading meets the backdrop's level",
     ("white_sneaker", "textured"): "IoU 0.935 (c10: 0.333): the upper found by its tint, with a "
@@ -374,8 +375,8 @@ def _family_cases(families: tuple[str, ...]):
 
 
 @functools.lru_cache(maxsize=None)
-def _family_mask(kind: str, background: str):
-    it = render_family(kind, background)
+def _family_mask(kind: str, background: str, seed: int = 0):
+    it = render_family(kind, background, seed=seed)
     return it, classical_mask(it.image).mask
 
 
@@ -468,6 +469,22 @@ def test_a_light_part_of_its_own_tint_is_found_and_its_shadow_is_not():
     # the same upper in the backdrop's own tint (its chromaticity, 3% darker) is not found: its
     # colour says nothing a shadow's would not
     assert not _tinted_parts(photo(back * 0.97), pred, sole, min_area=200).any()
+
+
+@pytest.mark.parametrize("seed", FAMILY_SEEDS)
+def test_every_drawn_family_image_reaches_the_image_target(seed):
+    # DESIGN.md's per-image target (0.85) on every drawn family case at the benchmark's seeds 0-3:
+    # the light-on-light misses are at seeds 1-3 (white sneakers on a tinted gradient, off-white,
+    # a printed page, grass, brick: c11 0.02-0.73) and the shadowed bricks in a strap loop at seed 0
+    # (c11 0.743); one test per seed, the cases of a seed listed together when they miss
+    low = {}
+    for kind in FAMILIES:
+        for bg in BACKGROUNDS:
+            it, m = _family_mask(kind, bg, seed)
+            v = iou(m, it.mask)
+            if v < TARGET_IMAGE_IOU:
+                low[f"{kind} on {bg}"] = round(v, 3)
+    assert not low, low
 
 
 def test_family_misses_name_cases_that_exist():
