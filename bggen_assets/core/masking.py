@@ -611,6 +611,21 @@ def _parts_standing_out(value: np.ndarray, cand: np.ndarray, mask: np.ndarray, *
     return labels, ok
 
 
+def _distance_to(mask: np.ndarray) -> np.ndarray:
+    """Each pixel's distance (px) to the nearest pixel of ``mask``.  (Thresholded, it is the
+    mask dilated by a disk: one pass, where a dilation by a disk of 30-40 px costs more.)"""
+    return cv2.distanceTransform((~mask.astype(bool)).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_5)
+
+
+def _ring_round(mask: np.ndarray, frac: float, halo: np.ndarray, *,
+                dist: np.ndarray | None = None) -> np.ndarray:
+    """The backdrop round the product: within ``frac`` of the short side of ``mask`` (8 px at
+    least), less ``halo`` (the mask's own blur, and what the caller leaves out)."""
+    h, w = mask.shape
+    d = _distance_to(mask) if dist is None else dist
+    return (d <= max(8, int(frac * min(h, w)))) & ~halo
+
+
 def _brighter_parts(dL: np.ndarray, mask: np.ndarray, *, min_area: int, noise_L: float,
                     strip_frac: float = 0.06, max_ring: float = 0.65, grow_px: int = 6,
                     ring_frac: float = 0.1, halo_px: int = 6, min_over_ring: float = 1.4) -> np.ndarray:
@@ -639,9 +654,8 @@ def _brighter_parts(dL: np.ndarray, mask: np.ndarray, *, min_area: int, noise_L:
     # brighter than the backdrop round the product reaches too: a blank patch of a printed page,
     # which the smooth fit puts below the paper's level, is about as bright as the page's other
     # blanks (1.07x their 99th percentile on the drawn set, the parts of a product 1.8x and more)
-    h, w = mask.shape
-    ring = (cv2.dilate(mask.astype(np.uint8), _disk(max(8, int(ring_frac * min(h, w))))).astype(bool)
-            & ~cv2.dilate((mask | ok[labels]).astype(np.uint8), _disk(halo_px)).astype(bool))
+    halo = cv2.dilate((mask | ok[labels]).astype(np.uint8), _disk(halo_px)).astype(bool)
+    ring = _ring_round(mask, ring_frac, halo)
     if ring.sum() >= 100:
         ceiling = max(float(np.percentile(dL[ring], 99)), 1.0)
         for k in np.nonzero(ok)[0]:
@@ -712,9 +726,8 @@ def _tint_plateau(rgb: np.ndarray, pred: np.ndarray, mask: np.ndarray, halo: np.
     h, w = mask.shape
     if not mask.any():
         return none
-    # (one distance transform for the ring and the reach: dilating by a disk this large costs more)
-    dist = cv2.distanceTransform((~mask).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_5)
-    ring = (dist <= max(8, int(ring_frac * min(h, w)))) & ~halo
+    dist = _distance_to(mask)
+    ring = _ring_round(mask, ring_frac, halo, dist=dist)
     if ring.sum() < 100:
         return none
     # a map this smooth is as good from a half-size copy, at a quarter of the blur's cost
